@@ -1,0 +1,48 @@
+"""The `deltaspec` command: a click group whose subcommands are imported only when used."""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> "module:attribute"; each subcommand lives in its own small module under cli/.
+COMMANDS = {
+    "analyze": "deltaspec_cli.analyze:analyze",
+    "info": "deltaspec_cli.info:info",
+    "compare": "deltaspec_cli.compare:compare",
+    "subspace": "deltaspec_cli.subspace:subspace",
+    "plot": "deltaspec_cli.plot:plot",
+    "train": "deltaspec_cli.train:train",
+}
+
+
+class LazyGroup(click.Group):
+    """Keeps `deltaspec --help` fast: torch and matplotlib load only for the command that runs."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="deltaspec")
+def cli():
+    """deltaspec: what did fine-tuning do to the weights?
+
+    Reconstructs the weight update ΔW of every layer (full fine-tuning, LoRA, MultiLoRA, PEFT
+    variants), computes its exact singular values and balance metrics, compares methods and
+    plots the MultiLoRA paper's Figure 2.
+    """
+
+
+def main():
+    cli(prog_name="deltaspec")
+
+
+if __name__ == "__main__":
+    main()

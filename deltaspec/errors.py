@@ -1,0 +1,28 @@
+"""One error family. Each message says what is wrong, where (the file), and how to fix it.
+
+The library raises these; only the CLI turns them into a one-line message and a non-zero exit.
+"""
+
+
+class DeltaspecError(Exception):
+    """Base class: a problem with the user's input, not a bug in deltaspec."""
+
+
+class FormatError(DeltaspecError):
+    """The path is not a checkpoint layout deltaspec knows, or its config is unusable."""
+
+
+class MissingBaseError(DeltaspecError):
+    """The update cannot be formed without the base weights (full FT, DoRA, modules_to_save)."""
+
+
+class ShapeMismatchError(DeltaspecError):
+    """Base and fine-tuned tensors (or adapter factors) do not fit together."""
+
+
+class CorruptFileError(DeltaspecError):
+    """A checkpoint file cannot be read: truncated, corrupt header, wrong container."""
+
+
+class NonFiniteError(DeltaspecError):
+    """A tensor holds NaN or Inf values."""
