@@ -1,0 +1,119 @@
+"""`analyze`: named updates → spectra → metrics, streamed so only a few layers are ever in memory.
+
+Loading (disk, upcasting, subtraction) runs one layer ahead in a background thread while the SVD of
+the current layers runs, so I/O and compute overlap. Under `torchrun` (torch.distributed initialised)
+each rank analyses its share of the layers and rank 0 gathers one result (see distributed.py).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import torch
+
+from . import metrics as M
+from .progress import Progress
+from .results import AnalysisResult, LayerResult
+from .spectra import pick_device, pick_dtype, spectra_of
+from .updates import LayerUpdate, Updates
+
+
+@dataclass
+class AnalysisSettings:
+    """How spectra and metrics are computed (what `analyze` records in its output)."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+    vectors: bool = False
+    top_k: Sequence[int] = M.DEFAULT_TOP_K
+    n_ref: Union[str, int] = "shape"  # "shape": min(d_out, d_in); "rank": the update's rank bound; or an int
+
+    def n_ref_for(self, u: LayerUpdate) -> int:
+        if self.n_ref == "shape":
+            return min(u.shape)
+        if self.n_ref == "rank":
+            return u.rank_bound
+        return int(self.n_ref)
+
+
+def _prefetched(layers: Sequence[LayerUpdate]) -> Iterator[tuple[int, object]]:
+    """Yield (index, loaded update), loading the next layer in a thread while the caller computes."""
+    if not layers:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(layers[0].load)
+        for i in range(len(layers)):
+            update = nxt.result()
+            if i + 1 < len(layers):
+                nxt = pool.submit(layers[i + 1].load)
+            yield i, update
+
+
+def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
+                   progress: Optional[Progress] = None) -> list[LayerResult]:
+    """Spectra and metrics of `layers`, returned in the same order."""
+    dtype = pick_dtype(settings.dtype)
+    eps = torch.finfo(dtype).eps
+    out: list[Optional[LayerResult]] = [None] * len(layers)
+    done = (lambda i: progress.update(1, layers[i].name)) if progress else None
+    for i, spec in spectra_of(_prefetched(layers), settings.device, dtype, settings.vectors, on_done=done):
+        u = layers[i]
+        n_ref = settings.n_ref_for(u)
+        out[i] = LayerResult(
+            name=u.name, module=u.module, layer=u.layer, shape=tuple(u.shape), kind=u.kind, rank=u.rank_bound,
+            n_ref=n_ref, singular_values=spec.sigma,
+            metrics=M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.top_k), U=spec.U, V=spec.V)
+    return out
+
+
+def analyze(
+    updates: Union[Updates, str, os.PathLike],
+    *,
+    base: Optional[str] = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    vectors: bool = False,
+    top_k: Iterable[int] = M.DEFAULT_TOP_K,
+    n_ref: Union[str, int] = "shape",
+    modules: Optional[Sequence[str]] = None,
+    layers: Optional[Sequence[int]] = None,
+    progress: Optional[bool] = None,
+) -> AnalysisResult:
+    """Singular values and balance metrics of every layer's update.
+
+    `updates` is what `deltaspec.load` returns, or a checkpoint path (then `base` is passed to load).
+    device: "auto" (CUDA when present) | "cpu" | "cuda"; dtype: "float32" | "float64".
+    vectors=True keeps singular vectors (LayerResult.U/V) for subspace analysis.
+    n_ref: reference size of `normalized_entropy` ("shape" = min(d_out, d_in), "rank", or an int).
+    progress: None shows a bar on stderr only when it is a terminal.
+    """
+    from . import distributed
+
+    if not isinstance(updates, Updates):
+        from .io import load
+
+        updates = load(updates, base=base)
+    if modules or layers is not None:
+        updates = updates.select(modules, layers)
+    if isinstance(n_ref, str) and n_ref not in ("shape", "rank"):
+        n_ref = int(n_ref)
+    settings = AnalysisSettings(device, dtype, vectors, tuple(top_k), n_ref)
+    pick_device(device)  # fail early on a bad device, before any reading
+    todo = list(updates)
+    mine = distributed.my_share(todo)
+    bar = Progress(len(mine), "layers", enabled=progress if progress is not None else None)
+    try:
+        results = analyze_layers(mine, settings, bar)
+    finally:
+        bar.close()
+    results = distributed.gather(results, todo)
+    resolved = str(pick_device(device)) if device == "auto" else device
+    return AnalysisResult(
+        layers=results,
+        source={"path": updates.path, "format": updates.format, "base": updates.base},
+        settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "top_k": list(settings.top_k),
+                  "vectors": vectors},
+        warnings=list(updates.warnings),
+    )

@@ -1,0 +1,210 @@
+"""Analysis results: per-layer spectra and metrics, per-module aggregates, JSON/CSV/table output.
+
+JSON schema (`AnalysisResult.to_dict`, documented in docs/OUTPUT.md):
+    {"deltaspec_version", "source": {"path", "format", "base"},
+     "settings": {"dtype", "device", "n_ref", "top_k"}, "warnings": [...],
+     "layers": [{"name", "module", "layer", "shape": [out, in], "kind", "rank",
+                 "n_ref", "singular_values": [...descending...], "metrics": {...}}],
+     "aggregates": {module: {"n_layers", "mean": {...}, "std": {...}}}}
+NaN metrics (e.g. the entropy of an all-zero update) are written as null.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+
+# Columns of the default terminal table (all metrics are in JSON/CSV).
+TABLE_METRICS = ("frobenius_norm", "spectral_norm", "top1_energy", "top4_energy", "effective_rank",
+                 "normalized_entropy", "stable_rank", "numerical_rank")
+
+
+@dataclass
+class LayerResult:
+    """One layer: its singular values (descending) and metrics; U/V only when vectors were asked for."""
+
+    name: str
+    module: str
+    layer: Optional[int]
+    shape: tuple[int, int]
+    kind: str
+    rank: int
+    n_ref: int
+    singular_values: np.ndarray
+    metrics: dict
+    U: object = field(default=None, repr=False)
+    V: object = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "module": self.module, "layer": self.layer, "shape": list(self.shape),
+            "kind": self.kind, "rank": self.rank, "n_ref": self.n_ref,
+            "singular_values": [float(x) for x in self.singular_values],
+            "metrics": {k: _json_num(v) for k, v in self.metrics.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerResult":
+        metrics = {k: (math.nan if v is None else v) for k, v in d["metrics"].items()}
+        return cls(d["name"], d["module"], d.get("layer"), tuple(d["shape"]), d["kind"], d["rank"],
+                   d.get("n_ref", min(d["shape"])), np.asarray(d["singular_values"], dtype=np.float64), metrics)
+
+
+def _json_num(v):
+    if isinstance(v, (float, np.floating)):
+        return None if not math.isfinite(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+@dataclass
+class AnalysisResult:
+    """Everything `analyze` found for one checkpoint. `table()` is the per-layer overview."""
+
+    layers: list[LayerResult]
+    source: dict
+    settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, key):
+        """By position or by layer name."""
+        if isinstance(key, str):
+            for r in self.layers:
+                if r.name == key:
+                    return r
+            raise KeyError(key)
+        return self.layers[key]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.layers[0].metrics) if self.layers else []
+
+    def modules(self) -> list[str]:
+        """Module types in first-seen order (q_proj, k_proj, …)."""
+        return list(dict.fromkeys(r.module for r in self.layers))
+
+    def aggregates(self) -> dict:
+        """Per module type: number of layers, mean and std of each metric (NaNs ignored)."""
+        out = {}
+        for m in self.modules():
+            rows = [r for r in self.layers if r.module == m]
+            mean, std = {}, {}
+            for name in self.metric_names:
+                vals = np.array([r.metrics[name] for r in rows], dtype=np.float64)
+                vals = vals[np.isfinite(vals)]
+                mean[name] = float(vals.mean()) if vals.size else math.nan
+                std[name] = float(vals.std()) if vals.size else math.nan
+            out[m] = {"n_layers": len(rows), "mean": mean, "std": std}
+        return out
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        agg = {m: {"n_layers": a["n_layers"], "mean": {k: _json_num(v) for k, v in a["mean"].items()},
+                   "std": {k: _json_num(v) for k, v in a["std"].items()}} for m, a in self.aggregates().items()}
+        return {"deltaspec_version": __version__, "source": dict(self.source), "settings": dict(self.settings),
+                "warnings": list(self.warnings), "layers": [r.to_dict() for r in self.layers], "aggregates": agg}
+
+    def to_json(self, indent: Optional[int] = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnalysisResult":
+        return cls([LayerResult.from_dict(x) for x in d["layers"]], d.get("source", {}), d.get("settings", {}),
+                   d.get("warnings", []))
+
+    @classmethod
+    def from_json(cls, path) -> "AnalysisResult":
+        """Read an `analyze --format json` file back (to plot or compare without recomputing)."""
+        from .errors import FormatError
+
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            return cls.from_dict(d)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{path}: not a deltaspec analysis JSON file ({type(e).__name__}: {e})") from None
+
+    def rows(self) -> list[dict]:
+        """One flat dict per layer: identity columns then every metric."""
+        return [{"name": r.name, "module": r.module, "layer": r.layer, "shape": f"{r.shape[0]}x{r.shape[1]}",
+                 "kind": r.kind, "rank": r.rank, "n_ref": r.n_ref, **r.metrics} for r in self.layers]
+
+    def to_csv(self) -> str:
+        rows = self.rows()
+        buf = io.StringIO()
+        if rows:
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        return buf.getvalue()
+
+    def table(self):
+        """Per-layer metrics: a pandas DataFrame when pandas is installed, else a printable Table."""
+        try:
+            import pandas as pd
+        except ImportError:
+            return Table(self.rows())
+        return pd.DataFrame(self.rows()).set_index("name")
+
+    def format_table(self, metrics=TABLE_METRICS, aggregates: bool = True) -> str:
+        """The terminal report: one line per layer, then the per-module means."""
+        cols = [m for m in metrics if m in self.metric_names]
+        head = ["layer", "shape", "kind", "rank"] + cols
+        body = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.kind, str(r.rank)] + [_fmt(r.metrics[c]) for c in cols]
+                for r in self.layers]
+        lines = [_fmt_source(self), ""] + text_grid(head, body)
+        if aggregates and self.layers:
+            agg = self.aggregates()
+            rows = [[m, str(a["n_layers"])] + [_fmt(a["mean"][c]) for c in cols] for m, a in agg.items()]
+            lines += ["", "mean per module type:"] + text_grid(["module", "layers"] + cols, rows)
+        n_refs = sorted({r.n_ref for r in self.layers})
+        lines += ["", f"normalized_entropy = spectral_entropy / ln(n_ref), n_ref = {self.settings.get('n_ref', 'shape')}"
+                  f" ({', '.join(map(str, n_refs))})"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    return f"{v:.3e}"
+
+
+def _fmt_source(res: AnalysisResult) -> str:
+    s = res.source
+    base = f"  base: {s['base']}" if s.get("base") else ""
+    return f"{s.get('path')}  [{s.get('format')}]{base}  {len(res.layers)} layers, {res.settings.get('dtype', '')}"
+
+
+def text_grid(head: list[str], body: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    line = lambda row: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
+    return [line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in body]
+
+
+class Table(list):
+    """A list of row dicts that prints as a text table (what `table()` returns without pandas)."""
+
+    def __str__(self) -> str:
+        if not self:
+            return "(empty)"
+        head = list(self[0])
+        return "\n".join(text_grid(head, [[_fmt(r[h]) if isinstance(r[h], float) else str(r[h]) for h in head] for r in self]))
+
+    __repr__ = __str__

@@ -1,0 +1,159 @@
+"""Singular values (and optionally vectors) of weight updates: exact, batched, on CPU or CUDA.
+
+Two paths (DESIGN §1):
+- factored updates ΔW = L @ R (LoRA, MultiLoRA, …) use the exact factored SVD: thin QR of L and Rᵀ,
+  SVD of the small core R_L R_Rᵀ. A rank-16 update of a 4096×4096 layer costs a 16×16 SVD. The
+  result holds min(R, d_out, d_in) values; all other singular values of ΔW are exactly zero.
+- dense updates (full fine-tuning) are grouped by shape and sent to `torch.linalg.svdvals` (or
+  `svd`) as one batch per chunk, chunked so a batch stays under a memory budget.
+
+Pure torch; no file I/O. `spectra_of` takes an iterable of (key, update) so a reader can stream
+layers one at a time and nothing here holds more than a chunk of dense matrices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .errors import DeltaspecError
+from .updates import Dense, Update
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Spectrum:
+    """Singular values in descending order (float64 numpy), plus vectors when asked for.
+
+    U: (d_out, k) left singular vectors, V: (d_in, k) right singular vectors, k = len(sigma).
+    """
+
+    sigma: np.ndarray
+    U: Optional[torch.Tensor] = None
+    V: Optional[torch.Tensor] = None
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' → the current CUDA device when one is present, else CPU; 'cuda' without one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeltaspecError(f"device '{device}' requested but torch sees no CUDA device (torch {torch.__version__}); use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise DeltaspecError(f"unknown device '{device}': {e}") from None
+
+
+def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """float32 (default) or float64; half precisions are refused (spectra need ≥ float32)."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).replace("torch.", "")
+    else:
+        name = dtype
+    if name not in DTYPES:
+        raise DeltaspecError(f"dtype must be float32 or float64, got '{name}'")
+    return DTYPES[name]
+
+
+def factored_svd(L: torch.Tensor, R: torch.Tensor, vectors: bool = False):
+    """Exact SVD of L @ R without forming it. L: (..., d, r), R: (..., r, k); batched over '...'.
+
+    L = Q_L R_L, Rᵀ = Q_R R_R (thin QR), core C = R_L R_Rᵀ = U_c Σ V_cᵀ, so
+    L @ R = (Q_L U_c) Σ (Q_R V_c)ᵀ. Returns sigma (..., m) with m = min(r, d, k), and U, V when asked.
+    """
+    Q_L, R_L = torch.linalg.qr(L)  # Q_L: (d, min(d,r)), R_L: (min(d,r), r)
+    Q_R, R_R = torch.linalg.qr(R.transpose(-2, -1))  # Q_R: (k, min(k,r)), R_R: (min(k,r), r)
+    core = R_L @ R_R.transpose(-2, -1)  # (min(d,r), min(k,r))
+    if not vectors:
+        return torch.linalg.svdvals(core), None, None
+    U_c, S, Vh_c = torch.linalg.svd(core, full_matrices=False)
+    return S, Q_L @ U_c, Q_R @ Vh_c.transpose(-2, -1)
+
+
+def dense_svd(M: torch.Tensor, vectors: bool = False):
+    """SVD of a (batch of) dense matrix: M (..., d, k) → sigma (..., min(d, k)) [, U, V]."""
+    if not vectors:
+        return torch.linalg.svdvals(M), None, None
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return S, U, Vh.transpose(-2, -1)
+
+
+def _chunk_budget(device: torch.device, budget_bytes: Optional[int]) -> int:
+    """Bytes of dense input per batched call: small on CPU (batching buys little, memory is the
+    limit), a fraction of free memory on CUDA (LAPACK-style SVD needs a few copies as workspace)."""
+    if budget_bytes is not None:
+        return budget_bytes
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(free // 8, 1 << 26)
+    return 64 << 20
+
+
+def _to_numpy(S: torch.Tensor) -> np.ndarray:
+    return S.detach().to("cpu", torch.float64).numpy()
+
+
+def _flush_dense(batch, device, dtype, vectors) -> Iterator[tuple[object, Spectrum]]:
+    keys = [k for k, _ in batch]
+    M = torch.stack([m for _, m in batch]).to(device, dtype, non_blocking=True)
+    S, U, V = dense_svd(M, vectors)
+    for i, key in enumerate(keys):
+        yield key, Spectrum(_to_numpy(S[i]), None if U is None else U[i].cpu(), None if V is None else V[i].cpu())
+
+
+def _factored_one(update: Update, device, dtype, vectors) -> Spectrum:
+    L, R = update.factors()
+    S, U, V = factored_svd(L.to(device, dtype), R.to(device, dtype), vectors)
+    return Spectrum(_to_numpy(S), None if U is None else U.cpu(), None if V is None else V.cpu())
+
+
+def spectra_of(
+    items: Iterable[tuple[object, Update]],
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    vectors: bool = False,
+    budget_bytes: Optional[int] = None,
+    on_done: Optional[Callable[[object], None]] = None,
+) -> Iterator[tuple[object, Spectrum]]:
+    """Yield (key, Spectrum) for every (key, update), in the order results become ready.
+
+    Factored updates are solved at once (their SVD is tiny). Dense ones are held per shape until a
+    chunk reaches the memory budget, then solved as one batch; leftovers are flushed at the end.
+    `on_done(key)` is called as each result is produced (for progress bars).
+    """
+    device, dtype = pick_device(device), pick_dtype(dtype)
+    budget = _chunk_budget(device, budget_bytes)
+    pending: dict[tuple, list] = {}
+    pending_bytes: dict[tuple, int] = {}
+
+    def emit(results):
+        for key, spec in results:
+            if on_done:
+                on_done(key)
+            yield key, spec
+
+    for key, update in items:
+        if not isinstance(update, Dense):
+            yield from emit([(key, _factored_one(update, device, dtype, vectors))])
+            continue
+        M = update.delta
+        shape = tuple(M.shape)
+        nbytes = M.numel() * torch.finfo(dtype).bits // 8
+        pending.setdefault(shape, []).append((key, M))
+        pending_bytes[shape] = pending_bytes.get(shape, 0) + nbytes
+        if pending_bytes[shape] >= budget:
+            yield from emit(_flush_dense(pending.pop(shape), device, dtype, vectors))
+            pending_bytes.pop(shape)
+    for shape in list(pending):
+        yield from emit(_flush_dense(pending.pop(shape), device, dtype, vectors))
+
+
+def spectrum(update: Update, device="auto", dtype="float32", vectors: bool = False) -> Spectrum:
+    """Spectrum of a single update (convenience wrapper around `spectra_of`)."""
+    return next(spectra_of([(0, update)], device, dtype, vectors))[1]
