@@ -14,6 +14,15 @@ COMMANDS = {
     "plot": "deltaspec_cli.plot:plot",
     "train": "deltaspec_cli.train:train",
 }
+# One-line help for `deltaspec --help`, so listing commands imports neither torch nor matplotlib.
+SHORT_HELP = {
+    "analyze": "Spectra and balance metrics of the weight update in a checkpoint.",
+    "info": "Detected format, layers, shapes, ranks and dtypes of a checkpoint.",
+    "compare": "Metrics of several checkpoints side by side (LoRA vs MultiLoRA vs FT).",
+    "subspace": "Subspace similarity, amplification factor and intruder dimensions.",
+    "plot": "Paper figures: Figure-2 histograms, spectra, energy curves, heatmaps.",
+    "train": "Fine-tune a model with full FT, LoRA or MultiLoRA and save the checkpoint.",
+}
 
 
 class LazyGroup(click.Group):
@@ -27,6 +36,11 @@ class LazyGroup(click.Group):
             return None
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,44 @@
+"""`deltaspec analyze`: singular values and balance metrics of every layer's update."""
+from __future__ import annotations
+
+import click
+
+from .common import parse_layers, parse_list, user_errors
+from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
+from .output import check_not_input, emit, output_format
+
+
+@click.command()
+@click.argument("ckpt", type=click.Path(exists=True))
+@reader_options
+@selection_options
+@compute_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="Output format [default: from -o's extension, else table].")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref,
+            energy_k, fmt, out, quiet):
+    """Spectra and balance metrics of the weight update in CKPT.
+
+    CKPT is a PEFT adapter dir, a deltaspec MultiLoRA adapter dir, a MultiLoRA .pt file, a kohya
+    LoRA file, or a fine-tuned model (then pass --base). Under torchrun the layers are shared across
+    ranks and rank 0 writes the report.
+    """
+    import deltaspec as ds
+    from deltaspec import distributed
+
+    fmt = output_format(fmt, out)
+    check_not_input(out, [ckpt, base])
+    device = distributed.init_from_env(device)
+    updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
+                        n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
+                        progress=False if quiet else None)
+    if not result.layers:
+        raise ds.DeltaspecError(f"{ckpt}: no layers match --modules {modules} --layers {layers}")
+    if not distributed.is_main():
+        return
+    text = {"json": result.to_json, "csv": result.to_csv, "table": result.format_table}[fmt]()
+    emit(text, out)

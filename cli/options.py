@@ -1,0 +1,64 @@
+"""Options shared by the commands that read checkpoints (analyze, info, compare, plot, subspace)."""
+from __future__ import annotations
+
+import click
+
+FORMATS = ("auto", "full", "peft", "multilora", "mtl-multilora", "kohya")
+
+
+def reader_options(fn):
+    """--base, --type, --lora-alpha, --include-embeddings: how to read a checkpoint."""
+    for opt in reversed([
+        click.option("--base", type=click.Path(exists=True), default=None,
+                     help="Base model (dir or file). Needed for full fine-tuning and DoRA adapters."),
+        click.option("--type", "ckpt_type", type=click.Choice(FORMATS), default="auto", show_default=True,
+                     help="Checkpoint format; 'auto' detects it from the files."),
+        click.option("--lora-alpha", type=float, default=None,
+                     help="LoRA alpha for formats that do not store it (MTL-LoRA MultiLoRA .pt files)."),
+        click.option("--include-embeddings", is_flag=True, help="Also analyse embedding / lm_head updates."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def selection_options(fn):
+    """--modules, --layers: which layers to keep."""
+    fn = click.option("--layers", default=None, help="Layer indices, e.g. '0-3,8' (default: all).")(fn)
+    fn = click.option("--modules", default=None, help="Module types, e.g. 'k_proj,v_proj' (default: all).")(fn)
+    return fn
+
+
+def compute_options(fn):
+    """--device, --dtype, --n-ref, --energy-k: how spectra and metrics are computed."""
+    for opt in reversed([
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+                     help="Precision of the SVD (bf16/fp16 checkpoints are always upcast)."),
+        click.option("--n-ref", default="shape", show_default=True,
+                     help="Reference size n of normalized_entropy = H/ln(n): 'shape' = min(d_out, d_in), 'rank', or an integer."),
+        click.option("--energy-k", default="1,4,16", show_default=True, help="k values for the topK_energy metrics."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def parse_n_ref(value: str):
+    if value in ("shape", "rank"):
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter("expected 'shape', 'rank' or an integer", param_hint="--n-ref") from None
+    if n < 2:
+        raise click.BadParameter("must be at least 2", param_hint="--n-ref")
+    return n
+
+
+def parse_ints(value: str, hint: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=hint) from None
+    if not out or min(out) < 1:
+        raise click.BadParameter("expected positive integers", param_hint=hint)
+    return out
