@@ -28,10 +28,12 @@ def analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, laye
     """
     import deltaspec as ds
     from deltaspec import distributed
+    from deltaspec.spectra import pick_device
 
     fmt = output_format(fmt, out)
     check_not_input(out, [ckpt, base])
     device = distributed.init_from_env(device)
+    pick_device(device)  # a bad --device fails before any reading
     updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
     result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
