@@ -101,10 +101,21 @@ def _to_numpy(S: torch.Tensor) -> np.ndarray:
 
 def _flush_dense(batch, device, dtype, vectors) -> Iterator[tuple[object, Spectrum]]:
     keys = [k for k, _ in batch]
-    M = torch.stack([m for _, m in batch]).to(device, dtype, non_blocking=True)
-    S, U, V = dense_svd(M, vectors)
+    M = torch.stack([m for _, m in batch]) if len(batch) > 1 else batch[0][1].unsqueeze(0)
+    S, U, V = dense_svd(M.to(device, dtype), vectors)
+    S = S.cpu()
     for i, key in enumerate(keys):
         yield key, Spectrum(_to_numpy(S[i]), None if U is None else U[i].cpu(), None if V is None else V[i].cpu())
+
+
+def _stage(M: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Move a dense update towards the device as soon as it arrives: on CUDA the copy is queued
+    asynchronously from pinned memory, so it overlaps with the SVDs already queued on the GPU."""
+    if device.type != "cuda":
+        return M
+    if M.device.type == "cpu":
+        M = M.pin_memory()
+    return M.to(device, non_blocking=True).to(dtype)
 
 
 def _factored_one(update: Update, device, dtype, vectors) -> Spectrum:
@@ -142,7 +153,7 @@ def spectra_of(
         if not isinstance(update, Dense):
             yield from emit([(key, _factored_one(update, device, dtype, vectors))])
             continue
-        M = update.delta
+        M = _stage(update.delta, device, dtype)
         shape = tuple(M.shape)
         nbytes = M.numel() * torch.finfo(dtype).bits // 8
         pending.setdefault(shape, []).append((key, M))
