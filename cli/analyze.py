@@ -9,7 +9,7 @@ from .output import check_not_input, emit, output_format
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path(exists=True))
+@click.argument("ckpt", type=click.Path())
 @reader_options
 @selection_options
 @compute_options

@@ -10,7 +10,7 @@ from .options import reader_options
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path(exists=True))
+@click.argument("ckpt", type=click.Path())
 @reader_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @user_errors

@@ -9,7 +9,7 @@ FORMATS = ("auto", "full", "peft", "multilora", "mtl-multilora", "kohya")
 def reader_options(fn):
     """--base, --type, --lora-alpha, --include-embeddings: how to read a checkpoint."""
     for opt in reversed([
-        click.option("--base", type=click.Path(exists=True), default=None,
+        click.option("--base", type=click.Path(), default=None,
                      help="Base model (dir or file). Needed for full fine-tuning and DoRA adapters."),
         click.option("--type", "ckpt_type", type=click.Choice(FORMATS), default="auto", show_default=True,
                      help="Checkpoint format; 'auto' detects it from the files."),
