@@ -1,0 +1,88 @@
+"""Which reader a path needs, from the files alone (headers only, nothing is loaded).
+
+  directory with adapter_config.json          → "multilora" if peft_type MULTILORA, else "peft"
+  final_checkpoint.pt (or a dir holding it)    → "mtl-multilora"
+  .safetensors file with `lora_down` keys      → "kohya"
+  model directory or .safetensors/.bin file    → "full"
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import FormatError
+from .tensors import SafetensorsFile, TorchFile, model_files, read_json
+
+FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya")
+_EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "
+             "with adapter_config.json, a deltaspec MultiLoRA adapter, an MTL-LoRA final_checkpoint.pt, or a "
+             "kohya LoRA .safetensors file")
+_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def is_multilora_config(cfg: dict) -> bool:
+    return str(cfg.get("peft_type", "")).upper() == "MULTILORA" or cfg.get("deltaspec_format") == "multilora"
+
+
+def resolve(path) -> tuple[str, Path]:
+    """(format, the path its reader should open): a file inside an adapter directory means the directory."""
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(f"{p}: no such file or directory")
+    if p.is_file() and (p.name == "adapter_config.json" or p.name in _ADAPTER_FILES):
+        if (p.parent / "adapter_config.json").is_file():
+            p = p.parent
+        else:
+            raise FormatError(f"{p.parent}: adapter weights found but no adapter_config.json "
+                              "(the PEFT config with r, lora_alpha and target modules is needed)")
+    if p.is_dir():
+        return _detect_dir(p), p
+    return _detect_file(p), p
+
+
+def detect(path) -> str:
+    """One of "full", "peft", "multilora", "mtl-multilora", "kohya"; FormatError otherwise."""
+    return resolve(path)[0]
+
+
+def _detect_dir(d: Path) -> str:
+    cfg = d / "adapter_config.json"
+    if cfg.is_file():
+        return "multilora" if is_multilora_config(read_json(cfg, "adapter config (adapter_config.json)")) else "peft"
+    if (d / "final_checkpoint.pt").is_file() or (d / "checkpoint" / "final_checkpoint.pt").is_file():
+        return "mtl-multilora"
+    if any((d / n).is_file() for n in _ADAPTER_FILES):
+        raise FormatError(f"{d}: adapter weights found but no adapter_config.json "
+                          "(the PEFT config with r, lora_alpha and target modules is needed)")
+    files, _ = model_files(d)
+    if files:
+        if len(files) == 1 and files[0].name not in ("model.safetensors", "pytorch_model.bin"):
+            kind = _detect_file(files[0])
+            if kind == "kohya":
+                return kind
+        return "full"
+    if not any(d.iterdir()):
+        raise FormatError(f"{d}: empty directory, no checkpoint files")
+    raise FormatError(f"{d}: unknown checkpoint format ({_EXPECTED})")
+
+
+def _detect_file(p: Path) -> str:
+    if p.name == "final_checkpoint.pt":
+        return "mtl-multilora"
+    if p.suffix == ".safetensors":
+        keys = SafetensorsFile(p).keys()
+        if any(".lora_down" in k or ".hada_w1_a" in k or ".lokr_w1" in k for k in keys):
+            return "kohya"
+        if any(".lora_A." in k or k.endswith(".lora_A") or "lora_embedding_A" in k for k in keys):
+            raise FormatError(f"{p}: adapter weights found but no adapter_config.json (the PEFT config with r, "
+                              "lora_alpha and target modules is needed; diffusers LoRA files are not supported yet)")
+        return "full"
+    if p.suffix in (".bin", ".pt", ".pth"):
+        keys = TorchFile(p).keys()
+        if any(k.endswith(".lora_scaling") for k in keys):
+            return "mtl-multilora"
+        if any(".lora_A." in k or k.endswith(".lora_A") for k in keys):
+            raise FormatError(f"{p}: adapter weights found but no adapter_config.json "
+                              "(the PEFT config with r, lora_alpha and target modules is needed)")
+        return "full"
+    raise FormatError(f"{p}: unknown checkpoint format ({_EXPECTED})")
+

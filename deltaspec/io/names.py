@@ -1,0 +1,45 @@
+"""Names: which modules are embeddings, model order of layers, short lists for messages."""
+from __future__ import annotations
+
+import re
+
+from ..updates import layer_index
+
+_EMBED_PARTS = {"wte", "wpe", "lm_head", "embed_out"}
+
+
+def is_embedding(name: str) -> bool:
+    """Embedding-like module, decided by name only: a dotted component that contains `embed`
+    (embed_tokens, word_embeddings, …) or is `wte`, `wpe`, `lm_head` or `embed_out`."""
+    return any("embed" in c.lower() or c in _EMBED_PARTS for c in name.split("."))
+
+
+_KNOWN_ORDER = {m: i for i, m in enumerate(
+    ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "query", "key", "value", "dense",
+     "gate_proj", "up_proj", "gate_up_proj", "down_proj", "fc1", "fc2", "w1", "w3", "w2"])}
+
+
+def _natural(s: str) -> tuple:
+    return tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", s)))
+
+
+def order_key(name: str) -> tuple:
+    """Sort key for model order: input embeddings, then per layer index (attention projections
+    before MLP for known module names, else natural order), then the rest (lm_head, …)."""
+    idx = layer_index(name)
+    if idx is None:
+        group = 0 if is_embedding(name) and "lm_head" not in name and "embed_out" not in name else 2
+        return (group, (), 0, 0, _natural(name))
+    m = re.search(r"\.(\d+)(?:\.|$)", name)
+    prefix = name[:m.start()]
+    return (1, _natural(prefix), idx, _KNOWN_ORDER.get(name.rsplit(".", 1)[-1], len(_KNOWN_ORDER)),
+            _natural(name))
+
+
+def sorted_layers(layers: list) -> list:
+    return sorted(layers, key=lambda u: order_key(u.name))
+
+
+def summarize(names: list[str], k: int = 5) -> str:
+    shown = ", ".join(names[:k])
+    return shown + (f", … ({len(names) - k} more)" if len(names) > k else "")

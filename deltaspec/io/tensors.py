@@ -1,0 +1,247 @@
+"""Safe, lazy tensor reading: headers up front, one tensor at a time on demand.
+
+`TensorFile` is one checkpoint file: the header (names, shapes, dtypes) is read when it is opened,
+tensors only by `get(key)`, which upcasts to float32 (float64 stays) and checks for NaN/Inf.
+Safetensors files are re-opened per call with `safe_open` (memory-mapped, thread safe); torch
+pickles (`.bin`, `.pt`) are loaded once with `weights_only=True, mmap=True`.
+`TensorStore` is a model's tensors over one or several files (sharded checkpoints).
+Every read error becomes a one-line `CorruptFileError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from ..errors import CorruptFileError, FormatError, NonFiniteError
+
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+              "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+              "BOOL": "bool"}
+FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """float32 copy of a stored tensor (float64 stays float64); done before any arithmetic."""
+    return t if t.dtype == torch.float64 else t.to(torch.float32)
+
+
+def check_finite(t: torch.Tensor, file: str, key: str) -> torch.Tensor:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(f"{file}: tensor '{key}' contains NaN/Inf values")
+    return t
+
+
+class TensorFile:
+    """One checkpoint file. `entries`: key → (shape, dtype name), in file order."""
+
+    path: str
+    entries: dict[str, tuple[tuple[int, ...], str]]
+    metadata: dict
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.entries[key][0]
+
+    def dtype(self, key: str) -> str:
+        return self.entries[key][1]
+
+    def raw(self, key: str) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor as float32 (or float64), checked finite."""
+        return check_finite(upcast(self.raw(key)), self.path, key)
+
+
+class SafetensorsFile(TensorFile):
+    def __init__(self, path) -> None:
+        from safetensors import safe_open
+
+        self.path = str(path)
+        try:
+            with safe_open(self.path, "pt") as f:
+                self.metadata = dict(f.metadata() or {})
+                self.entries = {}
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    self.entries[k] = (tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower()))
+        except FileNotFoundError:
+            raise FormatError(f"{self.path}: no such file") from None
+        except Exception as e:  # SafetensorError, OSError, …
+            raise CorruptFileError(f"{self.path}: not a readable safetensors file ({_reason(e)}); "
+                                   "the file may be truncated or corrupt") from None
+
+    def raw(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(self.path, "pt") as f:
+                return f.get_tensor(key)
+        except Exception as e:
+            raise CorruptFileError(f"{self.path}: cannot read tensor '{key}' ({_reason(e)}); "
+                                   "the file may be truncated or corrupt") from None
+
+
+class TorchFile(TensorFile):
+    """A `torch.save` pickle of a state dict (`pytorch_model.bin`, `adapter_model.bin`, `.pt`)."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.metadata = {}
+        obj = _torch_load(self.path)
+        tensors = _state_dict_of(obj)
+        if tensors is None:
+            raise FormatError(f"{self.path}: a torch pickle but not a state dict of tensors "
+                              f"(found {type(obj).__name__}); expected a model or adapter state dict")
+        self._tensors = tensors
+        self.entries = {k: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for k, t in tensors.items()}
+
+    def raw(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+
+def _reason(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _torch_load(path: str):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except Exception as first:
+        try:  # legacy (non-zip) pickles cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            reason = _reason(e if "mmap" in str(first) else first)
+            raise CorruptFileError(f"{path}: not a readable PyTorch checkpoint ({reason}); "
+                                   "the file may be truncated or corrupt") from None
+
+
+def _state_dict_of(obj) -> Optional[dict]:
+    """The tensors of a state dict, unwrapping one level ({"state_dict": {...}}, {"model": {...}})."""
+    if not isinstance(obj, dict):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if tensors:
+        return tensors
+    for k in ("state_dict", "model", "module", "model_state_dict"):
+        if isinstance(obj.get(k), dict):
+            return _state_dict_of(obj[k])
+    return None if obj else {}
+
+
+def open_file(path) -> TensorFile:
+    """Open one checkpoint file by its suffix: `.safetensors`, else a torch pickle."""
+    p = str(path)
+    return SafetensorsFile(p) if p.endswith(".safetensors") else TorchFile(p)
+
+
+class TensorStore:
+    """A model's tensors over one or more files; keys are unique across files."""
+
+    def __init__(self, files: Iterable[TensorFile], path) -> None:
+        self.path = str(path)
+        self.files = list(files)
+        self._where: dict[str, TensorFile] = {}
+        for f in self.files:
+            for k in f.keys():
+                self._where.setdefault(k, f)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._where[key].shape(key)
+
+    def dtype(self, key: str) -> str:
+        return self._where[key].dtype(key)
+
+    def source(self, key: str) -> str:
+        return self._where[key].path
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._where[key].get(key)
+
+    def find(self, name: str) -> Optional[str]:
+        """The key of module `name`'s weight, allowing one leading `model.`/`transformer.` mismatch."""
+        cands = [name + ".weight"]
+        head, _, rest = name.partition(".")
+        if rest:
+            cands.append(rest + ".weight")
+        cands += [p + name + ".weight" for p in ("model.", "transformer.")]
+        return next((c for c in cands if c in self._where), None)
+
+
+_SHARD_RE = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+_ADAPTER_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def model_files(d: Path) -> tuple[list[Path], Optional[Path]]:
+    """Weight files of a model directory (and its index json), safetensors preferred; [] if none."""
+    for stem, suf in (("model", ".safetensors"), ("pytorch_model", ".bin")):
+        index = d / f"{stem}{suf}.index.json"
+        if index.is_file():
+            return _index_shards(index), index
+        if (d / f"{stem}{suf}").is_file():
+            return [d / f"{stem}{suf}"], None
+        shards = sorted(p for p in d.glob(f"{stem}-*-of-*{suf}") if _SHARD_RE.match(p.name))
+        if shards:
+            return shards, None
+    others = sorted(p for p in d.glob("*.safetensors") if p.name not in _ADAPTER_NAMES)
+    return others, None
+
+
+def _index_shards(index: Path) -> list[Path]:
+    try:
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptFileError(f"{index}: not a readable checkpoint index ({_reason(e)}); expected "
+                               '{"weight_map": {tensor: shard file}}') from None
+    shards = [index.parent / n for n in names]
+    missing = [str(s) for s in shards if not s.is_file()]
+    if missing:
+        raise FormatError(f"{index}: lists shard {missing[0]} which does not exist"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return shards
+
+
+def open_model(path) -> TensorStore:
+    """A model's weights from a directory (single, sharded, legacy .bin) or a single file."""
+    p = Path(path)
+    if p.is_dir():
+        files, _ = model_files(p)
+        if not files:
+            raise FormatError(f"{p}: no model weights found (expected model.safetensors, sharded "
+                              "model-0000X-of-0000N.safetensors + index json, or pytorch_model.bin)")
+        return TensorStore((open_file(f) for f in files), p)
+    if not p.exists():
+        raise FormatError(f"{p}: no such file or directory")
+    return TensorStore([open_file(p)], p)
+
+
+def read_json(path: Path, what: str = "config") -> dict:
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{path}: not a readable JSON {what} ({_reason(e)})") from None
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
+    return cfg
+
+

@@ -1,0 +1,146 @@
+"""Full fine-tuning checkpoints: ΔW = W_ft − W0 from every layout, compared with float64 subtraction."""
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from deltaspec.errors import MissingBaseError, ShapeMismatchError  # noqa: E402
+from deltaspec.io import detect, load  # noqa: E402
+from io_fixtures import LLAMA_LIKE, close, random_state, write_sharded  # noqa: E402
+
+LAYERS = ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.mlp.down_proj",
+          "model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.mlp.down_proj"]
+
+
+def pair(seed=0, dtype=torch.float32, step=0.05):
+    base = random_state(LLAMA_LIKE, seed, dtype)
+    noise = random_state(LLAMA_LIKE, seed + 100)
+    ft = {k: (v.float() + step * noise[k]).to(dtype) for k, v in base.items()}
+    return base, ft
+
+
+def expected(base, ft, name):
+    return ft[name + ".weight"].double() - base[name + ".weight"].double()
+
+
+def save_dir(sd, d, bin_file=False):
+    d.mkdir(parents=True, exist_ok=True)
+    if bin_file:
+        torch.save(sd, d / "pytorch_model.bin")
+    else:
+        save_file(sd, d / "model.safetensors")
+    return d
+
+
+def check(u, base, ft, names=LAYERS):
+    assert [x.name for x in u] == names
+    for x in u:
+        assert x.kind == "dense" and x.rank_bound == min(x.shape)
+        d = x.load().materialize()
+        assert d.dtype == torch.float32 and tuple(d.shape) == x.shape
+        close(d, expected(base, ft, x.name))
+
+
+def test_single_file_and_embeddings(tmp_path):
+    base, ft = pair()
+    b, f = save_dir(base, tmp_path / "base"), save_dir(ft, tmp_path / "ft")
+    assert detect(f) == "full"
+    u = load(f, base=b)
+    assert u.format == "full" and u.base == str(b) and u.path == str(f)
+    check(u, base, ft)  # 1-D norms and embeddings are not layers by default
+    with_emb = load(f / "model.safetensors", base=b / "model.safetensors", include_embeddings=True)
+    check(with_emb, base, ft, ["model.embed_tokens"] + LAYERS + ["lm_head"])
+
+
+def test_sharded_with_index(tmp_path):
+    base, ft = pair(1)
+    write_sharded(ft, tmp_path / "ft", n=3)
+    write_sharded(base, tmp_path / "base", n=2)
+    assert detect(tmp_path / "ft") == "full"
+    u = load(tmp_path / "ft", base=tmp_path / "base")
+    check(u, base, ft)
+    assert len({x.source for x in u}) == 3  # layers come from their own shards
+
+
+def test_pytorch_model_bin_single_and_sharded(tmp_path):
+    base, ft = pair(2)
+    save_dir(ft, tmp_path / "ft", bin_file=True)
+    write_sharded(base, tmp_path / "base", n=2, stem="pytorch_model", bin_files=True)
+    check(load(tmp_path / "ft", base=tmp_path / "base"), base, ft)
+    check(load(tmp_path / "ft" / "pytorch_model.bin", base=save_dir(base, tmp_path / "b2")), base, ft)
+
+
+def test_bf16_upcast_before_subtract(tmp_path):
+    base, ft = pair(3, torch.bfloat16, step=0.5)
+    b, f = save_dir(base, tmp_path / "base"), save_dir(ft, tmp_path / "ft")
+    u = load(f, base=b)
+    assert {x.dtype for x in u} == {"bfloat16"}
+    differs = False
+    for x in u:
+        d = x.load().materialize()
+        k = x.name + ".weight"
+        assert d.dtype == torch.float32
+        assert torch.equal(d, ft[k].float() - base[k].float())  # exact: upcast, then subtract
+        differs |= not torch.equal(d, (ft[k] - base[k]).float())  # bf16 subtraction rounds
+    assert differs
+
+
+def test_transformers_models_roundtrip(tmp_path):
+    pytest.importorskip("transformers")
+    from io_fixtures import tiny_model
+
+    for kind in ("llama", "gpt2"):
+        m0 = tiny_model(kind, 0)
+        m0.save_pretrained(tmp_path / f"{kind}-base")
+        base = {k: v.clone() for k, v in m0.state_dict().items()}
+        with torch.no_grad():
+            for p in m0.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        m0.save_pretrained(tmp_path / f"{kind}-ft")
+        ft = m0.state_dict()
+        u = load(tmp_path / f"{kind}-ft", base=tmp_path / f"{kind}-base")
+        names = [x.name for x in u]
+        assert len(names) == (14 if kind == "llama" else 8) and not u.warnings
+        if kind == "gpt2":
+            assert names[:2] == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"]
+            assert u[0].shape == (32, 96)  # Conv1D's stored (in, out) orientation
+        for x in u:
+            close(x.load().materialize(), expected(base, ft, x.name))
+
+
+def test_extra_missing_and_mismatch(tmp_path):
+    base, ft = pair(4)
+    ft["model.layers.1.self_attn.v_proj.weight"] = torch.randn(16, 32)
+    del ft["model.norm.weight"]
+    u = load(save_dir(ft, tmp_path / "ft"), base=save_dir(base, tmp_path / "base"))
+    assert "model.layers.1.self_attn.v_proj" not in [x.name for x in u]
+    assert any("v_proj" in w and "not in the base" in w for w in u.warnings)
+    assert any("model.norm.weight" in w for w in u.warnings)
+    ft["model.layers.0.self_attn.k_proj.weight"] = torch.randn(32, 32)
+    save_dir(ft, tmp_path / "ft2")
+    with pytest.raises(ShapeMismatchError) as e:
+        load(tmp_path / "ft2", base=tmp_path / "base")
+    msg = str(e.value)
+    assert "model.layers.0.self_attn.k_proj.weight" in msg and str(tmp_path / "ft2") in msg
+    assert str(tmp_path / "base") in msg
+    with pytest.raises(MissingBaseError, match="--base"):
+        load(tmp_path / "ft")
+
+
+def test_identical_checkpoints_give_zero_layers(tmp_path):
+    base, _ = pair(5)
+    b = save_dir(base, tmp_path / "base")
+    u = load(b, base=b)
+    assert len(u) == len(LAYERS) and all(float(x.load().materialize().abs().max()) == 0 for x in u)
+
+
+def test_prefix_mismatch_head_model_vs_backbone(tmp_path):
+    """A head model's keys (`model.layers.0…`) against a bare backbone's (`layers.0…`)."""
+    base, ft = pair(6)
+    bare = {k.replace("model.", "", 1): v for k, v in base.items() if k.startswith("model.")}
+    u = load(save_dir(ft, tmp_path / "ft"), base=save_dir(bare, tmp_path / "base"))
+    check(u, base, ft)
+    assert any("lm_head.weight" in w for w in u.warnings)
