@@ -18,21 +18,31 @@ from .output import check_not_input, emit, output_format
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref,
-            energy_k, fmt, out, quiet):
+def analyze(ckpt, fmt, out, **opts):
     """Spectra and balance metrics of the weight update in CKPT.
 
     CKPT is a PEFT adapter dir, a deltaspec MultiLoRA adapter dir, a MultiLoRA .pt file, a kohya
     LoRA file, or a fine-tuned model (then pass --base). Under torchrun the layers are shared across
     ranks and rank 0 writes the report.
     """
-    import deltaspec as ds
     from deltaspec import distributed
-    from deltaspec.spectra import pick_device
 
     fmt = output_format(fmt, out)
-    check_not_input(out, [ckpt, base])
-    device = distributed.init_from_env(device)
+    check_not_input(out, [ckpt, opts["base"]])
+    opts["device"] = distributed.init_from_env(opts["device"])
+    try:
+        result = _analyze(ckpt, **opts)
+        if distributed.is_main():
+            emit({"json": result.to_json, "csv": result.to_csv, "table": result.format_table}[fmt](), out)
+    finally:
+        distributed.finish()
+
+
+def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
+             quiet):
+    import deltaspec as ds
+    from deltaspec.spectra import pick_device
+
     pick_device(device)  # a bad --device fails before any reading
     updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
     result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
@@ -40,7 +50,4 @@ def analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, laye
                         progress=False if quiet else None)
     if not result.layers:
         raise ds.DeltaspecError(f"{ckpt}: no layers match --modules {modules} --layers {layers}")
-    if not distributed.is_main():
-        return
-    text = {"json": result.to_json, "csv": result.to_csv, "table": result.format_table}[fmt]()
-    emit(text, out)
+    return result

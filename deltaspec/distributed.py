@@ -79,3 +79,11 @@ def gather(results: list, layers: Sequence) -> list:
     for p in parts:
         merged.update(p)
     return [merged[u.name] for u in layers]
+
+
+def finish() -> None:
+    """Wait for every rank, then leave the process group cleanly (an abandoned gloo group can abort
+    the process at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
