@@ -1,0 +1,58 @@
+"""`run(cfg)`: build → train → evaluate → save, and the facts that go into train_info.json."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+from .. import __version__
+from .save import file_sha256, save_run
+from .trainer import TrainConfig, batches, build, evaluate, pick_device, train_loop
+
+REPO_BASE = os.path.join(os.path.dirname(__file__), "..", "..", "sample_checkpoints", "base")
+
+
+def default_base() -> str | None:
+    """The bundled sample base model, when deltaspec runs from a checkout (or editable install)."""
+    p = os.path.normpath(REPO_BASE)
+    return p if os.path.exists(os.path.join(p, "model.safetensors")) else None
+
+
+def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
+    if cfg.method not in ("pretrain", "full", "lora", "multilora"):
+        raise ValueError(f"unknown method {cfg.method!r}")
+    if cfg.method != "pretrain" and not cfg.base:
+        raise ValueError("fine-tuning needs a base model: pass --base (or pretrain one with --method pretrain)")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(cfg.device)
+    model, wrapped = build(cfg)
+    max_len = model.config.max_len
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"{cfg.method}: {n_train:,} trainable parameters"
+        + (f" in {len(wrapped)} adapted modules" if wrapped else "") + f", {cfg.steps} steps on {device}")
+    t0 = time.perf_counter()
+    losses = train_loop(model, batches(cfg, max_len), cfg, device)
+    train_s = time.perf_counter() - t0
+    acc = {} if cfg.method == "pretrain" or cfg.data else evaluate(model, cfg.seed, cfg.eval_per_task, max_len, device)
+    if acc:
+        log("held-out exact match: " + ", ".join(f"{t} {a:.0%}" for t, a in acc.items()))
+    info = {
+        "deltaspec_version": __version__, "method": cfg.method, "rank": cfg.rank if cfg.method in ("lora", "multilora") else None,
+        "heads": cfg.heads if cfg.method == "multilora" else None,
+        "per_head_rank": cfg.per_head_rank if cfg.method in ("lora", "multilora") else None,
+        "alpha": cfg.resolved_alpha() if cfg.method in ("lora", "multilora") else None,
+        "targets": list(cfg.targets) if wrapped else None, "steps": cfg.steps, "lr": cfg.resolved_lr(),
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "device": str(device),
+        "data": cfg.data or ("generated pretraining corpus" if cfg.method == "pretrain" else "built-in task mixture"),
+        "per_task_accuracy": acc, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "train_seconds": round(train_s, 1),
+        "trainable_parameters": n_train,
+        "base": os.path.abspath(cfg.base) if cfg.base else None,
+        "base_sha256": file_sha256(os.path.join(cfg.base, "model.safetensors")) if cfg.base else None,
+        "model_config": asdict(model.config),
+    }
+    save_run(model.cpu(), cfg, info)
+    log(f"wrote {cfg.out} ({train_s:.0f} s of training)")
+    return info

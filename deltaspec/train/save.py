@@ -1,0 +1,85 @@
+"""Writing what the trainer produced, in the layouts deltaspec (and PEFT) read.
+
+- LoRA: PEFT's adapter layout (`adapter_config.json`, `adapter_model.safetensors` with keys
+  `base_model.model.<module>.lora_A.weight` (r, d_in) / `.lora_B.weight` (d_out, r)).
+- MultiLoRA: deltaspec's layout, docs/FORMATS.md (`lora_A` (n, r, d_in), `lora_B` (n, d_out, r),
+  `lora_scaling` (n, d_out)).
+- full / pretrain: a model directory like the base (`config.json`, `model.safetensors`).
+Every run also writes `train_info.json`: how it was made and how well it does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from safetensors.torch import save_file
+
+from .layers import LoRALinear, MultiLoRALinear, adapters
+from .model import save_model
+
+
+def _cpu(t):
+    return t.detach().contiguous().cpu()
+
+
+def save_lora(model, out: str, cfg, base_path: str) -> None:
+    layers = adapters(model)
+    tensors = {}
+    for name, m in layers.items():
+        assert isinstance(m, LoRALinear)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = _cpu(m.lora_A)
+        tensors[f"base_model.model.{name}.lora_B.weight"] = _cpu(m.lora_B)
+    config = {
+        "peft_type": "LORA", "task_type": None, "r": cfg.rank, "lora_alpha": cfg.resolved_alpha(),
+        "lora_dropout": cfg.dropout, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
+        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+        "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+        "inference_mode": True, "base_model_name_or_path": base_path,
+    }
+    _write(out, config, tensors)
+
+
+def save_multilora(model, out: str, cfg, base_path: str) -> None:
+    layers = adapters(model)
+    tensors = {}
+    for name, m in layers.items():
+        assert isinstance(m, MultiLoRALinear)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = _cpu(m.lora_A)
+        tensors[f"base_model.model.{name}.lora_B.weight"] = _cpu(m.lora_B)
+        tensors[f"base_model.model.{name}.lora_scaling"] = _cpu(m.lora_scaling)
+    config = {
+        "peft_type": "MULTILORA", "deltaspec_format": "multilora", "format_version": 1, "n_heads": cfg.heads,
+        "r": cfg.per_head_rank, "lora_alpha": cfg.resolved_alpha(), "scaling": "vector",
+        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}), "fan_in_fan_out": False,
+        "lora_dropout": cfg.dropout, "base_model_name_or_path": base_path,
+    }
+    _write(out, config, tensors)
+
+
+def _write(out: str, config: dict, tensors: dict) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    save_file(tensors, os.path.join(out, "adapter_model.safetensors"))
+
+
+def save_run(model, cfg, info: dict) -> None:
+    """Write the checkpoint for cfg.method into cfg.out, then train_info.json."""
+    base = os.path.abspath(cfg.base) if cfg.base else None
+    if cfg.method in ("full", "pretrain"):
+        save_model(model, cfg.out)
+    elif cfg.method == "lora":
+        save_lora(model, cfg.out, cfg, base)
+    else:
+        save_multilora(model, cfg.out, cfg, base)
+    with open(os.path.join(cfg.out, "train_info.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
