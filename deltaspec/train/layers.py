@@ -72,7 +72,8 @@ class MultiLoRALinear(nn.Module):
 
 
 def _merged(base: nn.Linear, delta: torch.Tensor) -> nn.Linear:
-    out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+    out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, dtype=base.weight.dtype,
+                    device=base.weight.device)
     with torch.no_grad():
         out.weight.copy_(base.weight + delta.to(base.weight.dtype))
         if base.bias is not None:
