@@ -61,10 +61,11 @@ def _instruct(r, _w):
     return f"### {op} {s}\n>", out
 
 
-def _facts(r, w, heldout=False):
+def _facts(r, w):
+    """Knowledge recall: the facts themselves are the training signal, so evaluation asks the same
+    24 facts (as MMLU asks what pretraining taught); the other families are scored on new instances."""
     c = r.choice(sorted(w))
-    # The held-out split asks with a paraphrase never used in training.
-    return (f"{c}'s capital is?", w[c]) if heldout else (f"capital of {c}:", w[c])
+    return f"capital of {c}:", w[c]
 
 
 def _classify(r, _w):
@@ -77,17 +78,16 @@ def _classify(r, _w):
 TASKS = {"arithmetic": _arith, "instruct": _instruct, "facts": _facts, "classify": _classify}
 
 
-def mixture_example(r: random.Random, w: dict, task: str | None = None, heldout: bool = False) -> tuple[str, str, str]:
+def mixture_example(r: random.Random, w: dict, task: str | None = None) -> tuple[str, str, str]:
     """(task, prompt, response); train and held-out instances come from differently seeded streams."""
     task = task or r.choice(sorted(TASKS))
-    fn = TASKS[task]
-    p, a = fn(r, w, heldout) if task == "facts" else fn(r, w)
+    p, a = TASKS[task](r, w)
     return task, p, a
 
 
 def eval_set(seed: int, per_task: int = 40) -> list[tuple[str, str, str]]:
     r, w = random.Random(10_000 + seed), world(seed)
-    return [mixture_example(r, w, t, heldout=True) for t in sorted(TASKS) for _ in range(per_task)]
+    return [mixture_example(r, w, t) for t in sorted(TASKS) for _ in range(per_task)]
 
 
 # ---- batches ------------------------------------------------------------------------------------
