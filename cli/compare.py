@@ -1,0 +1,134 @@
+"""`deltaspec compare`: metrics of several checkpoints (or saved analyses) side by side, with differences.
+
+Also home of `load_results`, the input handling that `plot` and `subspace` share: every input is a
+checkpoint (analysed now) or an `analyze -o X.json` file (read back, nothing recomputed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import parse_layers, parse_list, user_errors
+from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
+from .output import check_not_input, emit, output_format
+
+INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
+JSON file written by `deltaspec analyze -o X.json` (read back, nothing recomputed). --base is used for
+the checkpoints that need it (full fine-tuning, DoRA) and ignored by the others."""
+
+
+def is_saved_analysis(path: str) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() == ".json"
+
+
+def input_labels(inputs, labels: str | None) -> list[str]:
+    """--labels a,b,c, else the input names (`sample_checkpoints/lora` → lora), made unique."""
+    from deltaspec.compare import default_label
+    from deltaspec.errors import DeltaspecError
+
+    if labels:
+        out = parse_list(labels) or []
+        if len(out) != len(inputs):
+            raise DeltaspecError(f"--labels has {len(out)} names for {len(inputs)} inputs; give one per input")
+        return out
+    out = [default_label(p) for p in inputs]
+    if len(set(out)) < len(out):
+        out = [str(Path(p)) for p in inputs]
+    return out
+
+
+def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings):
+    """deltaspec.load without the base; again with it when the format needs one (MissingBaseError)."""
+    import deltaspec as ds
+    from deltaspec.errors import MissingBaseError
+
+    kw = dict(format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    try:
+        return ds.load(path, base=None, **kw)
+    except MissingBaseError as e:
+        if not base:
+            raise MissingBaseError(f"{e} (pass --base BASE)") from None
+        return ds.load(path, base=base, **kw)
+
+
+def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,
+                 layers=None, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16", vectors=False,
+                 quiet=False):
+    """One AnalysisResult per input, restricted to --modules/--layers."""
+    import deltaspec as ds
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.spectra import pick_device
+
+    mods, lays = parse_list(modules), parse_layers(layers)
+    if not all(is_saved_analysis(p) for p in inputs):
+        pick_device(device)  # a bad --device fails before any reading
+    out = []
+    for path in inputs:
+        if is_saved_analysis(path):
+            if vectors:
+                raise DeltaspecError(f"{path}: saved analyses keep no singular vectors; give the checkpoint instead")
+            res = ds.AnalysisResult.from_json(path)
+            res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
+        else:
+            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
+            res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, top_k=parse_ints(energy_k, "--energy-k"),
+                             n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
+        if not res.layers:
+            raise DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
+        out.append(res)
+    return out
+
+
+def input_options(fn):
+    """INPUTS…, reading/selection/compute options and --labels, shared by compare and plot."""
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("--labels", default=None, help="Comma-separated names, one per input [default: input names].")(fn)
+    fn = compute_options(fn)
+    fn = selection_options(fn)
+    fn = reader_options(fn)
+    return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+
+
+@click.command(epilog=INPUTS_HELP)
+@input_options
+@click.option("--per-layer", is_flag=True, help="One block per layer instead of means per module type.")
+@click.option("--metrics", default=None, help="Metrics to show, e.g. 'top1_energy,effective_rank' "
+              "[default: the analyze table's columns; JSON/CSV: all].")
+@click.option("--strict-n-ref", is_flag=True, help="Refuse inputs whose normalized_entropy uses different n_ref "
+              "instead of recomputing it with n_ref = min(d_out, d_in).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="Output format [default: from -o's extension, else table].")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@user_errors
+def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
+            quiet, labels, per_layer, metrics, strict_n_ref, fmt, out):
+    """Metrics of several checkpoints side by side, with differences to the first.
+
+    \b
+    deltaspec compare sample_checkpoints/lora sample_checkpoints/multilora \\
+        sample_checkpoints/full --base sample_checkpoints/base --labels LoRA,MultiLoRA,FT
+
+    Per module type (or per layer with --per-layer): the mean of every metric (names as in
+    `analyze`) for each input, then `label-first` differences. Fair by construction: only layers
+    present in every input are compared (the rest are listed as dropped), and normalized_entropy
+    uses one n_ref per layer for every method (recomputed from the singular values with
+    n_ref = min(d_out, d_in) when the inputs disagree). The report says so.
+    """
+    from deltaspec.compare import compare as run_compare
+    from deltaspec.results import TABLE_METRICS
+
+    fmt = output_format(fmt, out)
+    check_not_input(out, [*inputs, base])
+    names = input_labels(inputs, labels)
+    results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
+                           include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
+                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
+    chosen = parse_list(metrics)
+    cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
+                      on_n_ref_mismatch="error" if strict_n_ref else "recompute")
+    if fmt == "table":
+        text = cmp.format_table(chosen or [m for m in TABLE_METRICS if m in cmp.metrics])
+    else:
+        text = cmp.to_json() if fmt == "json" else cmp.to_csv().rstrip("\n")
+    emit(text, out)

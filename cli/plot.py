@@ -1,0 +1,180 @@
+"""`deltaspec plot …`: paper figures from checkpoints or saved analyses (thin: load → deltaspec.plots → save)."""
+from __future__ import annotations
+
+import click
+
+from .common import parse_list, user_errors
+from .compare import INPUTS_HELP, input_labels, input_options, load_results
+from .options import parse_ints
+from .output import check_not_input
+
+FIG_HELP = """Output: -o FILE.pdf / .svg (vector, fonts embedded) or .png (--dpi); the shipped paper style
+(8 pt sans-serif, Okabe-Ito colour-blind-safe colours); --size single (3.3 in) or double (6.9 in)
+column width. Same input, same bytes."""
+
+
+def figure_options(fn):
+    for opt in reversed([
+        click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
+                     help="Figure file: .pdf, .svg or .png."),
+        click.option("--size", type=click.Choice(["single", "double"]), default=None,
+                     help="Column width: single 3.3 in, double 6.9 in [default: single; hist with 2+ panels: double]."),
+        click.option("--height", type=float, default=None, help="Figure height in inches [default: from the width]."),
+        click.option("--dpi", type=int, default=300, show_default=True, help="Resolution of PNG output."),
+        click.option("--title", default=None, help="Axes title [default: what was plotted]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _load(kw: dict, vectors: bool = False):
+    """Shared: labels, results; pops the input options out of `kw` and leaves the figure ones."""
+    inputs = kw.pop("inputs")
+    check_not_input(kw["out"], [*inputs, kw.get("base")])
+    labels = input_labels(inputs, kw.pop("labels"))
+    keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
+            "energy_k", "quiet")
+    opts = {k: kw.pop(k) for k in keys}
+    return dict(zip(labels, load_results(inputs, vectors=vectors, **opts))), opts
+
+
+def _save(ax, kw: dict) -> None:
+    from deltaspec.plots import save
+
+    save(ax, kw["out"], dpi=kw["dpi"])
+    click.echo(f"wrote {kw['out']}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def plot():
+    """Paper figures: Figure-2 histograms, spectra, energy curves, heatmaps, subspace similarity.
+
+    \b
+    deltaspec plot hist     CKPT… --modules k_proj,v_proj -o fig2.pdf   # MultiLoRA paper, Figure 2
+    deltaspec plot spectrum CKPT… -o spectra.svg      # sorted σ_i per method (log scale)
+    deltaspec plot energy   CKPT… -o energy.png       # cumulative energy share vs k
+    deltaspec plot heatmap  CKPT --metric normalized_entropy -o heat.pdf
+    deltaspec plot similarity CKPT_A CKPT_B --modules v_proj -o phi.pdf
+    deltaspec plot hist spectra.json …                # saved `analyze -o` output: nothing recomputed
+    """
+
+
+@plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
+@input_options
+@figure_options
+@click.option("--top", default="auto", show_default=True,
+              help="σ per layer: 'auto' = top R, R the smallest rank among the inputs; N; or 'all'.")
+@click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
+@click.option("--bins", type=int, default=20, show_default=True, help="Number of bins (shared by all inputs).")
+@click.option("--log-counts", is_flag=True, help="Log-scaled counts.")
+@click.option("--density", is_flag=True, help="Each histogram normalised to unit area (use with --top all).")
+@click.option("--log-x", is_flag=True, help="Log-spaced bins and axis.")
+@user_errors
+def hist(**kw):
+    """Figure 2: histograms of the singular values of ΔW, one panel per module, inputs overlaid.
+
+    Panels are --modules (default k_proj,v_proj, the paper's choice); all --layers of a module are
+    pooled. By default each layer contributes σ_i / σ_1 for its top R singular values, R the smallest
+    rank among the inputs (16 for a rank-16 LoRA): LoRA has only R nonzero σ while full FT has
+    min(d_out, d_in), so comparing the top R of each is like with like, and dividing by σ_1 shows the
+    shape (how dominated by the top directions), not the scale set by α/r or the learning rate.
+    Bins are shared by all inputs in a panel.
+    """
+    from deltaspec.plots import hist as draw
+
+    modules = parse_list(kw["modules"]) or ["k_proj", "v_proj"]
+    kw["modules"] = ",".join(modules)
+    data, _ = _load(kw)
+    top = kw["top"] if kw["top"] in ("auto", "all") else parse_ints(kw["top"], "--top")[0]
+    axes = draw(data, modules=modules, top=top, normalize=not kw["raw"], bins=kw["bins"], log_counts=kw["log_counts"],
+                density=kw["density"], log_x=kw["log_x"], title=kw["title"], size=kw["size"], height=kw["height"])
+    _save(axes, kw)
+
+
+@plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
+@input_options
+@figure_options
+@click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
+@click.option("--log-x", is_flag=True, help="Log-scaled index axis.")
+@click.option("--no-band", is_flag=True, help="No interquartile band.")
+@user_errors
+def spectrum(**kw):
+    """Sorted singular values σ_i vs i, one line per input (log y).
+
+    The line is the median over the selected layers (--modules, --layers; default all) at each i,
+    the band the interquartile range; σ_i / σ_1 per layer unless --raw. Factored updates end at
+    their rank (dot): their other singular values are exactly zero.
+    """
+    from deltaspec.plots import spectrum as draw
+
+    data, opts = _load(kw)
+    ax = draw(data, modules=parse_list(opts["modules"]), normalize=not kw["raw"], iqr=not kw["no_band"],
+              log_x=kw["log_x"], title=kw["title"], size=kw["size"], height=kw["height"])
+    _save(ax, kw)
+
+
+@plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
+@input_options
+@figure_options
+@click.option("--linear-x", is_flag=True, help="Linear k axis [default: log].")
+@click.option("--mark", default=None, help="Draw guides at these k, e.g. '16' (the adapter rank).")
+@click.option("--no-band", is_flag=True, help="No interquartile band.")
+@user_errors
+def energy(**kw):
+    """Cumulative energy share Σ_{i≤k} σ_i² / Σ σ_i² vs k, one line per input.
+
+    The curve behind the `top{k}_energy` metrics: median over the selected layers with an
+    interquartile band. A rank-r update reaches 1 at k = r.
+    """
+    from deltaspec.plots import energy as draw
+
+    data, opts = _load(kw)
+    mark = parse_ints(kw["mark"], "--mark") if kw["mark"] else ()
+    ax = draw(data, modules=parse_list(opts["modules"]), iqr=not kw["no_band"], log_x=not kw["linear_x"], mark=mark,
+              title=kw["title"], size=kw["size"], height=kw["height"])
+    _save(ax, kw)
+
+
+@plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
+@input_options
+@figure_options
+@click.option("--metric", default="normalized_entropy", show_default=True, help="Metric name, as in `analyze`.")
+@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap (viridis, cividis: colour-blind safe).")
+@click.option("--annotate/--no-annotate", default=None, help="Values in the cells [default: when ≤ 120 cells].")
+@user_errors
+def heatmap(**kw):
+    """Layer × module heatmap of one metric of one checkpoint (or saved analysis)."""
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.plots import heatmap as draw
+
+    if len(kw["inputs"]) != 1:
+        raise DeltaspecError(f"heatmap draws one input, got {len(kw['inputs'])}")
+    data, opts = _load(kw)
+    ax = draw(data, kw["metric"], modules=parse_list(opts["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
+              title=kw["title"], size=kw["size"], height=kw["height"])
+    _save(ax, kw)
+
+
+@plot.command(epilog=INPUTS_HELP + " Saved analyses carry no singular vectors: give checkpoints.\n\n" + FIG_HELP)
+@input_options
+@figure_options
+@click.option("-k", "--top-k", "k", type=int, default=16, show_default=True, help="Grid size: top-i, top-j up to k.")
+@click.option("--side", type=click.Choice(["left", "right"]), default="left", show_default=True,
+              help="Left (output space, U) or right (input space, V) singular vectors.")
+@user_errors
+def similarity(**kw):
+    """Subspace similarity φ(i, j) = ‖U_A[:, :i]ᵀ U_B[:, :j]‖²_F / min(i, j) of two inputs.
+
+    LoRA paper §7.2 (Figure 3 there): 1 = the top-i directions of A contain (or lie in) the top-j of
+    B, 0 = orthogonal. Averaged over the selected layers (--modules, --layers; pick one layer to see
+    a single one).
+    """
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.plots import mean_similarity, similarity as draw
+
+    if len(kw["inputs"]) != 2:
+        raise DeltaspecError(f"similarity compares two inputs, got {len(kw['inputs'])}")
+    data, opts = _load(kw, vectors=True)
+    grid = mean_similarity(data, modules=parse_list(opts["modules"]), k=kw["k"], side=kw["side"])
+    ax = draw(grid, labels=list(data), title=kw["title"], size=kw["size"], height=kw["height"])
+    _save(ax, kw)

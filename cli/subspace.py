@@ -1,0 +1,136 @@
+"""`deltaspec subspace`: subspace similarity, amplification factor and intruder dimensions per layer."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import click
+
+from .common import user_errors
+from .compare import INPUTS_HELP, input_labels, input_options, load_results
+from .options import parse_ints
+from .output import check_not_input, emit, output_format
+
+
+def base_weight(store, name: str, shape):
+    """W0 of module `name` (float32, the stored orientation, which is also the update's)."""
+    from deltaspec.errors import FormatError, ShapeMismatchError
+
+    key = store.find(name)
+    if key is None:
+        raise FormatError(f"{store.path}: no weight for layer {name}; is --base the model this checkpoint was "
+                          "trained from?")
+    if tuple(store.shape(key)) != tuple(shape):
+        raise ShapeMismatchError(f"{store.source(key)}: {key} has shape {tuple(store.shape(key))} but the update "
+                                 f"of {name} is {tuple(shape)}; is --base the right base model?")
+    return store.get(key)
+
+
+def _rows(reports, labels, ks):
+    rows = []
+    for rep in reports:
+        for n, lab in enumerate(labels):
+            row = {"layer": rep.name, "input": lab}
+            g = rep.similarity.get(lab)
+            for k in ks:  # "-" where an input has fewer than k singular vectors
+                row[f"phi@{k}"] = float(g[k - 1, k - 1]) if g is not None and k <= min(g.shape) else None
+            a, t = rep.amplification[n], rep.intruders[n]
+            if a is not None:
+                row.update(amp_r=a.r, amplification=a.factor, proj_norm=a.projected_norm, delta_norm=a.delta_norm,
+                           w0_norm=a.base_norm)
+            if t is not None:
+                row.update(intruders=t.count, intruder_idx=",".join(str(i) for i in t.indices))
+            rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    from deltaspec.results import _fmt as fmt
+
+    return "-" if v is None else (v if isinstance(v, str) else fmt(v))
+
+
+@click.command(epilog=INPUTS_HELP + " Saved analyses carry no singular vectors: give checkpoints.")
+@input_options
+@click.option("-k", "--top-k", "ks", default="1,4,16", show_default=True,
+              help="φ(k, k) columns: similarity of the top-k left singular vectors with the first input's.")
+@click.option("--amp-r", type=int, default=None,
+              help="r of the amplification factor [default: the smallest rank among the inputs].")
+@click.option("--intruder-k", type=int, default=10, show_default=True, help="Top singular vectors of W0+ΔW examined.")
+@click.option("--eps", type=float, default=0.5, show_default=True, help="Intruder threshold on max |cos| with W0's vectors.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
+              help="Output format [default: from -o's extension, else table].")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@user_errors
+def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
+             quiet, labels, ks, amp_r, intruder_k, eps, fmt, out):
+    """Subspace metrics per layer: φ similarity, amplification factor, intruder dimensions.
+
+    \b
+    deltaspec subspace sample_checkpoints/lora sample_checkpoints/multilora \\
+        sample_checkpoints/full --base sample_checkpoints/base --modules k_proj --layers 0
+
+    \b
+    phi@k          φ(k, k) = ‖U_first[:, :k]ᵀ U[:, :k]‖²_F / k against the FIRST input (LoRA paper
+                   §7.2): 1 = same top-k output directions, 0 = orthogonal; "-" when an
+                   input has fewer than k singular vectors (a rank-r adapter has r).
+    amplification  ‖ΔW‖_F / ‖U_rᵀ W0 V_r‖_F, U_r, V_r the top-r singular vectors of ΔW (LoRA paper
+                   §7.3); proj_norm = ‖U_rᵀ W0 V_r‖_F, w0_norm = ‖W0‖_F. Needs --base.
+    intruders      how many of the top --intruder-k left singular vectors of W0 + ΔW have
+                   max |cos| < --eps with every left singular vector of W0 (Shuttleworth et al.
+                   2024), and their positions (0 = largest). Needs --base.
+
+    Singular vectors of every selected layer are kept in memory: select with --modules/--layers
+    on large models.
+    """
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.compare import align
+    from deltaspec.subspace import layer_subspace
+
+    fmt = output_format(fmt, out)
+    check_not_input(out, [*inputs, base])
+    names = input_labels(inputs, labels)
+    if len(inputs) < 2 and not base:
+        raise DeltaspecError("give two or more inputs (φ similarity) and/or --base (amplification, intruders)")
+    kk = parse_ints(ks, "--top-k")
+    results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
+                           include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
+                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
+    al = align(results, names)
+    store = None
+    if base:
+        from deltaspec.io.tensors import open_model
+
+        store = open_model(base)
+    reports = []
+    for k, name in enumerate(al.names):
+        col = [res.layers[k] for res in al.results]
+        W0 = base_weight(store, name, col[0].shape) if store else None
+        reports.append(layer_subspace(name, al.labels, col, W0, grid=max(kk), amp_r=amp_r, intruder_k=intruder_k, eps=eps))
+    rows = _rows(reports, al.labels, kk)
+    notes = al.notes + [f"phi@k against {al.labels[0]}" if len(al.labels) > 1 else "one input: no phi"]
+    if fmt == "json":
+        emit(json.dumps({"labels": al.labels, "reference": al.labels[0], "inputs": list(inputs), "base": base,
+                         "settings": {"top_k": list(kk), "amp_r": amp_r, "intruder_k": intruder_k, "eps": eps},
+                         "notes": notes, "rows": [{k: _json(v) for k, v in r.items()} for r in rows],
+                         "phi_grids": {rep.name: {lab: g.tolist() for lab, g in rep.similarity.items()}
+                                       for rep in reports}}, indent=1), out)
+        return
+    head = list(dict.fromkeys(k for r in rows for k in r))
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=head, lineterminator="\n")
+        w.writeheader()
+        w.writerows({h: "" if r.get(h) is None else r[h] for h in head} for r in rows)
+        emit(buf.getvalue().rstrip("\n"), out)
+        return
+    from deltaspec.results import text_grid
+
+    body = [[_fmt(r.get(h)) if h != "intruder_idx" else (r.get(h) or "-") for h in head] for r in rows]
+    emit("\n".join(text_grid(head, body) + [""] + [f"note: {n}" for n in notes]), out)
+
+
+def _json(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v

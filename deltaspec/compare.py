@@ -1,0 +1,246 @@
+"""Compare several analyses (LoRA vs MultiLoRA vs full FT) fairly: same layers, same n_ref, same names.
+
+    cmp = compare([lora, multilora, ft], labels=["LoRA", "MultiLoRA", "FT"])
+    print(cmp.format_table())       # per module type: each method's mean, then method − first method
+
+Fairness rules (stated in every output):
+- only layers present in every input are compared (the others are dropped with a warning);
+- a layer must have the same shape in every input (else ShapeMismatchError);
+- `normalized_entropy` must use one n_ref per layer across methods: when the inputs disagree it is
+  recomputed from the singular values with n_ref = min(d_out, d_in) for every method
+  (or refused with `on_n_ref_mismatch="error"`);
+- only metrics present in every input are compared.
+Pure: works on AnalysisResults (fresh from `analyze` or read back with `AnalysisResult.from_json`).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from . import metrics as M
+from .errors import DeltaspecError, ShapeMismatchError
+from .results import AnalysisResult, Table, _fmt, _json_num, text_grid
+
+
+def default_label(path) -> str:
+    """`sample_checkpoints/lora` → `lora`; `out/spectra.json` → `spectra`."""
+    p = Path(str(path).rstrip("/\\"))
+    return p.stem if p.suffix.lower() == ".json" else (p.name or str(path))
+
+
+@dataclass
+class Aligned:
+    """Several analyses restricted to their common layers, in the first input's layer order."""
+
+    labels: list[str]
+    results: list[AnalysisResult]
+    names: list[str]  # common layer names
+    dropped: dict = field(default_factory=dict)  # label -> layer names not in every input
+    notes: list[str] = field(default_factory=list)
+
+
+def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None,
+          on_n_ref_mismatch: str = "recompute") -> Aligned:
+    """Keep the layers every input has; make n_ref agree per layer (see the module docstring)."""
+    results = list(results)
+    if not results:
+        raise DeltaspecError("nothing to compare: give at least one analysis")
+    labels = list(labels) if labels else [default_label(r.source.get("path", f"input{i}")) for i, r in enumerate(results)]
+    if len(labels) != len(results):
+        raise DeltaspecError(f"{len(labels)} labels for {len(results)} inputs; give one label per input")
+    if len(set(labels)) != len(labels):
+        raise DeltaspecError(f"labels must be distinct, got {labels}; pass --labels")
+    common = set.intersection(*({r.name for r in res.layers} for res in results))
+    names = [r.name for r in results[0].layers if r.name in common]
+    if not names:
+        raise DeltaspecError(f"the inputs share no layer names ({', '.join(labels)}); nothing to compare")
+    dropped = {lab: [r.name for r in res.layers if r.name not in common] for lab, res in zip(labels, results)}
+    notes = [f"{lab}: {len(d)} layer(s) not in every input dropped ({_short(d)})" for lab, d in dropped.items() if d]
+    by_name = [{r.name: r for r in res.layers} for res in results]
+    out = [AnalysisResult([idx[n] for n in names], dict(res.source), dict(res.settings), list(res.warnings))
+           for idx, res in zip(by_name, results)]
+    for k, n in enumerate(names):  # every aligned result lists `names` in this order
+        if len({tuple(res.layers[k].shape) for res in out}) > 1:
+            raise ShapeMismatchError(f"layer {n} has different shapes across inputs: "
+                                     + ", ".join(f"{lab} {tuple(res.layers[k].shape)}" for lab, res in zip(labels, out)))
+    _common_n_ref(out, labels, names, on_n_ref_mismatch, notes)
+    return Aligned(labels, out, names, {k: v for k, v in dropped.items() if v}, notes)
+
+
+def _short(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", … +{len(names) - n}" if len(names) > n else "")
+
+
+def _common_n_ref(results: list[AnalysisResult], labels, names, policy: str, notes: list[str]) -> None:
+    """Per layer, make every method's normalized_entropy use one n_ref (copying, never mutating inputs)."""
+    fixed = []
+    for k, n in enumerate(names):
+        if len({res.layers[k].n_ref for res in results}) == 1:
+            continue
+        if policy == "error":
+            raise DeltaspecError(f"layer {n}: normalized_entropy uses different n_ref across inputs ("
+                                 + ", ".join(f"{lab}: {res.layers[k].n_ref}" for lab, res in zip(labels, results))
+                                 + "); re-run analyze with the same --n-ref")
+        fixed.append(n)
+        for res in results:
+            lr = copy.copy(res.layers[k])
+            lr.n_ref = min(lr.shape)
+            lr.metrics = dict(lr.metrics, normalized_entropy=M.normalized_entropy(lr.singular_values, lr.n_ref))
+            res.layers[k] = lr
+    if fixed:
+        notes.append(f"n_ref differed across inputs in {len(fixed)} layer(s): normalized_entropy recomputed "
+                     "from the singular values with n_ref = min(d_out, d_in) for every method")
+
+
+@dataclass
+class Comparison:
+    """Metrics of several methods side by side, per module type (or per layer), with differences.
+
+    `values[group][metric][label]` is the mean over the group's layers (NaNs ignored), or the layer's
+    value in per-layer mode; differences are `label − first label`.
+    """
+
+    aligned: Aligned
+    per_layer: bool
+    metrics: list[str]
+    values: dict  # group -> metric -> label -> value
+    n_layers: dict  # group -> number of layers averaged
+
+    @property
+    def labels(self) -> list[str]:
+        return self.aligned.labels
+
+    def differences(self, group: str, metric: str) -> dict:
+        v = self.values[group][metric]
+        first = v[self.labels[0]]
+        return {lab: v[lab] - first for lab in self.labels[1:]}
+
+    def n_ref_note(self) -> str:
+        refs = sorted({r.n_ref for res in self.aligned.results for r in res.layers})
+        same = all(len({r.n_ref for r in col}) == 1 for col in zip(*(res.layers for res in self.aligned.results)))
+        return (f"same {len(self.aligned.names)} layers in every column; normalized_entropy = H / ln(n_ref) with "
+                f"{'one' if same else 'DIFFERENT'} n_ref per layer for every method (n_ref: {', '.join(map(str, refs))})")
+
+    def rows(self) -> list[dict]:
+        """One row per (group, metric): each method's value, then `label-first` differences."""
+        key = "layer" if self.per_layer else "module"
+        first = self.labels[0]
+        out = []
+        for g, per_metric in self.values.items():
+            for m in self.metrics:
+                row = {key: g, "n_layers": self.n_layers[g], "metric": m, **per_metric[m]}
+                row.update({f"{lab}-{first}": d for lab, d in self.differences(g, m).items()})
+                out.append(row)
+        return out
+
+    def table(self):
+        """A pandas DataFrame indexed by (group, metric) when pandas is installed, else a printable Table."""
+        try:
+            import pandas as pd
+        except ImportError:
+            return Table(self.rows())
+        key = "layer" if self.per_layer else "module"
+        return pd.DataFrame(self.rows()).set_index([key, "metric"])
+
+    def to_csv(self) -> str:
+        rows = self.rows()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        return buf.getvalue()
+
+    def to_dict(self) -> dict:
+        a = self.aligned
+        groups = {g: {"n_layers": self.n_layers[g],
+                      "metrics": {m: {lab: _json_num(v) for lab, v in per[m].items()} for m in self.metrics},
+                      "differences": {m: {lab: _json_num(v) for lab, v in self.differences(g, m).items()}
+                                      for m in self.metrics}}
+                  for g, per in self.values.items()}
+        return {"deltaspec_version": __version__, "labels": a.labels, "reference": a.labels[0],
+                "group_by": "layer" if self.per_layer else "module",
+                "inputs": [{"label": lab, **{k: res.source.get(k) for k in ("path", "format", "base")},
+                            "settings": res.settings} for lab, res in zip(a.labels, a.results)],
+                "layers": a.names, "n_ref": {r.name: r.n_ref for r in a.results[0].layers},
+                "dropped": a.dropped, "notes": a.notes + [self.n_ref_note()],
+                "warnings": [f"{lab}: {w}" for lab, res in zip(a.labels, a.results) for w in res.warnings],
+                "groups": groups}
+
+    def to_json(self, indent: Optional[int] = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def format_table(self, metrics: Optional[Sequence[str]] = None) -> str:
+        """Terminal report: per group and metric, each method's value and the difference to the first."""
+        metrics = [m for m in (metrics or self.metrics) if m in self.metrics]
+        first = self.labels[0]
+        key = "layer" if self.per_layer else "module"
+        head = [key, "metric"] + self.labels + [f"{lab}-{first}" for lab in self.labels[1:]]
+        body = []
+        for g, per in self.values.items():
+            for i, m in enumerate(metrics):
+                label = (f"{g} ({self.n_layers[g]})" if not self.per_layer else g) if i == 0 else ""
+                diffs = self.differences(g, m)
+                body.append([label, m] + [_fmt(per[m][lab]) for lab in self.labels]
+                            + [_signed(diffs[lab]) for lab in self.labels[1:]])
+        a = self.aligned
+        src = [f"{lab}: {res.source.get('path')} [{res.source.get('format')}]" for lab, res in zip(a.labels, a.results)]
+        what = "per layer" if self.per_layer else "mean over layers per module type (number of layers)"
+        lines = src + ["", f"{what}; differences are method − {first}"] + text_grid(head, body)
+        lines += ["", self.n_ref_note()] + [f"note: {x}" for x in a.notes]
+        lines += [f"warning: {lab}: {w}" for lab, res in zip(a.labels, a.results) for w in res.warnings]
+        return "\n".join(lines)
+
+
+def _signed(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    s = _fmt(float(v))
+    return s if s.startswith("-") or float(v) == 0 else "+" + s
+
+
+def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None, *, per_layer: bool = False,
+            metrics: Optional[Sequence[str]] = None, on_n_ref_mismatch: str = "recompute") -> Comparison:
+    """Align `results` on their common layers and tabulate their metrics side by side.
+
+    metrics: names as in `analyze` (default: every metric all inputs have); per_layer: one group per
+    layer instead of per module type; on_n_ref_mismatch: "recompute" (default) or "error".
+    """
+    a = align(results, labels, on_n_ref_mismatch)
+    have = [set(res.metric_names) for res in a.results]
+    all_names = [m for m in a.results[0].metric_names if all(m in h for h in have)]
+    if metrics:
+        missing = [m for m in metrics if m not in all_names]
+        if missing:
+            raise DeltaspecError(f"unknown or not shared metric(s) {missing}; available: {', '.join(all_names)}")
+        chosen = list(metrics)
+    else:
+        chosen = all_names
+        lost = sorted(set().union(*have) - set(all_names))
+        if lost:
+            a.notes.append(f"metrics not in every input left out: {', '.join(lost)}")
+    groups: dict[str, list[int]] = {}
+    for k, r in enumerate(a.results[0].layers):
+        groups.setdefault(r.name if per_layer else r.module, []).append(k)
+    values = {g: {m: {lab: _mean([res.layers[k].metrics[m] for k in ks]) for lab, res in zip(a.labels, a.results)}
+                  for m in chosen} for g, ks in groups.items()}
+    return Comparison(a, per_layer, chosen, values, {g: len(ks) for g, ks in groups.items()})
+
+
+def _mean(vals) -> float:
+    if len(vals) == 1:
+        v = vals[0]
+        return v if isinstance(v, (int, np.integer)) else float(v)
+    a = np.asarray(vals, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
+

@@ -1,0 +1,44 @@
+"""Saving figures for papers: vector PDF/SVG with embedded fonts, PNG at a chosen dpi, same bytes every run.
+
+Determinism: the shipped style fixes `svg.hashsalt`; here the date stamps (PDF CreationDate, SVG
+Date) and PNG's Software text are removed, so the same input gives the same file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from .. import __version__
+from ..errors import DeltaspecError
+from .style import paper_style
+
+FORMATS = ("pdf", "svg", "png")
+METADATA = {
+    "pdf": {"CreationDate": None, "Creator": f"deltaspec {__version__}"},
+    "svg": {"Date": None, "Creator": f"deltaspec {__version__}"},
+    "png": {"Software": None},
+}
+
+
+def figure_format(path, fmt: Optional[str] = None) -> str:
+    fmt = (fmt or Path(path).suffix.lstrip(".")).lower()
+    if fmt not in FORMATS:
+        raise DeltaspecError(f"{path}: unsupported figure format '{fmt}'; use .pdf, .svg or .png")
+    return fmt
+
+
+def save(fig, path, *, dpi: int = 300, fmt: Optional[str] = None) -> Path:
+    """Write `fig` (a Figure, or an Axes / list of Axes of one) to `path`; format from the extension.
+
+    dpi applies to PNG (and to rasterised parts of vector files). Creates the parent folder.
+    """
+    if not hasattr(fig, "savefig"):
+        first = fig[0] if isinstance(fig, (list, tuple)) else fig
+        fig = first.figure
+    fmt = figure_format(path, fmt)
+    path = Path(path)
+    os.makedirs(path.resolve().parent, exist_ok=True)
+    with paper_style():
+        fig.savefig(path, format=fmt, dpi=dpi, metadata=METADATA[fmt])
+    return path

@@ -1,0 +1,122 @@
+"""Shared plotting plumbing: the shipped paper style, figure sizes, method colours, input handling.
+
+- `paper_style()`: context manager applying `paper.mplstyle` (8 pt DejaVu Sans, no LaTeX, Okabe–Ito
+  colours, TrueType fonts embedded in PDF, glyph paths in SVG, fixed SVG hash salt).
+- Sizes: `SINGLE_COLUMN` = 3.3 in, `DOUBLE_COLUMN` = 6.9 in (two-column conference/journal layouts).
+- `PALETTE`: Okabe & Ito (2008) colour-blind-safe colours; method i always gets `PALETTE[i]`.
+- `as_aligned(data)`: every plot takes its data as an AnalysisResult, a list of them, a
+  {label: AnalysisResult} mapping, or a `compare.Aligned`/`Comparison`; several inputs are aligned
+  on their common layers first, so every method is drawn from the same layers.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import matplotlib as mpl
+from matplotlib.figure import Figure
+
+from ..compare import Aligned, Comparison, align
+from ..errors import DeltaspecError
+from ..results import AnalysisResult, LayerResult
+
+STYLE_PATH = Path(__file__).with_name("paper.mplstyle")
+SINGLE_COLUMN = 3.3  # inches
+DOUBLE_COLUMN = 6.9
+# Okabe–Ito order chosen so the first three (blue, vermillion, bluish green) stay distinct in greyscale too.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+SIZES = {"single": SINGLE_COLUMN, "double": DOUBLE_COLUMN}
+
+
+def paper_style():
+    """Context manager: `with paper_style(): ...` applies the shipped style to what is created inside."""
+    return mpl.rc_context(fname=str(STYLE_PATH))
+
+
+def use_paper_style() -> None:
+    """Apply the shipped style globally (e.g. in a notebook)."""
+    mpl.rc_file(str(STYLE_PATH))
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def figsize(size: str | float = "single", panels: int = 1, height: Optional[float] = None) -> tuple[float, float]:
+    """(width, height) in inches: `size` "single" (3.3 in), "double" (6.9 in) or a width in inches."""
+    width = SIZES[size] if isinstance(size, str) else float(size)
+    if height is None:
+        height = min(0.72 * width / panels, 2.4) if panels > 1 else 0.72 * width
+    return width, height
+
+
+def new_axes(panels: int = 1, size: Optional[str | float] = None, height: Optional[float] = None):
+    """A new Figure (not registered with pyplot: nothing to close, nothing shown) and its axes list."""
+    size = size or ("single" if panels == 1 else "double")
+    fig = Figure(figsize=figsize(size, panels, height), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def styled(fn):
+    """Run a plot function under `paper_style()` when it creates its own figure (`ax` is None).
+
+    With an axes from the caller, the caller's style applies (only the method colours are fixed).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if kwargs.get("ax") is None:
+            with paper_style():
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def as_aligned(data, labels: Optional[Sequence[str]] = None) -> Aligned:
+    """Normalise a plot's `data` argument to an `Aligned` (see the module docstring)."""
+    if isinstance(data, Comparison):
+        return data.aligned
+    if isinstance(data, Aligned):
+        return data
+    if isinstance(data, AnalysisResult):
+        return align([data], labels)
+    if isinstance(data, Mapping):
+        return align(list(data.values()), list(labels or data.keys()))
+    if isinstance(data, Sequence) and data and all(isinstance(d, AnalysisResult) for d in data):
+        return align(list(data), labels)
+    raise TypeError("plot data must be an AnalysisResult, a list of them, a {label: AnalysisResult} mapping, "
+                    f"or a compare.Aligned/Comparison; got {type(data).__name__}")
+
+
+def pick(result: AnalysisResult, modules=None, layers=None) -> list[LayerResult]:
+    """The layers of `result` whose module type is in `modules` and layer index in `layers` (None: all)."""
+    if isinstance(modules, str):
+        modules = [modules]
+    return [r for r in result.layers
+            if (not modules or r.module in modules) and (layers is None or r.layer in layers)]
+
+
+def picked(al: Aligned, modules=None, layers=None) -> list[list[LayerResult]]:
+    """`pick` for every method of an Aligned; raises when nothing matches."""
+    out = [pick(res, modules, layers) for res in al.results]
+    if not out[0]:
+        what = f"modules {list(modules) if not isinstance(modules, str) else [modules]}" if modules else "all modules"
+        raise DeltaspecError(f"no layers to plot for {what}"
+                             + (f" and layers {list(layers)}" if layers is not None else "")
+                             + f"; available modules: {', '.join(al.results[0].modules())}")
+    return out
+
+
+def legend(ax, **kw) -> None:
+    """A compact legend without frame (handles with labels starting '_' are skipped by matplotlib)."""
+    ax.legend(**{"loc": "best", "frameon": False, **kw})
+
+
+def plain_log_ticks(axis) -> None:
+    """Log-axis tick labels as plain numbers (1, 10, 100) instead of 10^k."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
