@@ -35,7 +35,7 @@ def check_not_input(out: str | None, inputs) -> None:
 def emit(text: str, out: str | None) -> None:
     """Print to stdout, or write to `out` (creating its folder) and say where on stderr."""
     if not out:
-        click.echo(text)
+        click.echo(text.rstrip("\n"))
         return
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
