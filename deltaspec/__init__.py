@@ -4,6 +4,7 @@
     updates = ds.load("adapter/")                 # lazy, named per-layer updates (any supported format)
     result = ds.analyze(updates, device="auto")   # exact singular values + balance metrics per layer
     result.table()                                # per-layer metrics (pandas DataFrame if installed)
+    ds.compare([ds.analyze("lora/"), ds.analyze("multilora/")], ["LoRA", "MultiLoRA"]).format_table()
 
 Never imports click or matplotlib: plotting lives in `deltaspec.plots`, the CLI in `deltaspec_cli`.
 """
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 from . import metrics  # noqa: E402
 from .analysis import analyze  # noqa: E402
+from .compare import compare  # noqa: E402  (the function; the module stays importable as deltaspec.compare)
 from .errors import DeltaspecError  # noqa: E402
 from .results import AnalysisResult, LayerResult  # noqa: E402
 from .updates import Dense, LayerUpdate, LowRank, SumOfLowRank, Updates  # noqa: E402
@@ -30,5 +32,5 @@ def detect(path) -> str:
     return _detect(path)
 
 
-__all__ = ["load", "detect", "analyze", "metrics", "AnalysisResult", "LayerResult", "Updates", "LayerUpdate",
+__all__ = ["load", "detect", "analyze", "compare", "metrics", "AnalysisResult", "LayerResult", "Updates", "LayerUpdate",
            "Dense", "LowRank", "SumOfLowRank", "DeltaspecError", "__version__"]
