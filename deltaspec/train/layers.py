@@ -58,14 +58,20 @@ class MultiLoRALinear(nn.Module):
             nn.init.kaiming_uniform_(self.lora_B.data[i], a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout)
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔW = L @ R with L = (α/r)[diag(s_1)B_1 | … | diag(s_n)B_n] (d_out, n·r), R = [A_1; …; A_n] (n·r, d_in)."""
+        n, d_out, r = self.lora_B.shape
+        L = (self.lora_scaling[:, :, None] * self.lora_B).permute(1, 0, 2).reshape(d_out, n * r)
+        return self.scaling * L, self.lora_A.reshape(n * r, -1)
+
     def forward(self, x):
-        h = torch.einsum("...i,nri->...nr", self.dropout(x), self.lora_A)
-        h = torch.einsum("...nr,nor->...no", h, self.lora_B)
-        return self.base(x) + self.scaling * (h * self.lora_scaling).sum(-2)
+        L, R = self.factors()  # two plain matmuls: much faster than per-head einsums, same function
+        return self.base(x) + F.linear(F.linear(self.dropout(x), R), L)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = (α/r) Σ_i diag(s_i) B_i A_i, shape (d_out, d_in)."""
-        return self.scaling * torch.einsum("no,nor,nri->oi", self.lora_scaling, self.lora_B, self.lora_A)
+        L, R = self.factors()
+        return L @ R
 
     def merge(self) -> nn.Linear:
         return _merged(self.base, self.delta_weight())

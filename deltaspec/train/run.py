@@ -27,6 +27,7 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
     if cfg.method != "pretrain" and not cfg.base:
         raise ValueError("fine-tuning needs a base model: pass --base (or pretrain one with --method pretrain)")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_flush_denormal(True)  # tiny gradients late in a cosine schedule must not slow the CPU 10×
     device = pick_device(cfg.device)
     model, wrapped = build(cfg)
     max_len = model.config.max_len
