@@ -4,7 +4,7 @@
 # mixture, with the same data stream, steps and seed. Then prints the k/v balance metrics.
 set -euo pipefail
 cd "$(dirname "$0")"
-STEPS=${STEPS:-600}
+STEPS=${STEPS:-1500}
 deltaspec train --method pretrain  --out base      --steps 1500 --seed 0 -q
 deltaspec train --method full      --out full      --base base --steps "$STEPS" --seed 0 -q
 deltaspec train --method lora      --out lora      --base base --steps "$STEPS" --seed 0 --rank 16 -q

@@ -50,7 +50,7 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
         "data": cfg.data or ("generated pretraining corpus" if cfg.method == "pretrain" else "built-in task mixture"),
         "per_task_accuracy": acc, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "train_seconds": round(train_s, 1),
         "trainable_parameters": n_train,
-        "base": os.path.abspath(cfg.base) if cfg.base else None,
+        "base": cfg.base,
         "base_sha256": file_sha256(os.path.join(cfg.base, "model.safetensors")) if cfg.base else None,
         "model_config": asdict(model.config),
     }

@@ -66,7 +66,7 @@ def _write(out: str, config: dict, tensors: dict) -> None:
 
 def save_run(model, cfg, info: dict) -> None:
     """Write the checkpoint for cfg.method into cfg.out, then train_info.json."""
-    base = os.path.abspath(cfg.base) if cfg.base else None
+    base = cfg.base  # as the user gave it (a relative path stays portable)
     if cfg.method in ("full", "pretrain"):
         save_model(model, cfg.out)
     elif cfg.method == "lora":
