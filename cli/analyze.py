@@ -16,6 +16,9 @@ from .output import check_not_input, emit, output_format
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Output format [default: from -o's extension, else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("--top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
+              help="Truncated mode for full fine-tuning deltas: only the top K singular values, by randomized "
+                   "SVD, each with a certified upper bound; metrics needing the whole spectrum are left empty.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def analyze(ckpt, fmt, out, **opts):
@@ -39,7 +42,7 @@ def analyze(ckpt, fmt, out, **opts):
 
 
 def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-             quiet):
+             svd_top_k, quiet):
     import deltaspec as ds
     from deltaspec.spectra import pick_device
 
@@ -47,7 +50,7 @@ def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
     result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
-                        progress=False if quiet else None)
+                        progress=False if quiet else None, svd_top_k=svd_top_k)
     if not result.layers:
         raise ds.DeltaspecError(f"{ckpt}: no layers match --modules {modules} --layers {layers}")
     return result

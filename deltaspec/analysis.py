@@ -29,6 +29,7 @@ class AnalysisSettings:
     vectors: bool = False
     top_k: Sequence[int] = M.DEFAULT_TOP_K
     n_ref: Union[str, int] = "shape"  # "shape": min(d_out, d_in); "rank": the update's rank bound; or an int
+    svd_top_k: Optional[int] = None  # truncated mode for dense updates (randomized top-k SVD)
 
     def n_ref_for(self, u: LayerUpdate) -> int:
         if self.n_ref == "shape":
@@ -58,13 +59,17 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
     eps = torch.finfo(dtype).eps
     out: list[Optional[LayerResult]] = [None] * len(layers)
     done = (lambda i: progress.update(1, layers[i].name)) if progress else None
-    for i, spec in spectra_of(_prefetched(layers), settings.device, dtype, settings.vectors, on_done=done):
+    for i, spec in spectra_of(_prefetched(layers), settings.device, dtype, settings.vectors, on_done=done,
+                              top_k=settings.svd_top_k):
         u = layers[i]
         n_ref = settings.n_ref_for(u)
+        if spec.frobenius is None:
+            metrics = M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.top_k)
+        else:
+            metrics = M.truncated_metrics(spec.sigma, spec.frobenius, len(spec.sigma), settings.top_k)
         out[i] = LayerResult(
             name=u.name, module=u.module, layer=u.layer, shape=tuple(u.shape), kind=u.kind, rank=u.rank_bound,
-            n_ref=n_ref, singular_values=spec.sigma,
-            metrics=M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.top_k), U=spec.U, V=spec.V)
+            n_ref=n_ref, singular_values=spec.sigma, metrics=metrics, U=spec.U, V=spec.V, upper=spec.upper)
     return out
 
 
@@ -80,6 +85,7 @@ def analyze(
     modules: Optional[Sequence[str]] = None,
     layers: Optional[Sequence[int]] = None,
     progress: Optional[bool] = None,
+    svd_top_k: Optional[int] = None,
 ) -> AnalysisResult:
     """Singular values and balance metrics of every layer's update.
 
@@ -88,6 +94,8 @@ def analyze(
     vectors=True keeps singular vectors (LayerResult.U/V) for subspace analysis.
     n_ref: reference size of `normalized_entropy` ("shape" = min(d_out, d_in), "rank", or an int).
     progress: None shows a bar on stderr only when it is a terminal.
+    svd_top_k: truncated mode: dense updates get only their top-k singular values by randomized SVD,
+    each with a certified upper bound (LayerResult.upper); metrics needing the full spectrum are NaN.
     """
     from . import distributed
 
@@ -99,7 +107,7 @@ def analyze(
         updates = updates.select(modules, layers)
     if isinstance(n_ref, str) and n_ref not in ("shape", "rank"):
         n_ref = int(n_ref)
-    settings = AnalysisSettings(device, dtype, vectors, tuple(top_k), n_ref)
+    settings = AnalysisSettings(device, dtype, vectors, tuple(top_k), n_ref, svd_top_k)
     pick_device(device)  # fail early on a bad device, before any reading
     todo = list(updates)
     mine = distributed.my_share(todo)
@@ -114,6 +122,6 @@ def analyze(
         layers=results,
         source={"path": updates.path, "format": updates.format, "base": updates.base},
         settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "top_k": list(settings.top_k),
-                  "vectors": vectors},
+                  "vectors": vectors, "svd_top_k": svd_top_k},
         warnings=list(updates.warnings),
     )

@@ -147,6 +147,21 @@ def all_metrics(s, shape: Sequence[int], eps: float, n_ref: int, top_k: Iterable
     return out
 
 
+def truncated_metrics(sigma, frobenius: float, k_computed: int, top_k: Iterable[int] = DEFAULT_TOP_K) -> dict:
+    """What the top-k (truncated) mode can state: the norms, top-k energies for k ≤ k_computed with the
+    exact ‖ΔW‖_F² as denominator (lower bounds, as σ̃_i ≤ σ_i), and stable_rank = ‖ΔW‖_F²/σ̃_1² (an
+    upper bound). Metrics that need the whole spectrum (entropies, ranks, nuclear norm) are NaN."""
+    a = _sigma(sigma)
+    total = frobenius**2
+    out = {"frobenius_norm": float(frobenius), "spectral_norm": spectral_norm(a), "nuclear_norm": math.nan}
+    for k in top_k:
+        out[f"top{k}_energy"] = float((a[:k] ** 2).sum() / total) if k <= k_computed and total > 0 else math.nan
+    nan = dict.fromkeys(["spectral_entropy", "effective_rank", "normalized_entropy", "energy_entropy"], math.nan)
+    out.update(nan, stable_rank=float(total / a[0] ** 2) if a.size and a[0] > 0 else math.nan,
+               participation_ratio=math.nan, numerical_rank=math.nan, condition_number=math.nan)
+    return out
+
+
 METRIC_NAMES = (
     "frobenius_norm", "spectral_norm", "nuclear_norm", "top_k_energy", "spectral_entropy", "effective_rank",
     "normalized_entropy", "energy_entropy", "stable_rank", "participation_ratio", "numerical_rank",

@@ -41,13 +41,15 @@ class LayerResult:
     metrics: dict
     U: object = field(default=None, repr=False)
     V: object = field(default=None, repr=False)
+    upper: Optional[np.ndarray] = field(default=None, repr=False)  # truncated mode: bounds σ_i ≤ upper_i
 
     def to_dict(self) -> dict:
+        extra = {} if self.upper is None else {"singular_values_upper_bound": [float(x) for x in self.upper]}
         return {
             "name": self.name, "module": self.module, "layer": self.layer, "shape": list(self.shape),
             "kind": self.kind, "rank": self.rank, "n_ref": self.n_ref,
             "singular_values": [float(x) for x in self.singular_values],
-            "metrics": {k: _json_num(v) for k, v in self.metrics.items()},
+            "metrics": {k: _json_num(v) for k, v in self.metrics.items()}, **extra,
         }
 
     @classmethod

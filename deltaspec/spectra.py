@@ -34,6 +34,9 @@ class Spectrum:
     sigma: np.ndarray
     U: Optional[torch.Tensor] = None
     V: Optional[torch.Tensor] = None
+    # Truncated mode only (dense updates with top_k): certified upper bounds of σ_1..σ_k and the exact ‖ΔW‖_F.
+    upper: Optional[np.ndarray] = None
+    frobenius: Optional[float] = None
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
@@ -126,6 +129,14 @@ def _stage(M: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.T
     return M.to(device, non_blocking=True).to(dtype)
 
 
+def _truncated_one(M: torch.Tensor, k: int, device, dtype) -> Spectrum:
+    """Randomized top-k SVD of one dense update (deltaspec.truncated), with its certified bounds."""
+    from .truncated import topk_svdvals
+
+    t = topk_svdvals(M.to(device, dtype), k)
+    return Spectrum(_to_numpy(t.sigma), upper=_to_numpy(t.upper), frobenius=float(t.frobenius))
+
+
 def _factored_one(update: Update, device, dtype, vectors) -> Spectrum:
     L, R = update.factors()
     S, U, V = factored_svd(L.to(device, dtype), R.to(device, dtype), vectors)
@@ -139,12 +150,15 @@ def spectra_of(
     vectors: bool = False,
     budget_bytes: Optional[int] = None,
     on_done: Optional[Callable[[object], None]] = None,
+    top_k: Optional[int] = None,
 ) -> Iterator[tuple[object, Spectrum]]:
     """Yield (key, Spectrum) for every (key, update), in the order results become ready.
 
     Factored updates are solved at once (their SVD is tiny). Dense ones are held per shape until a
     chunk reaches the memory budget, then solved as one batch; leftovers are flushed at the end.
     `on_done(key)` is called as each result is produced (for progress bars).
+    `top_k`: dense updates get only their top-k singular values by randomized SVD (truncated mode,
+    with certified bounds; see deltaspec/truncated.py); factored updates stay exact.
     """
     device, dtype = pick_device(device), pick_dtype(dtype)
     budget = _chunk_budget(device, budget_bytes)
@@ -160,6 +174,9 @@ def spectra_of(
     for key, update in items:
         if not isinstance(update, Dense):
             yield from emit([(key, _factored_one(update, device, dtype, vectors))])
+            continue
+        if top_k:
+            yield from emit([(key, _truncated_one(update.delta, top_k, device, dtype))])
             continue
         M = _stage(update.delta, device, dtype)
         shape = tuple(M.shape)

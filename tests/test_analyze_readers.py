@@ -103,3 +103,27 @@ def test_peft_dora_with_base(tmp_path):
     res = ds.analyze(ds.load(tmp_path / "adapter", base=tmp_path / "base"), dtype="float64")
     check(res, truth, "float64")
     assert all(r.kind == "dense" for r in res.layers)  # DoRA's ΔW is not low rank
+
+
+def test_truncated_top_k_mode_on_a_full_delta(tmp_path):
+    """--top-k: σ̃_i ≤ σ_i ≤ upper_i against numpy; energies use the exact ‖ΔW‖_F; whole-spectrum metrics NaN."""
+    g = torch.Generator().manual_seed(3)
+    base = {f"model.layers.{i}.mlp.down_proj.weight": torch.randn(48, 96, generator=g) for i in range(2)}
+    U, _ = torch.linalg.qr(torch.randn(48, 48, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(96, 48, generator=g, dtype=torch.float64))
+    delta = (U * torch.logspace(0, -4, 48, dtype=torch.float64)) @ V.T  # decaying spectrum
+    ft = {k: (v.double() + delta).float() for k, v in base.items()}
+    for name, sd in (("base", base), ("ft", ft)):
+        (tmp_path / name).mkdir()
+        save_file(sd, tmp_path / name / "model.safetensors")
+    exact = ds.analyze(ds.load(tmp_path / "ft", base=tmp_path / "base"))
+    trunc = ds.analyze(ds.load(tmp_path / "ft", base=tmp_path / "base"), svd_top_k=4)
+    for e, t in zip(exact.layers, trunc.layers):
+        assert len(t.singular_values) == 4
+        ref = np.linalg.svd((ft[e.name + ".weight"].double() - base[e.name + ".weight"].double()).numpy(), compute_uv=False)
+        assert np.all(t.singular_values <= ref[:4] * (1 + 1e-5)) and np.all(ref[:4] <= t.upper * (1 + 1e-5))
+        np.testing.assert_allclose(t.singular_values, ref[:4], rtol=1e-4)
+        assert t.metrics["frobenius_norm"] == pytest.approx(e.metrics["frobenius_norm"], rel=1e-5)
+        assert t.metrics["top1_energy"] == pytest.approx(e.metrics["top1_energy"], rel=1e-4)
+        assert np.isnan(t.metrics["effective_rank"]) and np.isnan(t.metrics["top16_energy"])
+    assert "singular_values_upper_bound" in trunc.to_dict()["layers"][0]
