@@ -69,8 +69,24 @@ def synth_full(workdir, layers):
     return base, ft
 
 
+def naive_gpu(base, ft):
+    """What a user would write on a GPU: per weight, load both, subtract on the GPU, default svdvals."""
+    from safetensors import safe_open
+    t_svd, t0 = 0.0, time.perf_counter()
+    with safe_open(os.path.join(base, "model.safetensors"), "pt") as fb, safe_open(os.path.join(ft, "model.safetensors"), "pt") as ff:
+        for k in ff.keys():
+            d = ff.get_tensor(k).cuda().float() - fb.get_tensor(k).cuda().float()
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            torch.linalg.svdvals(d).cpu()
+            t_svd += time.perf_counter() - t1
+    return time.perf_counter() - t0, t_svd
+
+
 def end_to_end(workdir, layers):
     base, ft = synth_full(workdir, layers)
+    total, svd = naive_gpu(base, ft)
+    print(f"naive GPU loop (torch default driver), {layers} layers x 7: {total:.2f} s total, {svd:.2f} s in svdvals")
     out = {}
     for dev in ["cuda", "cpu"]:
         t0 = time.perf_counter()
