@@ -87,8 +87,35 @@ CUDA_DRIVER = "gesvda"
 
 
 def dense_svd(M: torch.Tensor, vectors: bool = False):
-    """SVD of a (batch of) dense matrix: M (..., d, k) → sigma (..., min(d, k)) [, U, V]."""
-    driver = CUDA_DRIVER if M.is_cuda else None
+    """SVD of a (batch of) dense matrix: M (..., d, k) → sigma (..., min(d, k)) [, U, V].
+
+    On CUDA: gesvda, on tall matrices (a wide one is transposed: same singular values, U and V swap),
+    one large matrix at a time (cuSOLVER's batched gesvda workspace query fails for batches of
+    LLaMA-sized matrices, and batching them gains nothing: 4×4096² batched 4.06 s vs 4.06 s looped),
+    falling back to gesvd if cuSOLVER still refuses.
+    """
+    if not M.is_cuda:
+        return _svd(M, vectors, None)
+    wide = M.shape[-2] < M.shape[-1]
+    T = M.mT if wide else M
+    if T.ndim == 3 and T.shape[-1] * T.shape[-2] >= (1 << 20):
+        parts = [_cuda_svd(T[i], vectors) for i in range(T.shape[0])]
+        S = torch.stack([p[0] for p in parts])
+        U = torch.stack([p[1] for p in parts]) if vectors else None
+        V = torch.stack([p[2] for p in parts]) if vectors else None
+    else:
+        S, U, V = _cuda_svd(T, vectors)
+    return (S, V, U) if wide else (S, U, V)
+
+
+def _cuda_svd(M, vectors):
+    try:
+        return _svd(M, vectors, CUDA_DRIVER)
+    except RuntimeError:  # torch.linalg.LinAlgError: cuSOLVER refused gesvda for this size
+        return _svd(M, vectors, "gesvd")
+
+
+def _svd(M, vectors, driver):
     if not vectors:
         return torch.linalg.svdvals(M, driver=driver), None, None
     U, S, Vh = torch.linalg.svd(M, full_matrices=False, driver=driver)

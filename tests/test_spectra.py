@@ -144,7 +144,7 @@ def test_cuda_matches_cpu(rng):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (64, 64)])
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (64, 64), (520, 2048), (2048, 520)])
 def test_cuda_dense_float32_within_tolerance(rng, shape):
     """The cuSOLVER driver deltaspec picks (gesvda) keeps float32 within 1e-4·σ_1, batched, both orientations."""
     mats = [Dense(torch.randn(*shape, generator=rng, dtype=torch.float64)) for _ in range(3)]
