@@ -10,7 +10,8 @@ import torch
 
 from .. import __version__
 from .save import file_sha256, save_run
-from .trainer import TrainConfig, batches, build, evaluate, pick_device, train_loop
+from ..spectra import pick_device
+from .trainer import TrainConfig, batches, build, evaluate, train_loop
 
 REPO_BASE = os.path.join(os.path.dirname(__file__), "..", "..", "sample_checkpoints", "base")
 

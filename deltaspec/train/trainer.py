@@ -62,10 +62,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def build(cfg: TrainConfig) -> tuple[GPT, list[str]]:
     """The model to train: a fresh GPT (pretrain), the base (full), or the base wrapped with adapters."""
     seed_everything(cfg.seed)
