@@ -141,6 +141,8 @@ def test_non_finite(tmp_path):
     u = {x.name: x for x in load(ft, base=base)}  # headers only: reading is lazy
     raises(NonFiniteError, ft / "model.safetensors", f"tensor '{Q}.weight'", "NaN/Inf", call=u[Q].load)
     u["model.layers.0.self_attn.k_proj"].load()  # other layers are fine
+    u = {x.name: x for x in load(base, base=ft)}  # the NaN in the base: the error names the base file
+    raises(NonFiniteError, ft / "model.safetensors", f"tensor '{Q}.weight'", "NaN/Inf", call=u[Q].load)
     g = torch.Generator().manual_seed(0)
     a = lora_dir(tmp_path / "a", sd={f"{Q}.lora_A.weight": torch.full((4, 32), float("inf")),
                                      f"{Q}.lora_B.weight": torch.randn(32, 4, generator=g)})

@@ -88,6 +88,30 @@ def test_bf16_upcast_before_subtract(tmp_path):
     assert differs
 
 
+def test_stored_tensors_are_never_modified(tmp_path):
+    """ΔW is built in place in a private copy: with W_ft already float32 (no upcast copy) and a file
+    handle kept open between reads, loading a layer twice must give the same ΔW both times."""
+    base, ft = pair(7, torch.float32)
+    for bin_file in (False, True):
+        sub = tmp_path / ("bin" if bin_file else "st")
+        u = load(save_dir(ft, sub / "ft", bin_file), base=save_dir(base, sub / "base", bin_file))
+        for x in u:
+            first, second = x.load().materialize(), x.load().materialize()
+            assert torch.equal(first, second)
+            close(second, expected(base, ft, x.name))
+
+
+def test_mixed_precision_promotes_to_float64(tmp_path):
+    """A float64 base against a bf16 fine-tune: ΔW in float64 (both upcast, then subtracted)."""
+    base, ft = pair(8, torch.float64)
+    ft = {k: v.to(torch.bfloat16) for k, v in ft.items()}
+    u = load(save_dir(ft, tmp_path / "ft"), base=save_dir(base, tmp_path / "base"))
+    for x in u:
+        d = x.load().materialize()
+        assert d.dtype == torch.float64
+        assert torch.equal(d, ft[x.name + ".weight"].double() - base[x.name + ".weight"])
+
+
 def test_transformers_models_roundtrip(tmp_path):
     pytest.importorskip("transformers")
     from io_fixtures import tiny_model

@@ -2,15 +2,17 @@
 
 Both sides may be a model directory (single, sharded + index json, legacy `pytorch_model.bin`) or
 a single `.safetensors` / `.bin` file. Tensors are matched by name; both are upcast to float32
-before subtracting (bf16 − bf16 would lose most of the update). 1-D tensors (norms, biases) are
-not layers. Embeddings (see `tensors.is_embedding`) are layers only with `include_embeddings`.
+before subtracting (bf16 − bf16 would lose most of the update), W0 one block of rows at a time, so
+loading a layer holds one float32 matrix. 1-D tensors (norms, biases) are not layers. Embeddings (see `tensors.is_embedding`) are layers only with `include_embeddings`.
 """
 from __future__ import annotations
+
+import torch
 
 from ..errors import MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, Updates
 from .names import is_embedding, sorted_layers, summarize
-from .tensors import FLOAT_DTYPES, TensorStore, open_model
+from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
 
 
 def read_full(path, base=None, include_embeddings: bool = False) -> Updates:
@@ -63,8 +65,32 @@ def _pairs(ft: TensorStore, b0: TensorStore) -> list[tuple[str, str]]:
     return []
 
 
+ROW_BLOCK = 1024  # rows of W0 upcast at a time while subtracting
+
+
 def _dense_loader(ft: TensorStore, b0: TensorStore, k: str, bk: str):
     def load() -> Dense:
-        return Dense(ft.get(k) - b0.get(bk))  # both float32 already: upcast, then subtract
+        return Dense(subtract_upcast(ft, k, b0, bk))
 
     return load
+
+
+def subtract_upcast(ft: TensorStore, k: str, b0: TensorStore, bk: str) -> torch.Tensor:
+    """W_ft − W0 in float32 (float64 if either is stored in float64), checked finite.
+
+    Built in place in one private matrix: W_ft upcast, then W0 (as stored, e.g. bf16) subtracted
+    ROW_BLOCK rows at a time. `W_ft.float() − W0.float()` would hold three float32 matrices at once.
+    """
+    raw = ft.raw(k)
+    w0 = b0.raw(bk)
+    dtype = torch.promote_types(compute_dtype(raw.dtype), compute_dtype(w0.dtype))
+    delta = raw.to(dtype)
+    if delta.data_ptr() == raw.data_ptr():  # already in dtype: .to() returned the stored tensor itself
+        delta = delta.clone()
+    check_finite(delta, ft.source(k), k)
+    for r0 in range(0, delta.shape[0], ROW_BLOCK):
+        delta[r0:r0 + ROW_BLOCK].sub_(w0[r0:r0 + ROW_BLOCK].to(dtype))
+    if not bool(torch.isfinite(delta.sum())):  # W0 has NaN/Inf (W_ft was checked), or W_ft − W0 overflowed
+        check_finite(upcast(w0), b0.source(bk), bk)
+        check_finite(delta, f"{ft.source(k)} − {b0.source(bk)}", k)
+    return delta
