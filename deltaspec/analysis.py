@@ -1,7 +1,8 @@
 """`analyze`: named updates → spectra → metrics, streamed so only a few layers are ever in memory.
 
-Loading (disk, upcasting, subtraction) runs one layer ahead in a background thread while the SVD of
-the current layers runs, so I/O and compute overlap. Under `torchrun` (torch.distributed initialised)
+On a GPU, loading dense updates (disk, upcasting, subtraction) runs one layer ahead in a background
+thread while the SVD of the current layers runs, so I/O and compute overlap; on a CPU, loading is
+serial, so at most one ΔW is being loaded or solved at a time. Under `torchrun` (torch.distributed initialised)
 each rank analyses its share of the layers and rank 0 gathers one result (see distributed.py).
 """
 from __future__ import annotations
@@ -39,6 +40,18 @@ class AnalysisSettings:
         return int(self.n_ref)
 
 
+def _loaded(layers: Sequence[LayerUpdate], device: torch.device) -> Iterator[tuple[int, object]]:
+    """Yield (index, loaded update). Dense updates headed for a GPU are loaded one layer ahead in a
+    thread, so disk reads and subtraction overlap the (fast) GPU SVD. Otherwise loading is serial:
+    adapter loads are tiny (a thread only adds hand-offs), and on a CPU loading a dense layer costs
+    ~1% of its SVD, while a prefetched layer would hold another ΔW in memory."""
+    if device.type == "cuda" and any(u.kind == "dense" for u in layers):
+        yield from _prefetched(layers)
+        return
+    for i, u in enumerate(layers):
+        yield i, u.load()  # no local name: the previous update is not kept alive while loading the next
+
+
 def _prefetched(layers: Sequence[LayerUpdate]) -> Iterator[tuple[int, object]]:
     """Yield (index, loaded update), loading the next layer in a thread while the caller computes."""
     if not layers:
@@ -59,7 +72,8 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
     eps = torch.finfo(dtype).eps
     out: list[Optional[LayerResult]] = [None] * len(layers)
     done = (lambda i: progress.update(1, layers[i].name)) if progress else None
-    for i, spec in spectra_of(_prefetched(layers), settings.device, dtype, settings.vectors, on_done=done,
+    device = pick_device(settings.device)
+    for i, spec in spectra_of(_loaded(layers, device), device, dtype, settings.vectors, on_done=done,
                               top_k=settings.svd_top_k):
         u = layers[i]
         n_ref = settings.n_ref_for(u)

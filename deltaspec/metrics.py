@@ -20,10 +20,15 @@ import numpy as np
 DEFAULT_TOP_K = (1, 4, 16)
 
 
+class _Sorted(np.ndarray):
+    """σ that `_sigma` already prepared: lets `all_metrics` sort once for a dozen metrics."""
+
+
 def _sigma(s) -> np.ndarray:
     """Descending float64 copy of σ."""
-    a = np.sort(np.abs(np.asarray(s, dtype=np.float64)).ravel())[::-1]
-    return a
+    if type(s) is _Sorted:
+        return s.view(np.ndarray)
+    return np.sort(np.abs(np.asarray(s, dtype=np.float64)).ravel())[::-1]
 
 
 def frobenius_norm(s) -> float:
@@ -127,6 +132,7 @@ def condition_number(s, rtol: float) -> float:
 def all_metrics(s, shape: Sequence[int], eps: float, n_ref: int, top_k: Iterable[int] = DEFAULT_TOP_K) -> dict:
     """Every metric above for one spectrum, keyed by its API name (top-k energies as `top{k}_energy`)."""
     rtol = default_rtol(shape, eps)
+    s = _sigma(s).view(_Sorted)
     out = {
         "frobenius_norm": frobenius_norm(s),
         "spectral_norm": spectral_norm(s),

@@ -4,8 +4,9 @@ Two paths (DESIGN §1):
 - factored updates ΔW = L @ R (LoRA, MultiLoRA, …) use the exact factored SVD: thin QR of L and Rᵀ,
   SVD of the small core R_L R_Rᵀ. A rank-16 update of a 4096×4096 layer costs a 16×16 SVD. The
   result holds min(R, d_out, d_in) values; all other singular values of ΔW are exactly zero.
-- dense updates (full fine-tuning) are grouped by shape and sent to `torch.linalg.svdvals` (or
-  `svd`) as one batch per chunk, chunked so a batch stays under a memory budget.
+- dense updates (full fine-tuning) are grouped by shape and solved as one batch per chunk, chunked
+  so a batch stays under a memory budget: on CUDA by cuSOLVER (gesvda), on CPU by the float64 Gram
+  eigensolver (`gram_svdvals`) for float32 values and by LAPACK for float64 values or vectors.
 
 Pure torch; no file I/O. `spectra_of` takes an iterable of (key, update) so a reader can stream
 layers one at a time and nothing here holds more than a chunk of dense matrices.
@@ -70,11 +71,13 @@ def factored_svd(L: torch.Tensor, R: torch.Tensor, vectors: bool = False):
     L = Q_L R_L, Rᵀ = Q_R R_R (thin QR), core C = R_L R_Rᵀ = U_c Σ V_cᵀ, so
     L @ R = (Q_L U_c) Σ (Q_R V_c)ᵀ. Returns sigma (..., m) with m = min(r, d, k), and U, V when asked.
     """
+    if not vectors:  # σ needs only the R factors: mode="r" skips forming Q (same numbers, fewer flops)
+        R_L = torch.linalg.qr(L, mode="r").R  # (min(d,r), r)
+        R_R = torch.linalg.qr(R.transpose(-2, -1), mode="r").R  # (min(k,r), r)
+        return torch.linalg.svdvals(R_L @ R_R.transpose(-2, -1)), None, None
     Q_L, R_L = torch.linalg.qr(L)  # Q_L: (d, min(d,r)), R_L: (min(d,r), r)
     Q_R, R_R = torch.linalg.qr(R.transpose(-2, -1))  # Q_R: (k, min(k,r)), R_R: (min(k,r), r)
     core = R_L @ R_R.transpose(-2, -1)  # (min(d,r), min(k,r))
-    if not vectors:
-        return torch.linalg.svdvals(core), None, None
     U_c, S, Vh_c = torch.linalg.svd(core, full_matrices=False)
     return S, Q_L @ U_c, Q_R @ Vh_c.transpose(-2, -1)
 
@@ -95,6 +98,8 @@ def dense_svd(M: torch.Tensor, vectors: bool = False):
     falling back to gesvd if cuSOLVER still refuses.
     """
     if not M.is_cuda:
+        if not vectors and M.dtype == torch.float32:
+            return gram_svdvals(M), None, None
         return _svd(M, vectors, None)
     wide = M.shape[-2] < M.shape[-1]
     T = M.mT if wide else M
@@ -106,6 +111,27 @@ def dense_svd(M: torch.Tensor, vectors: bool = False):
     else:
         S, U, V = _cuda_svd(T, vectors)
     return (S, V, U) if wide else (S, U, V)
+
+
+def gram_svdvals(M: torch.Tensor, block_rows: int = 1024) -> torch.Tensor:
+    """σ of M (..., m, n) as sqrt(eigvalsh(MᵀM)), the Gram matrix accumulated in float64 by row blocks.
+
+    The CPU path for float32 spectra without vectors. At LLaMA shapes it is ~2.5x faster than
+    LAPACK's float32 SVD (a symmetric n×n eigenproblem instead of an m×n bidiagonalisation) and more
+    accurate: σ_i is off by ~u64·σ_1²/σ_i (u64 = 1.1e-16) instead of ~u32·σ_1 (u32 = 6e-8), i.e.
+    less for every σ_i > ~1e-8·σ_1. Not used in float64 mode, where LAPACK's u64·σ_1 is better.
+    Workspace: the min(m, n)² float64 Gram and eigvalsh's copy of it.
+    """
+    if M.shape[-2] < M.shape[-1]:
+        M = M.mT  # σ(M) = σ(Mᵀ): make the Gram min(m, n) square
+    m, n = M.shape[-2:]
+    X = M.reshape(-1, m, n)
+    G = torch.zeros(X.shape[0], n, n, dtype=torch.float64, device=M.device)
+    for r0 in range(0, m, block_rows):
+        blk = X[:, r0:r0 + block_rows].double()
+        G.baddbmm_(blk.mT, blk)  # in place: no n×n temporary
+    lam = torch.linalg.eigvalsh(G)  # ascending; rounding can make the smallest slightly negative
+    return lam.clamp_min(0).sqrt().flip(-1).to(M.dtype).reshape(*M.shape[:-2], n)
 
 
 def _cuda_svd(M, vectors):
@@ -200,19 +226,25 @@ def spectra_of(
 
     for key, update in items:
         if not isinstance(update, Dense):
-            yield from emit([(key, _factored_one(update, device, dtype, vectors))])
+            spec = _factored_one(update, device, dtype, vectors)
+            del update
+            yield from emit([(key, spec)])
             continue
+        M = update.delta
+        del update  # from here on M (or the pending list) is the only owner of ΔW
         if top_k:
-            yield from emit([(key, _truncated_one(update.delta, top_k, device, dtype))])
+            spec = _truncated_one(M, top_k, device, dtype)
+            del M
+            yield from emit([(key, spec)])
             continue
-        M = _stage(update.delta, device, dtype)
         shape = tuple(M.shape)
         nbytes = M.numel() * torch.finfo(dtype).bits // 8
-        pending.setdefault(shape, []).append((key, M))
+        pending.setdefault(shape, []).append((key, _stage(M, device, dtype)))
+        del M  # so a flushed chunk is freed before the next update is loaded
         pending_bytes[shape] = pending_bytes.get(shape, 0) + nbytes
         if pending_bytes[shape] >= budget:
-            yield from emit(_flush_dense(pending.pop(shape), device, dtype, vectors))
             pending_bytes.pop(shape)
+            yield from emit(_flush_dense(pending.pop(shape), device, dtype, vectors))
     for shape in list(pending):
         yield from emit(_flush_dense(pending.pop(shape), device, dtype, vectors))
 
