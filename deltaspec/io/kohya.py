@@ -23,7 +23,7 @@ _KEY_RE = re.compile(r"^(?P<name>.+)\.(?P<part>lora_down|lora_up|alpha|" + "|".j
 
 
 def read_kohya(path, base=None, include_embeddings: bool = False) -> Updates:
-    f = SafetensorsFile(path)
+    f = SafetensorsFile(path, keep_open=True)
     modules: dict[str, dict[str, str]] = {}
     other = []
     for key in f.keys():

@@ -25,7 +25,7 @@ def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates
     cfg = read_json(cfg_path, "adapter config (adapter_config.json)")
     if "lora_alpha" not in cfg:
         raise FormatError(f"{cfg_path}: MultiLoRA config has no lora_alpha")
-    f = open_file(adapter_weights(d))
+    f = open_file(adapter_weights(d), keep_open=True)
     modules, copies, other = parse_keys(f)
     warnings = []
     if copies or other:

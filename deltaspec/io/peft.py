@@ -115,7 +115,7 @@ def read_peft(path, base=None, include_embeddings: bool = False) -> Updates:
     if peft_type not in SUPPORTED:
         raise FormatError(f"{cfg_path}: peft_type {peft_type} is not supported yet "
                           "(deltaspec reads LORA (incl. rsLoRA, DoRA), ADALORA and MULTILORA adapters)")
-    ctx = _Ctx(open_file(adapter_weights(d)), cfg, base)
+    ctx = _Ctx(open_file(adapter_weights(d), keep_open=True), cfg, base)
     init = cfg.get("init_lora_weights")
     if (isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS)) or cfg.get("loftq_config"):
         ctx.warnings.append(f"{cfg_path}: init_lora_weights={init!r}: PiSSA/OLoRA/LoftQ-style adapters are relative "

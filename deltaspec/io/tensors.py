@@ -2,10 +2,10 @@
 
 `TensorFile` is one checkpoint file: the header (names, shapes, dtypes) is read when it is opened,
 tensors only by `get(key)`, which upcasts to float32 (float64 stays) and checks for NaN/Inf.
-Safetensors files are memory-mapped with `safe_open`: small files (adapters) keep one handle per
-thread, since re-opening (header parse + mmap) for each of hundreds of tiny tensors costs more than
-reading them; large files (model shards) are re-opened per tensor, so the pages of tensors already
-analysed are not kept mapped and resident. Torch pickles (`.bin`, `.pt`) are loaded once with
+Safetensors files are memory-mapped with `safe_open`. Adapter files (`keep_open=True`) keep one handle
+per thread, since re-opening (header parse + mmap) for each of hundreds of tiny tensors costs more than
+reading them; model weights are re-opened per tensor, so the pages of tensors already analysed do not
+stay mapped and resident (a kept handle on a 1 GB shard grows RSS by the whole shard). Torch pickles (`.bin`, `.pt`) are loaded once with
 `weights_only=True, mmap=True`.
 `TensorStore` is a model's tensors over one or several files (sharded checkpoints).
 Every read error becomes a one-line `CorruptFileError` naming the file.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import threading
 from pathlib import Path
@@ -78,18 +77,13 @@ class TensorFile:
         return check_finite(upcast(self.raw(key)), self.path, key)
 
 
-# Files below this size keep an open handle per thread (see the module docstring).
-KEEP_OPEN_BELOW = 2 << 30
-
-
 class SafetensorsFile(TensorFile):
-    def __init__(self, path) -> None:
+    def __init__(self, path, keep_open: bool = False) -> None:
         from safetensors import safe_open
 
         self.path = str(path)
-        self._local = threading.local()
+        self._keep_open, self._local = keep_open, threading.local()
         try:
-            self._keep_open = os.path.getsize(self.path) < KEEP_OPEN_BELOW
             with safe_open(self.path, "pt") as f:
                 self.metadata = dict(f.metadata() or {})
                 self.entries = {}
@@ -167,10 +161,11 @@ def _state_dict_of(obj) -> Optional[dict]:
     return None if obj else {}
 
 
-def open_file(path) -> TensorFile:
-    """Open one checkpoint file by its suffix: `.safetensors`, else a torch pickle."""
+def open_file(path, keep_open: bool = False) -> TensorFile:
+    """Open one checkpoint file by its suffix: `.safetensors`, else a torch pickle.
+    keep_open: for adapter files (many small tensors), see the module docstring."""
     p = str(path)
-    return SafetensorsFile(p) if p.endswith(".safetensors") else TorchFile(p)
+    return SafetensorsFile(p, keep_open) if p.endswith(".safetensors") else TorchFile(p)
 
 
 class TensorStore:
