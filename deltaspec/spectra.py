@@ -98,8 +98,6 @@ def dense_svd(M: torch.Tensor, vectors: bool = False):
     falling back to gesvd if cuSOLVER still refuses.
     """
     if not M.is_cuda:
-        if not vectors and M.dtype == torch.float32:
-            return gram_svdvals(M), None, None
         return _svd(M, vectors, None)
     wide = M.shape[-2] < M.shape[-1]
     T = M.mT if wide else M
@@ -113,25 +111,35 @@ def dense_svd(M: torch.Tensor, vectors: bool = False):
     return (S, V, U) if wide else (S, U, V)
 
 
-def gram_svdvals(M: torch.Tensor, block_rows: int = 1024) -> torch.Tensor:
-    """σ of M (..., m, n) as sqrt(eigvalsh(MᵀM)), the Gram matrix accumulated in float64 by row blocks.
+def gram_svdvals(M: torch.Tensor) -> torch.Tensor:
+    """σ of M (..., m, n) as sqrt(eigvalsh(MᵀM)), the Gram matrix accumulated in float64.
 
     The CPU path for float32 spectra without vectors. At LLaMA shapes it is ~2.5x faster than
     LAPACK's float32 SVD (a symmetric n×n eigenproblem instead of an m×n bidiagonalisation) and more
     accurate: σ_i is off by ~u64·σ_1²/σ_i (u64 = 1.1e-16) instead of ~u32·σ_1 (u32 = 6e-8), i.e.
     less for every σ_i > ~1e-8·σ_1. Not used in float64 mode, where LAPACK's u64·σ_1 is better.
-    Workspace: the min(m, n)² float64 Gram and eigvalsh's copy of it.
     """
+    return gram_sigma(gram64(M), M.dtype).reshape(*M.shape[:-2], min(M.shape[-2:]))
+
+
+def gram64(M: torch.Tensor, block_rows: int = 512) -> torch.Tensor:
+    """G = MᵀM (or MMᵀ for a wide M: the smaller square), float64, accumulated over row blocks so the
+    float64 copy of M is never made whole. M (..., m, n) → G (b, k, k), b the flattened batch."""
     if M.shape[-2] < M.shape[-1]:
-        M = M.mT  # σ(M) = σ(Mᵀ): make the Gram min(m, n) square
+        M = M.mT  # σ(M) = σ(Mᵀ)
     m, n = M.shape[-2:]
     X = M.reshape(-1, m, n)
     G = torch.zeros(X.shape[0], n, n, dtype=torch.float64, device=M.device)
     for r0 in range(0, m, block_rows):
         blk = X[:, r0:r0 + block_rows].double()
         G.baddbmm_(blk.mT, blk)  # in place: no n×n temporary
+    return G
+
+
+def gram_sigma(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Descending σ = sqrt(eigenvalues) of a batch of Gram matrices (b, k, k) → (b, k) in dtype."""
     lam = torch.linalg.eigvalsh(G)  # ascending; rounding can make the smallest slightly negative
-    return lam.clamp_min(0).sqrt().flip(-1).to(M.dtype).reshape(*M.shape[:-2], n)
+    return lam.clamp_min(0).sqrt().flip(-1).to(dtype)
 
 
 def _cuda_svd(M, vectors):
@@ -164,9 +172,18 @@ def _to_numpy(S: torch.Tensor) -> np.ndarray:
 
 
 def _flush_dense(batch, device, dtype, vectors) -> Iterator[tuple[object, Spectrum]]:
+    """Solve one chunk of same-shape dense updates. Empties `batch`, so that on the CPU float32 path
+    the ΔWs are freed once their Gram is formed: the eigensolver then holds two Grams, not ΔW too."""
     keys = [k for k, _ in batch]
     M = torch.stack([m for _, m in batch]) if len(batch) > 1 else batch[0][1].unsqueeze(0)
-    S, U, V = dense_svd(M.to(device, dtype), vectors)
+    batch.clear()
+    M = M.to(device, dtype)
+    if M.is_cuda or vectors or dtype != torch.float32:
+        S, U, V = dense_svd(M, vectors)
+    else:
+        G = gram64(M)
+        del M
+        S, U, V = gram_sigma(G, dtype), None, None
     S = S.cpu()
     for i, key in enumerate(keys):
         yield key, Spectrum(_to_numpy(S[i]), None if U is None else U[i].cpu(), None if V is None else V[i].cpu())
