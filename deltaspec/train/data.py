@@ -18,7 +18,11 @@ VOCAB_SIZE = 4 + len(CHARS) + 1  # + one "unknown" id
 
 
 class CharTokenizer:
-    """Printable ASCII → ids 4..98, anything else → 99. Reversible on printable text."""
+    """Printable ASCII → ids 4..98, anything else → 99. Reversible on printable text.
+
+    The interface every tokenizer here has (`hf.HFTokenizer` too): encode, decode, bos/eos/pad ids."""
+
+    bos, eos, pad = BOS, EOS, PAD
 
     def __init__(self):
         self.stoi = {c: i + 4 for i, c in enumerate(CHARS)}
@@ -93,15 +97,16 @@ def eval_set(seed: int, per_task: int = 40) -> list[tuple[str, str, str]]:
 # ---- batches ------------------------------------------------------------------------------------
 def encode_pair(tok, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
     """Token ids and loss targets: only the response (and EOS) is learned; -100 elsewhere."""
-    p, a = [BOS] + tok.encode(prompt), tok.encode(response) + [EOS]
+    p, a = [tok.bos] + tok.encode(prompt), tok.encode(response) + [tok.eos]
     ids = (p + a)[:max_len]
     tgt = ([-100] * (len(p) - 1) + a + [-100])[:max_len]
     return ids, tgt
 
 
-def collate(rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate(rows: list[tuple[list[int], list[int]]], pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids x (B, T) and targets y (B, T), -100 on padding."""
     T = max(len(i) for i, _ in rows)
-    x = torch.full((len(rows), T), PAD, dtype=torch.long)
+    x = torch.full((len(rows), T), pad, dtype=torch.long)
     y = torch.full((len(rows), T), -100, dtype=torch.long)
     for k, (ids, tgt) in enumerate(rows):
         x[k, : len(ids)] = torch.tensor(ids)
@@ -118,7 +123,7 @@ class MixtureBatches:
 
     def __next__(self):
         rows = [encode_pair(self.tok, *mixture_example(self.r, self.w)[1:], self.max_len) for _ in range(self.bs)]
-        return collate(rows)
+        return collate(rows, self.tok.pad)
 
 
 class JsonlBatches:
@@ -136,7 +141,7 @@ class JsonlBatches:
                 except ValueError:
                     raise ValueError(f"{path}:{n}: not a JSON line") from None
                 if "text" in d:
-                    ids = [BOS] + self.tok.encode(d["text"]) + [EOS]
+                    ids = [self.tok.bos] + self.tok.encode(d["text"]) + [self.tok.eos]
                     self.rows.append((ids[: max_len], (ids[1:] + [-100])[: max_len]))
                 elif "prompt" in d and "response" in d:
                     self.rows.append(encode_pair(self.tok, d["prompt"], d["response"], max_len))
@@ -146,7 +151,7 @@ class JsonlBatches:
             raise ValueError(f"{path}: no examples")
 
     def __next__(self):
-        return collate([self.r.choice(self.rows) for _ in range(self.bs)])
+        return collate([self.r.choice(self.rows) for _ in range(self.bs)], self.tok.pad)
 
 
 def pretrain_text(seed: int = 0, n_chars: int = 400_000) -> str:

@@ -113,7 +113,7 @@ def wrap(model: nn.Module, targets: Iterable[str], method: str, rank: int, alpha
         p.requires_grad_(False)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
     if not names:
-        raise ValueError(f"no nn.Linear module matches the target patterns {targets}")
+        raise ValueError(f"no nn.Linear module matches the target patterns {targets}; {_linear_hint(model)}")
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -122,6 +122,18 @@ def wrap(model: nn.Module, targets: Iterable[str], method: str, rank: int, alpha
                  else MultiLoRALinear(base, heads, rank // heads, alpha, dropout))
         setattr(parent, child, layer.to(base.weight.device))
     return names
+
+
+def _linear_hint(model: nn.Module, n: int = 4) -> str:
+    """What --targets could name: a few nn.Linear module names (and why GPT-2-style layers are missing)."""
+    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
+    hint = "the model has no nn.Linear module"
+    if linear:
+        hint = f"the model's nn.Linear modules include {', '.join(linear[:n])}"
+        hint += f" ({len(linear)} in all)" if len(linear) > n else ""
+    if any(type(m).__name__ == "Conv1D" for m in model.modules()):
+        hint += "; its transformers Conv1D layers (GPT-2 style) are not nn.Linear and cannot be adapted"
+    return hint
 
 
 def adapters(model: nn.Module) -> dict[str, nn.Module]:

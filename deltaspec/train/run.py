@@ -9,9 +9,10 @@ from dataclasses import asdict
 import torch
 
 from .. import __version__
+from . import hf
 from .save import file_sha256, save_run
 from ..spectra import pick_device
-from .trainer import TrainConfig, batches, build, evaluate, train_loop
+from .trainer import TrainConfig, batches, build, check, evaluate, tokenizer_and_len, train_loop
 
 REPO_BASE = os.path.join(os.path.dirname(__file__), "..", "..", "sample_checkpoints", "base")
 
@@ -23,22 +24,20 @@ def default_base() -> str | None:
 
 
 def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
-    if cfg.method not in ("pretrain", "full", "lora", "multilora"):
-        raise ValueError(f"unknown method {cfg.method!r}")
-    if cfg.method != "pretrain" and not cfg.base:
-        raise ValueError("fine-tuning needs a base model: pass --base (or pretrain one with --method pretrain)")
+    check(cfg)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_flush_denormal(True)  # tiny gradients late in a cosine schedule must not slow the CPU 10×
     device = pick_device(cfg.device)
     model, wrapped = build(cfg)
-    max_len = model.config.max_len
+    tok, max_len = tokenizer_and_len(model)
+    facts = base_facts(cfg, model)  # before training: the hash is of the base as it was read
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{cfg.method}: {n_train:,} trainable parameters"
         + (f" in {len(wrapped)} adapted modules" if wrapped else "") + f", {cfg.steps} steps on {device}")
     t0 = time.perf_counter()
-    losses = train_loop(model, batches(cfg, max_len), cfg, device)
+    losses = train_loop(model, batches(cfg, max_len, tok), cfg, device)
     train_s = time.perf_counter() - t0
-    acc = {} if cfg.method == "pretrain" or cfg.data else evaluate(model, cfg.seed, cfg.eval_per_task, max_len, device)
+    acc = {} if cfg.method == "pretrain" or cfg.data else evaluate(model, cfg.seed, cfg.eval_per_task, max_len, device, tok)
     if acc:
         log("held-out exact match: " + ", ".join(f"{t} {a:.0%}" for t, a in acc.items()))
     info = {
@@ -51,10 +50,18 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
         "data": cfg.data or ("generated pretraining corpus" if cfg.method == "pretrain" else "built-in task mixture"),
         "per_task_accuracy": acc, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "train_seconds": round(train_s, 1),
         "trainable_parameters": n_train,
-        "base": cfg.base,
-        "base_sha256": file_sha256(os.path.join(cfg.base, "model.safetensors")) if cfg.base else None,
-        "model_config": asdict(model.config),
+        **facts,
     }
     save_run(model.cpu(), cfg, info)
     log(f"wrote {cfg.out} ({train_s:.0f} s of training)")
     return info
+
+
+def base_facts(cfg: TrainConfig, model) -> dict:
+    """Which base was fine-tuned (path as given, SHA-256 of its weights) and the model's config."""
+    if isinstance(model, hf.HFCausalLM):  # the HF config dict; sha over the weight file(s), maybe sharded
+        return {"base": cfg.hf_model, "base_sha256": file_sha256(*hf.weight_files(cfg.hf_model)),
+                "model_config": model.config_dict(), "max_len": model.max_len}
+    return {"base": cfg.base,
+            "base_sha256": file_sha256(os.path.join(cfg.base, "model.safetensors")) if cfg.base else None,
+            "model_config": asdict(model.config)}

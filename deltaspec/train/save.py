@@ -4,7 +4,9 @@
   `base_model.model.<module>.lora_A.weight` (r, d_in) / `.lora_B.weight` (d_out, r)).
 - MultiLoRA: deltaspec's layout, docs/FORMATS.md (`lora_A` (n, r, d_in), `lora_B` (n, d_out, r),
   `lora_scaling` (n, d_out)).
-- full / pretrain: a model directory like the base (`config.json`, `model.safetensors`).
+- full / pretrain: a model directory like the base (`config.json`, `model.safetensors`); a local
+  transformers base: its own `save_pretrained` layout plus the tokenizer (`HFCausalLM.save_full`).
+Adapter names are the base's module names (for a transformers model, the HF ones, no wrapper prefix).
 Every run also writes `train_info.json`: how it was made and how well it does.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 
 from safetensors.torch import save_file
 
+from .hf import HFCausalLM, named
 from .layers import LoRALinear, MultiLoRALinear, adapters
 from .model import save_model
 
@@ -23,7 +26,8 @@ def _cpu(t):
     return t.detach().contiguous().cpu()
 
 
-def save_lora(model, out: str, cfg, base_path: str) -> None:
+def save_lora(model, out: str, cfg, base_path: str, task_type: str | None = None) -> None:
+    """task_type "CAUSAL_LM" for a transformers base: PEFT then loads it as PeftModelForCausalLM."""
     layers = adapters(model)
     tensors = {}
     for name, m in layers.items():
@@ -31,7 +35,7 @@ def save_lora(model, out: str, cfg, base_path: str) -> None:
         tensors[f"base_model.model.{name}.lora_A.weight"] = _cpu(m.lora_A)
         tensors[f"base_model.model.{name}.lora_B.weight"] = _cpu(m.lora_B)
     config = {
-        "peft_type": "LORA", "task_type": None, "r": cfg.rank, "lora_alpha": cfg.resolved_alpha(),
+        "peft_type": "LORA", "task_type": task_type, "r": cfg.rank, "lora_alpha": cfg.resolved_alpha(),
         "lora_dropout": cfg.dropout, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
@@ -66,20 +70,25 @@ def _write(out: str, config: dict, tensors: dict) -> None:
 
 def save_run(model, cfg, info: dict) -> None:
     """Write the checkpoint for cfg.method into cfg.out, then train_info.json."""
-    base = cfg.base  # as the user gave it (a relative path stays portable)
-    if cfg.method in ("full", "pretrain"):
+    is_hf = isinstance(model, HFCausalLM)
+    base = cfg.hf_model if is_hf else cfg.base  # as the user gave it (a relative path stays portable)
+    if cfg.method in ("full", "pretrain") and is_hf:
+        model.save_full(cfg.out)
+    elif cfg.method in ("full", "pretrain"):
         save_model(model, cfg.out)
     elif cfg.method == "lora":
-        save_lora(model, cfg.out, cfg, base)
+        save_lora(named(model), cfg.out, cfg, base, "CAUSAL_LM" if is_hf else None)
     else:
-        save_multilora(model, cfg.out, cfg, base)
+        save_multilora(named(model), cfg.out, cfg, base)
     with open(os.path.join(cfg.out, "train_info.json"), "w") as f:
         json.dump(info, f, indent=1)
 
 
-def file_sha256(path: str) -> str:
+def file_sha256(*paths) -> str:
+    """SHA-256 of the files' bytes in order: one file gives its sha256sum; a sharded model, one digest."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()

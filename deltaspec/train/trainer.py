@@ -2,21 +2,26 @@
 same base, data stream, steps and seed; only the method differs).
 
 AdamW, linear warmup then cosine decay, gradient clipping, seeded and deterministic on CPU, CUDA when
-present. Progress (loss, tokens/s) on stderr.
+present. Progress (loss, tokens/s) on stderr. The model is the built-in GPT or a local transformers
+causal LM (`hf.HFCausalLM`, same interface: `model(idx)` → logits, a tokenizer with bos/eos/pad ids).
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import DeltaspecError
 from ..progress import Progress
 from . import data as D
+from . import hf
 from .layers import wrap
 from .model import GPT, GPTConfig, load_model
 
@@ -29,6 +34,8 @@ class TrainConfig:
     method: str  # pretrain | full | lora | multilora
     out: str
     base: Optional[str] = None  # base model dir (fine-tuning); None for pretrain
+    hf_model: Optional[str] = None  # local transformers causal LM dir, fine-tuned instead of a built-in base
+    max_len: Optional[int] = None  # tokens per sequence, hf_model only [default: min(128, its positions)]
     rank: int = 16  # total rank (MultiLoRA: heads × per-head rank)
     heads: int = 4
     alpha: Optional[float] = None  # default: 2 × per-head rank
@@ -62,24 +69,51 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(cfg: TrainConfig) -> tuple[GPT, list[str]]:
-    """The model to train: a fresh GPT (pretrain), the base (full), or the base wrapped with adapters."""
+def check(cfg: TrainConfig) -> None:
+    """Settings that cannot go together: raised before anything is loaded."""
+    if cfg.method not in ("pretrain", "full", "lora", "multilora"):
+        raise ValueError(f"unknown method {cfg.method!r}")
+    if cfg.hf_model and cfg.base:
+        raise DeltaspecError(f"--model {cfg.hf_model} and --base {cfg.base} both name the model to fine-tune; pass one")
+    if cfg.hf_model and cfg.method == "pretrain":
+        raise DeltaspecError("--method pretrain trains the built-in GPT from scratch; --model fine-tunes "
+                             "(full, lora, multilora)")
+    if cfg.max_len is not None and not cfg.hf_model:
+        raise DeltaspecError("--max-len applies to --model only (the built-in GPT's length is fixed by its positions)")
+    if cfg.method != "pretrain" and not (cfg.base or cfg.hf_model):
+        raise ValueError("fine-tuning needs a base model: pass --base or --model (or pretrain one with --method pretrain)")
+    base = cfg.hf_model or cfg.base
+    if base and os.path.abspath(cfg.out) == os.path.abspath(base):
+        raise DeltaspecError(f"--out {cfg.out} is the base model's directory; writing there would overwrite it")
+
+
+def build(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
+    """The model to train: a fresh GPT (pretrain), the base (full), or the base wrapped with adapters.
+    A transformers model is wrapped on its own modules (`model.hf`), so adapter names are the HF ones."""
     seed_everything(cfg.seed)
     if cfg.method == "pretrain":
         return GPT(cfg.model), []
-    model = load_model(cfg.base)
+    model = hf.load(cfg.hf_model, cfg.max_len, cfg.progress) if cfg.hf_model else load_model(cfg.base)
     if cfg.method == "full":
         return model, []
-    names = wrap(model, cfg.targets, cfg.method, cfg.rank, cfg.resolved_alpha(), cfg.heads, cfg.dropout)
+    names = wrap(hf.named(model), cfg.targets, cfg.method, cfg.rank, cfg.resolved_alpha(), cfg.heads, cfg.dropout)
     return model, names
 
 
-def batches(cfg: TrainConfig, max_len: int):
+def tokenizer_and_len(model: nn.Module):
+    """(tokenizer, tokens per sequence) that go with the model."""
+    if isinstance(model, hf.HFCausalLM):
+        return model.tok, model.max_len
+    return D.CharTokenizer(), model.config.max_len
+
+
+def batches(cfg: TrainConfig, max_len: int, tok=None):
+    tok = tok or D.CharTokenizer()
     if cfg.method == "pretrain":
-        return D.TextBatches(D.pretrain_text(cfg.seed), cfg.seed, cfg.batch_size, max_len)
+        return D.TextBatches(D.pretrain_text(cfg.seed), cfg.seed, cfg.batch_size, max_len, tok)
     if cfg.data:
-        return D.JsonlBatches(cfg.data, cfg.seed, cfg.batch_size, max_len)
-    return D.MixtureBatches(cfg.seed, cfg.batch_size, max_len)
+        return D.JsonlBatches(cfg.data, cfg.seed, cfg.batch_size, max_len, tok)
+    return D.MixtureBatches(cfg.seed, cfg.batch_size, max_len, tok)
 
 
 def lr_lambda(steps: int, warmup: float):
@@ -113,21 +147,21 @@ def train_loop(model, stream, cfg: TrainConfig, device: torch.device) -> list[fl
 
 @torch.no_grad()
 def generate(model, tok, prompt: str, max_new: int, max_len: int, device) -> str:
-    ids = [D.BOS] + tok.encode(prompt)
+    ids = [tok.bos] + tok.encode(prompt)
     out = []
     for _ in range(max_new):
         logits = model(torch.tensor([ids[-max_len:]], device=device))[0, -1]
         nxt = int(logits.argmax())
-        if nxt == D.EOS:
+        if nxt == tok.eos:
             break
         ids.append(nxt)
         out.append(nxt)
     return tok.decode(out)
 
 
-def evaluate(model, seed: int, per_task: int, max_len: int, device) -> dict[str, float]:
+def evaluate(model, seed: int, per_task: int, max_len: int, device, tok=None) -> dict[str, float]:
     """Exact-match accuracy per task family on the held-out split (greedy decoding)."""
-    tok, hits, counts = D.CharTokenizer(), {}, {}
+    tok, hits, counts = tok or D.CharTokenizer(), {}, {}
     for task, prompt, answer in D.eval_set(seed, per_task):
         got = generate(model, tok, prompt, len(answer) + 2, max_len, device)
         hits[task] = hits.get(task, 0) + (got == answer)
