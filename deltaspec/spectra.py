@@ -122,7 +122,7 @@ def gram_svdvals(M: torch.Tensor) -> torch.Tensor:
     return gram_sigma(gram64(M), M.dtype).reshape(*M.shape[:-2], min(M.shape[-2:]))
 
 
-def gram64(M: torch.Tensor, block_rows: int = 512) -> torch.Tensor:
+def gram64(M: torch.Tensor, block_rows: int = 256) -> torch.Tensor:
     """G = MᵀM (or MMᵀ for a wide M: the smaller square), float64, accumulated over row blocks so the
     float64 copy of M is never made whole. M (..., m, n) → G (b, k, k), b the flattened batch."""
     if M.shape[-2] < M.shape[-1]:
