@@ -4,7 +4,6 @@ shapes, and deltaspec end to end on a synthetic bf16 full fine-tune (2 layers) o
     python benchmarks/cuda_probe.py [--layers 2] [--workdir /tmp/deltaspec-cuda]
 """
 import argparse
-import json
 import os
 import time
 

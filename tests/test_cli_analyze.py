@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
