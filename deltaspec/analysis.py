@@ -2,8 +2,9 @@
 
 On a GPU, loading dense updates (disk, upcasting, subtraction) runs one layer ahead in a background
 thread while the SVD of the current layers runs, so I/O and compute overlap; on a CPU, loading is
-serial, so at most one ΔW is being loaded or solved at a time. Under `torchrun` (torch.distributed initialised)
-each rank analyses its share of the layers and rank 0 gathers one result (see distributed.py).
+serial, so at most one ΔW is being loaded or solved at a time. Under `torchrun` (torch.distributed
+initialised) each rank analyses its share of the layers and rank 0 gathers one result (see
+distributed.py).
 """
 from __future__ import annotations
 

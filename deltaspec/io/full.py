@@ -3,7 +3,8 @@
 Both sides may be a model directory (single, sharded + index json, legacy `pytorch_model.bin`) or
 a single `.safetensors` / `.bin` file. Tensors are matched by name; both are upcast to float32
 before subtracting (bf16 − bf16 would lose most of the update), W0 one block of rows at a time, so
-loading a layer holds one float32 matrix. 1-D tensors (norms, biases) are not layers. Embeddings (see `tensors.is_embedding`) are layers only with `include_embeddings`.
+loading a layer holds one float32 matrix. 1-D tensors (norms, biases) are not layers. Embeddings
+(see `tensors.is_embedding`) are layers only with `include_embeddings`.
 """
 from __future__ import annotations
 

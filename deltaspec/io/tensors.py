@@ -5,8 +5,8 @@ tensors only by `get(key)`, which upcasts to float32 (float64 stays) and checks 
 Safetensors files are memory-mapped with `safe_open`. Adapter files (`keep_open=True`) keep one handle
 per thread, since re-opening (header parse + mmap) for each of hundreds of tiny tensors costs more than
 reading them; model weights are re-opened per tensor, so the pages of tensors already analysed do not
-stay mapped and resident (a kept handle on a 1 GB shard grows RSS by the whole shard). Torch pickles (`.bin`, `.pt`) are loaded once with
-`weights_only=True, mmap=True`.
+stay mapped and resident (a kept handle on a 1 GB shard grows RSS by the whole shard). Torch pickles
+(`.bin`, `.pt`) are loaded once with `weights_only=True, mmap=True`.
 `TensorStore` is a model's tensors over one or several files (sharded checkpoints).
 Every read error becomes a one-line `CorruptFileError` naming the file.
 """
