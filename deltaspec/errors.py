@@ -2,6 +2,14 @@
 
 The library raises these; only the CLI turns them into a one-line message and a non-zero exit.
 """
+from __future__ import annotations
+
+
+def reason(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name if empty), for a one-line error;
+    cut to `limit` characters when given (third-party messages can be very long)."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
 
 
 class DeltaspecError(Exception):

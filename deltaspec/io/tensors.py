@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from ..errors import CorruptFileError, FormatError, NonFiniteError
+from ..errors import CorruptFileError, FormatError, NonFiniteError, reason as _reason
 
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
               "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
@@ -128,10 +128,6 @@ class TorchFile(TensorFile):
 
     def raw(self, key: str) -> torch.Tensor:
         return self._tensors[key]
-
-
-def _reason(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _torch_load(path: str):

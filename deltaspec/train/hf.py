@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..errors import DeltaspecError
+from ..errors import DeltaspecError, reason
 
 MAX_LEN = 128  # default tokens per sequence: the task mixture needs < 64; longer data: TrainConfig.max_len
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
@@ -25,9 +25,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def _reason(e: BaseException) -> str:
-    """An exception's first line, short enough for a one-line error."""
-    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return line if len(line) <= 200 else line[:197] + "..."
+    return reason(e, limit=200)  # transformers' messages can run to paragraphs
 
 
 def _transformers():
