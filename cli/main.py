@@ -13,6 +13,9 @@ COMMANDS = {
     "subspace": "deltaspec_cli.subspace:subspace",
     "plot": "deltaspec_cli.plot:plot",
     "train": "deltaspec_cli.train:train",
+    "suggest-rank": "deltaspec_cli.suggest_rank:suggest_rank",
+    "resize": "deltaspec_cli.resize:resize",
+    "report": "deltaspec_cli.report:report",
 }
 # One-line help for `deltaspec --help`, so listing commands imports neither torch nor matplotlib.
 SHORT_HELP = {
@@ -22,6 +25,9 @@ SHORT_HELP = {
     "subspace": "Subspace similarity, amplification factor and intruder dimensions.",
     "plot": "Paper figures: Figure-2 histograms, spectra, energy curves, heatmaps.",
     "train": "Fine-tune a model with full FT, LoRA or MultiLoRA and save the checkpoint.",
+    "suggest-rank": "Per-layer LoRA ranks from the exact spectrum, and a PEFT rank_pattern.",
+    "resize": "Any update to a PEFT LoRA of the chosen (per-layer) rank, by truncated SVD.",
+    "report": "One self-contained HTML report (provenance, tables, figures, ranks).",
 }
 
 

@@ -110,6 +110,12 @@ class AnalysisResult:
             out[m] = {"n_layers": len(rows), "mean": mean, "std": std}
         return out
 
+    def suggest_ranks(self, policy: str = "energy", value=None, **kw):
+        """Per-layer LoRA ranks by several policies, one chosen; see `deltaspec.suggest.suggest_ranks`."""
+        from .suggest import suggest_ranks
+
+        return suggest_ranks(self, policy, value, **kw)
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         agg = {m: {"n_layers": a["n_layers"], "mean": {k: _json_num(v) for k, v in a["mean"].items()},

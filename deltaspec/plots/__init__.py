@@ -11,11 +11,12 @@ paper style. `save(fig_or_ax, "fig.pdf")` writes PDF/SVG/PNG deterministically.
 from .energy import energy, energy_curves
 from .heatmap import heatmap, heatmap_data
 from .hist import hist, histogram_data
+from .ranks import rank_needed, rank_needed_data
 from .save import save
 from .similarity import mean_similarity, similarity
 from .spectrum import spectrum, spectrum_curves
 from .style import DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, STYLE_PATH, figsize, paper_style, use_paper_style
 
 __all__ = ["hist", "histogram_data", "spectrum", "spectrum_curves", "energy", "energy_curves", "heatmap",
-           "heatmap_data", "similarity", "mean_similarity", "save", "paper_style", "use_paper_style", "figsize",
+           "heatmap_data", "rank_needed", "rank_needed_data", "similarity", "mean_similarity", "save", "paper_style", "use_paper_style", "figsize",
            "PALETTE", "SINGLE_COLUMN", "DOUBLE_COLUMN", "STYLE_PATH"]

@@ -28,20 +28,15 @@ def _cpu(t):
 
 def save_lora(model, out: str, cfg, base_path: str, task_type: str | None = None) -> None:
     """task_type "CAUSAL_LM" for a transformers base: PEFT then loads it as PeftModelForCausalLM."""
+    from ..io.write_peft import LoraFactors, write_lora_adapter
+
     layers = adapters(model)
-    tensors = {}
+    factors = []
     for name, m in layers.items():
         assert isinstance(m, LoRALinear)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = _cpu(m.lora_A)
-        tensors[f"base_model.model.{name}.lora_B.weight"] = _cpu(m.lora_B)
-    config = {
-        "peft_type": "LORA", "task_type": task_type, "r": cfg.rank, "lora_alpha": cfg.resolved_alpha(),
-        "lora_dropout": cfg.dropout, "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
-        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
-        "inference_mode": True, "base_model_name_or_path": base_path,
-    }
-    _write(out, config, tensors)
+        factors.append(LoraFactors(name, _cpu(m.lora_A), _cpu(m.lora_B), cfg.resolved_alpha()))
+    write_lora_adapter(out, factors, target_modules=sorted({n.rsplit(".", 1)[-1] for n in layers}),
+                       base_model=base_path, task_type=task_type, dropout=cfg.dropout)
 
 
 def save_multilora(model, out: str, cfg, base_path: str) -> None:

@@ -1,0 +1,115 @@
+"""`deltaspec resize`: any update deltaspec reads → a PEFT LoRA adapter of the chosen per-layer rank."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .common import user_errors
+from .options import reader_options
+from .suggest_rank import POLICY_HELP, device_options
+
+RESIZE_HELP = """Output: OUT/adapter_config.json + OUT/adapter_model.safetensors (PEFT LoRA; per-layer r and α
+in rank_pattern/alpha_pattern with exact keys, PEFT ≥ 0.15), and OUT/resize_info.json (command,
+input, policy, per-layer ranks, kept energy, relative Frobenius error). OUT must be new or empty;
+--force writes into a non-empty OUT, replacing only those three files. OUT may never be, or lie in,
+an input. Layers: linear (also GPT-2 Conv1D via fan_in_fan_out: from a PEFT adapter's config, or
+for full FT from the base's config.json model_type), Conv2d LoRA (A stored as (r, in, kh, kw)),
+PEFT embedding LoRA (lora_embedding_A/B); a full-FT embedding update and kohya/SD files are refused."""
+
+
+@click.command(epilog=RESIZE_HELP + "\n\n" + POLICY_HELP)
+@click.argument("ckpt", type=click.Path(exists=True))
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Output adapter directory.")
+@click.option("--rank", "fixed", type=click.IntRange(min=1), default=None, help="Same rank R for every layer.")
+@click.option("--energy", type=float, default=None, help="Per layer: smallest rank keeping energy share E.")
+@click.option("--fro-error", type=float, default=None, help="Per layer: smallest rank with relative error ≤ F.")
+@click.option("--sv-ratio", type=float, default=None, help="Per layer: #{σ_i > σ_1 / X} (kohya's sv_ratio).")
+@click.option("--knee", is_flag=True, help="Per layer: the knee of the spectrum.")
+@click.option("--effective-rank", is_flag=True, help="Per layer: the rounded effective rank.")
+@click.option("--max-rank", type=click.IntRange(min=1), default=None, help="Cap on every layer's rank.")
+@click.option("--keep-scale", type=click.Choice(["ratio", "alpha"]), default="ratio", show_default=True,
+              help="New α per layer: keep the source's α/r (ratio) or its α (alpha).")
+@reader_options
+@device_options
+@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Storage dtype of the new factors.")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT (replaces the adapter files only).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="What to print on stdout: the per-layer table or the resize_info JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, max_rank, keep_scale, base, ckpt_type,
+           lora_alpha, include_embeddings, device, dtype, save_dtype, force, fmt, quiet):
+    """Resize the update in CKPT to a PEFT LoRA adapter in OUT by truncated SVD (Eckart–Young).
+
+    \b
+    deltaspec resize sample_checkpoints/lora --rank 8 -o lora_r8/
+    deltaspec resize sample_checkpoints/multilora --rank 16 -o as_lora/       # exact conversion
+    deltaspec resize sample_checkpoints/full --base sample_checkpoints/base --energy 0.9 -o ft_lora/
+
+    Choose exactly one of --rank, --energy, --fro-error, --sv-ratio, --knee, --effective-rank.
+    Adapters (LoRA, MultiLoRA, AdaLoRA) are truncated from their exact factored SVD without forming
+    ΔW; dense updates (full FT with --base, DoRA) from the SVD of ΔW. A rank at least the update's
+    rank reproduces ΔW (a MultiLoRA at its total rank becomes an equivalent PEFT LoRA).
+    """
+    import deltaspec as ds
+    from deltaspec import ranks as R
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.io.write_peft import check_out_dir, conv1d_base, write_lora_adapter
+    from deltaspec.progress import Progress
+    from deltaspec.resize import resize as run_resize
+    from deltaspec.spectra import pick_device
+
+    given = {"rank": fixed, "energy": energy, "fro_error": fro_error, "sv_ratio": sv_ratio,
+             "knee": knee or None, "effective_rank": effective_rank or None}
+    chosen = [k for k, v in given.items() if v is not None]
+    if len(chosen) != 1:
+        raise DeltaspecError("choose exactly one of --rank, --energy, --fro-error, --sv-ratio, --knee, --effective-rank"
+                             + (f" (got {', '.join('--' + c.replace('_', '-') for c in chosen)})" if chosen else ""))
+    name = chosen[0]
+    policy = R.policy(name, given[name] if name not in ("knee", "effective_rank") else None)
+    check_out_dir(out, [ckpt, base], force)
+    pick_device(device)
+    updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    bar = Progress(len(updates), "layers", enabled=False if quiet else None)
+    try:
+        res = run_resize(updates, policy, max_rank=max_rank, keep_scale=keep_scale, device=device, dtype=dtype,
+                         conv1d_dense=conv1d_base(base), progress=lambda n: bar.update(1, n))
+    finally:
+        bar.close()
+    if not res.factors():
+        raise DeltaspecError(f"{ckpt}: every update is zero; nothing to write")
+    src_cfg = _source_config(ckpt)
+    import torch
+
+    write_lora_adapter(out, res.factors(), base_model=src_cfg.get("base_model_name_or_path") or base,
+                       task_type=src_cfg.get("task_type"), fan_in_fan_out=res.fan_in_fan_out,
+                       dtype=getattr(torch, save_dtype))
+    info = {"deltaspec_version": ds.__version__, "command": " ".join(["deltaspec", *sys.argv[1:]]),
+            "input": {"path": str(ckpt), "format": updates.format, "base": base},
+            "settings": {"max_rank": max_rank, "device": device, "dtype": dtype, "save_dtype": save_dtype},
+            **res.to_dict()}
+    (Path(out) / "resize_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    if fmt == "json":
+        click.echo(json.dumps(info, indent=1))
+    else:
+        total = sum(x.rank for x in res.layers)
+        click.echo(f"{ckpt} [{updates.format}] → {out}: {len(res.factors())} LoRA layers, {policy.label}"
+                   + (f", at most {max_rank}" if max_rank else "") + f", total rank {total}")
+        click.echo(res.format_table())
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"wrote {out}", err=True)
+
+
+def _source_config(ckpt) -> dict:
+    """task_type and base_model_name_or_path of an adapter input (its adapter_config.json), else {}."""
+    p = Path(ckpt)
+    cfg = (p if p.is_dir() else p.parent) / "adapter_config.json"
+    try:
+        return json.loads(cfg.read_text()) if cfg.is_file() else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,161 @@
+"""Exact resizing: any update → a LoRA of the chosen per-layer rank, from the truncated SVD.
+
+By Eckart–Young the rank-k truncated SVD ΔW_k = U_k Σ_k V_kᵀ is the best rank-k approximation of ΔW
+in Frobenius (and spectral) norm. The SVD comes from `deltaspec.spectra.spectrum(update, vectors=True)`:
+for factored updates (LoRA, MultiLoRA, AdaLoRA, any form with `factors()`) that is the exact
+factored SVD (thin QRs of the factors and an r×r core; ΔW is never formed), for dense ones (full
+fine-tuning, DoRA) the SVD of ΔW. So a new update form that supports `spectrum` resizes as is.
+
+The factors split the singular values evenly, B = U_k √Σ_k / √s and A = √Σ_k V_kᵀ / √s with
+s = α/k the new LoRA scale, so that s·B@A = ΔW_k exactly and ‖B‖ = ‖A‖ (a balanced start for
+further training). Layers stored transposed (GPT-2 Conv1D with fan_in_fan_out, embeddings) swap
+the roles of U and V; conv layers (analysed as (out, in·kh·kw)) get A reshaped to (k, in, kh, kw).
+
+    res = resize(ds.load("adapter/"), ranks.policy("energy", 0.9))
+    res.format_table(); write_lora_adapter("out/", res.factors())
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import ranks as R
+from .errors import DeltaspecError
+from .io.names import is_embedding
+from .io.write_peft import LoraFactors
+from .updates import Updates
+
+
+@dataclass
+class ResizedLayer:
+    """One layer after truncation: ranks before/after, what was kept, and the new LoRA factors."""
+
+    name: str
+    shape: tuple
+    kind: str
+    rank_before: int
+    rank: int
+    kept_energy: float
+    rel_error: float
+    factors: Optional[LoraFactors] = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        nan = lambda v: None if not math.isfinite(v) else v
+        return {"name": self.name, "shape": list(self.shape), "kind": self.kind, "rank_before": self.rank_before,
+                "rank": self.rank, "alpha": self.factors.alpha if self.factors else None,
+                "kept_energy": nan(self.kept_energy), "relative_error": nan(self.rel_error)}
+
+
+@dataclass
+class ResizeResult:
+    layers: list[ResizedLayer]
+    policy: R.Policy
+    keep_scale: str
+    fan_in_fan_out: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def factors(self) -> list[LoraFactors]:
+        return [x.factors for x in self.layers if x.factors is not None]
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy.label, "keep_scale": self.keep_scale, "fan_in_fan_out": self.fan_in_fan_out,
+                "warnings": list(self.warnings), "layers": [x.to_dict() for x in self.layers]}
+
+    def format_table(self) -> str:
+        from .results import text_grid
+        from .suggest import short_names
+
+        names = short_names([x.name for x in self.layers])
+        body = [[n, "x".join(map(str, x.shape)), x.kind, str(x.rank_before), str(x.rank), _pct(x.kept_energy),
+                 _err(x.rel_error)] for n, x in zip(names, self.layers)]
+        head = ["layer", "shape", "kind", "from", "to", "kept", "rel.err"]
+        return "\n".join(text_grid(head, body))
+
+
+def _pct(v: float) -> str:
+    return "-" if not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def _err(v: float) -> str:
+    return "-" if not math.isfinite(v) else f"{v:.2e}"
+
+
+def truncated_factors(sigma, U, V, k: int, scale: float, transposed: bool = False):
+    """(A, B) with scale·B@A = U_k Σ_k V_kᵀ (transposed=False) or its transpose (True).
+
+    sigma: (m,) descending; U: (d_out, m), V: (d_in, m) torch tensors (stored orientation of ΔW).
+    """
+    import torch
+
+    if scale == 0:
+        raise DeltaspecError("LoRA scale α/r must be nonzero")
+    s = torch.as_tensor(sigma[:k], dtype=U.dtype)
+    root = (s / abs(scale)).sqrt()
+    Uk, Vk = U[:, :k] * root, V[:, :k] * root  # (d_out, k), (d_in, k)
+    if scale < 0:
+        Uk = -Uk
+    B, A = (Vk, Uk.T) if transposed else (Uk, Vk.T)
+    return A.contiguous(), B.contiguous()
+
+
+def _orientation(u, conv1d_dense: bool) -> tuple[bool, bool]:
+    """(transposed, embedding) of a layer's LoRA, or a DeltaspecError for what cannot be written."""
+    meta = u.meta
+    if meta.get("embedding"):
+        return True, True
+    if meta.get("fan_in_fan_out"):
+        return True, False
+    if u.kind == "dense" and is_embedding(u.name) and not any(p in u.name for p in ("lm_head", "embed_out")):
+        raise DeltaspecError(f"{u.source or u.name}: {u.name}: resizing a dense embedding update into a LoRA is not "
+                             "supported; leave out --include-embeddings")
+    return (u.kind == "dense" and conv1d_dense), False
+
+
+def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None, keep_scale: str = "ratio",
+           device: str = "cpu", dtype: str = "float32", conv1d_dense: bool = False, progress=None) -> ResizeResult:
+    """Truncate every layer of `updates` to the rank `policy` picks (capped by max_rank).
+
+    keep_scale: "ratio" keeps each layer's α/r, "alpha" its α (ranks.new_alpha); the merged ΔW_k is
+    the same either way. conv1d_dense: dense updates come from a GPT-2-style model whose weights are
+    stored (d_in, d_out) (see io.write_peft.conv1d_base). progress: a callable(name) per layer.
+    Zero updates are left out with a warning (a LoRA layer needs rank ≥ 1).
+    """
+    from .spectra import spectrum
+
+    if updates.format == "kohya":
+        raise DeltaspecError(f"{updates.path}: kohya / Stable Diffusion LoRA names are not module names of a model; "
+                             "resize writes PEFT adapters and cannot map them")
+    if max_rank is not None and max_rank < 1:
+        raise DeltaspecError(f"--max-rank must be ≥ 1, got {max_rank}")
+    plan = [(u, *_orientation(u, conv1d_dense)) for u in updates]  # refuse before computing anything
+    if not plan:
+        raise DeltaspecError(f"{updates.path}: no layers to resize")
+    scales = {u.name: (u.meta.get("alpha"), u.meta.get("scale")) for u in updates}
+    out, spectra, warnings = [], {}, list(updates.warnings)
+    for u, transposed, emb in plan:
+        spec = spectrum(u.load(), device=device, dtype=dtype, vectors=True)
+        k = policy.rank(spec.sigma, max_rank)
+        # keep only the top-k vectors: memory is the output's size, not every layer's full SVD
+        spectra[u.name] = (spec.sigma, spec.U[:, :k].clone(), spec.V[:, :k].clone(), k)
+        del spec
+        if progress:
+            progress(u.name)
+    alphas = R.layer_alphas({n: v[3] for n, v in spectra.items()}, keep_scale, scales)
+    for u, transposed, emb in plan:
+        sigma, U, V, k = spectra.pop(u.name)
+        layer = ResizedLayer(u.name, tuple(u.shape), u.kind, u.rank_bound, k, R.kept_energy(sigma, k),
+                             R.relative_error(sigma, k))
+        if k == 0:
+            warnings.append(f"{u.name}: zero update, left out of the adapter")
+        else:
+            A, B = truncated_factors(sigma, U, V, k, alphas[u.name] / k, transposed)
+            kernel = u.meta.get("conv_kernel")
+            if kernel:
+                kh, kw = (int(x) for x in str(kernel).split("x"))
+                A = A.reshape(k, -1, kh, kw)
+                B = B.reshape(B.shape[0], k, 1, 1)
+            layer.factors = LoraFactors(u.name, A, B, alphas[u.name], emb)
+        out.append(layer)
+    fifo = any(t and not e for _, t, e in plan)
+    return ResizeResult(out, policy, keep_scale, fifo, warnings)
