@@ -1,0 +1,83 @@
+"""`deltaspec report`: one self-contained HTML file with provenance, tables, figures and rank suggestions."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from .common import user_errors
+from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis
+from .output import check_not_input
+from .suggest_rank import chosen_policy, policy_value_options
+
+
+def command_line() -> str:
+    """The command as typed (`deltaspec …`), for provenance."""
+    argv = sys.argv
+    prog = "deltaspec" if Path(argv[0]).name in ("deltaspec", "main.py", "__main__.py") else argv[0]
+    return shlex.join([prog, *argv[1:]])
+
+
+@click.command(epilog=INPUTS_HELP)
+@input_options
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
+@click.option("--title", default=None, help="Report title [default: the labels].")
+@click.option("--policy", type=click.Choice(["energy", "fro-error", "sv-ratio", "knee", "effective-rank"]),
+              default="energy", show_default=True, help="Rank policy whose LoraConfig is shown.")
+@policy_value_options
+@click.option("--no-hash", is_flag=True, help="Do not compute SHA-256 of the input files (large models).")
+@user_errors
+def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
+           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, no_hash):
+    """Write one self-contained HTML report of the INPUTS.
+
+    \b
+    deltaspec report sample_checkpoints/lora sample_checkpoints/multilora \\
+        sample_checkpoints/full --base sample_checkpoints/base --labels LoRA,MultiLoRA,FT -o report.html
+
+    Contents: provenance (deltaspec version, command, input paths, file sizes and SHA-256, detected
+    formats, settings), warnings, per-module summary, the comparison with differences (several
+    inputs), the Figure-2 histogram, spectra, energy curves, heatmaps, rank needed vs layer, and
+    rank suggestions with a PEFT LoraConfig. No scripts and no external references: it opens
+    offline in any browser and can be mailed as one file.
+    """
+    import deltaspec as ds
+    from deltaspec import report as R
+    from deltaspec.suggest import default_policies, source_scales
+
+    from .common import parse_layers, parse_list
+    from .compare import load_checkpoint
+    from .options import parse_ints, parse_n_ref
+
+    check_not_input(out, [*inputs, base])
+    names = input_labels(inputs, labels)
+    chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
+    mods, lays = parse_list(modules), parse_layers(layers)
+    results, suggestions, prov = {}, {}, []
+    for lab, path in zip(names, inputs):
+        if is_saved_analysis(path):
+            res = ds.AnalysisResult.from_json(path)
+            res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
+            scales, used_base = None, res.source.get("base")
+        else:
+            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
+            res = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
+                             n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
+            scales, used_base = source_scales(updates), updates.base
+        if not res.layers:
+            raise ds.DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
+        results[lab] = res
+        if all(r.upper is None for r in res.layers):
+            suggestions[lab] = res.suggest_ranks(chosen, policies=default_policies(energy, fro_error, sv_ratio),
+                                                 max_rank=max_rank, keep_scale=keep_scale, scales=scales)
+        prov.append(R.describe(lab, path, res.source.get("format"), used_base, hash_files=not no_hash))
+    settings = {"device": device, "dtype": dtype, "n_ref": n_ref, "energy_k": energy_k,
+                "modules": modules or "all", "layers": layers or "all", "rank policy": chosen.label,
+                "max rank": max_rank or "none", "keep scale": keep_scale}
+    html = R.build(results, suggestions=suggestions, inputs=prov, command=command_line(), settings=settings,
+                   title=title)
+    Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(html, encoding="utf-8")
+    click.echo(f"wrote {out} ({len(html.encode()) / 1e3:,.0f} kB)", err=True)
