@@ -43,6 +43,10 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def parse_args(self, ctx, args):
+        ctx.meta["deltaspec.argv"] = list(args)  # the command as typed, for provenance (report, resize)
+        return super().parse_args(ctx, args)
+
     def format_commands(self, ctx, formatter):
         rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):

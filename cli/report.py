@@ -14,10 +14,10 @@ from .suggest_rank import chosen_policy, policy_value_options
 
 
 def command_line() -> str:
-    """The command as typed (`deltaspec …`), for provenance."""
-    argv = sys.argv
-    prog = "deltaspec" if Path(argv[0]).name in ("deltaspec", "main.py", "__main__.py") else argv[0]
-    return shlex.join([prog, *argv[1:]])
+    """The command as typed (`deltaspec …`), for provenance (recorded by the `deltaspec` group)."""
+    ctx = click.get_current_context(silent=True)
+    argv = ctx.meta.get("deltaspec.argv") if ctx is not None else None
+    return shlex.join(["deltaspec", *(argv if argv is not None else sys.argv[1:])])
 
 
 @click.command(epilog=INPUTS_HELP)

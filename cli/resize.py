@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -88,7 +87,9 @@ def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, 
     write_lora_adapter(out, res.factors(), base_model=src_cfg.get("base_model_name_or_path") or base,
                        task_type=src_cfg.get("task_type"), fan_in_fan_out=res.fan_in_fan_out,
                        dtype=getattr(torch, save_dtype))
-    info = {"deltaspec_version": ds.__version__, "command": " ".join(["deltaspec", *sys.argv[1:]]),
+    from .report import command_line
+
+    info = {"deltaspec_version": ds.__version__, "command": command_line(),
             "input": {"path": str(ckpt), "format": updates.format, "base": base},
             "settings": {"max_rank": max_rank, "device": device, "dtype": dtype, "save_dtype": save_dtype},
             **res.to_dict()}

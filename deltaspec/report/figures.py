@@ -32,6 +32,18 @@ def svg_of(fig_or_axes, alt: str) -> str:
     return clean_svg(buf.getvalue(), alt, f"f{next(_counter)}")
 
 
+_NUM = re.compile(r"(\d+\.\d\d)\d+")
+
+
+def _compact(svg: str) -> str:
+    """Smaller, same picture: coordinates to 0.01 pt, unreferenced group ids and indentation dropped."""
+    svg = re.sub(r'\b(d|x|y|x1|x2|y1|y2|transform|points)="([^"]*)"',
+                 lambda m: m[1] + '="' + _NUM.sub(r"\1", m[2]) + '"', svg)
+    used = set(re.findall(r'#([\w.-]+)', svg))
+    svg = re.sub(r'<g id="([^"]+)"', lambda m: f'<g id="{m[1]}"' if m[1] in used else "<g", svg)
+    return re.sub(r">\s+<", "><", re.sub(r"\s*\n\s*", " ", svg))
+
+
 def clean_svg(svg: str, alt: str, prefix: str) -> str:
     """Strip what an inline SVG must not carry (see the module docstring) and add role/label/title."""
     svg = re.sub(r"<\?xml[^>]*\?>\s*", "", svg)
@@ -45,6 +57,7 @@ def clean_svg(svg: str, alt: str, prefix: str) -> str:
     svg = re.sub(r'<svg\b([^>]*?)\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"',
                  lambda m: f'<svg{m[1]} width="{float(m[2]) * SCALE:.0f}" height="{float(m[3]) * SCALE:.0f}"', svg,
                  count=1)
+    svg = _compact(svg)
     label = html.escape(alt, quote=True)
     svg = re.sub(r"<svg\b", f'<svg role="img" aria-labelledby="{prefix}-title"', svg, count=1)
     return re.sub(r"(<svg\b[^>]*>)", lambda m: f'{m[1]}<title id="{prefix}-title">{label}</title>', svg, count=1)
