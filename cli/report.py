@@ -35,7 +35,8 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
 
     \b
     deltaspec report sample_checkpoints/lora sample_checkpoints/multilora \\
-        sample_checkpoints/full --base sample_checkpoints/base --labels LoRA,MultiLoRA,FT -o report.html
+        sample_checkpoints/full --base sample_checkpoints/base \\
+        --labels LoRA,MultiLoRA,FT -o report.html
 
     Contents: provenance (deltaspec version, command, input paths, file sizes and SHA-256, detected
     formats, settings), warnings, per-module summary, the comparison with differences (several

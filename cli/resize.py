@@ -46,8 +46,9 @@ def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, 
 
     \b
     deltaspec resize sample_checkpoints/lora --rank 8 -o lora_r8/
-    deltaspec resize sample_checkpoints/multilora --rank 16 -o as_lora/       # exact conversion
-    deltaspec resize sample_checkpoints/full --base sample_checkpoints/base --energy 0.9 -o ft_lora/
+    deltaspec resize sample_checkpoints/multilora --rank 16 -o as_lora/  # exact
+    deltaspec resize sample_checkpoints/full --base sample_checkpoints/base \\
+        --energy 0.9 -o ft_lora/
 
     Choose exactly one of --rank, --energy, --fro-error, --sv-ratio, --knee, --effective-rank.
     Adapters (LoRA, MultiLoRA, AdaLoRA) are truncated from their exact factored SVD without forming

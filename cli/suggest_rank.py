@@ -14,7 +14,7 @@ truncation keeps, and sqrt(1 − E(k)) its relative Frobenius error, Eckart–Yo
 energy          smallest k with E(k) ≥ --energy (default 0.9)
 fro-error       smallest k with sqrt(1 − E(k)) ≤ --fro-error (default 0.1)
 sv-ratio        #{σ_i > σ_1 / --sv-ratio} (kohya's sv_ratio; default 10)
-knee            the values before the knee of σ_i/σ_1 (farthest point below the chord)
+knee            the values before the knee of σ_i/σ_1 (see ranks.py)
 effective-rank  exp(spectral entropy), rounded
 
 kohya's sv_fro = t is --energy t². --keep-scale ratio (default) gives each layer α = (α/r of the
@@ -97,7 +97,8 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
 
     \b
     deltaspec suggest-rank sample_checkpoints/lora
-    deltaspec suggest-rank sample_checkpoints/full --base sample_checkpoints/base --policy fro-error
+    deltaspec suggest-rank sample_checkpoints/full \\
+        --base sample_checkpoints/base --policy fro-error
 
     CKPT is any checkpoint `analyze` reads (or its saved JSON). Prints, per layer, the rank every
     policy picks (the chosen one marked *) with the energy kept and relative Frobenius error of the

@@ -11,6 +11,11 @@ s = α/k the new LoRA scale, so that s·B@A = ΔW_k exactly and ‖B‖ = ‖A�
 further training). Layers stored transposed (GPT-2 Conv1D with fan_in_fan_out, embeddings) swap
 the roles of U and V; conv layers (analysed as (out, in·kh·kw)) get A reshaped to (k, in, kh, kw).
 
+Accuracy (tests/test_resize.py, against PEFT's own merge of the output and a float64 numpy truncation
+of the input's ΔW): relative Frobenius error < 2e-5 with the default float32 SVD, < 1e-6 with
+dtype="float64" (full rank: ΔW itself). Where σ_k = σ_{k+1} the rank-k truncation is not unique; any
+of them has the same error, which is what is reported.
+
     res = resize(ds.load("adapter/"), ranks.policy("energy", 0.9))
     res.format_table(); write_lora_adapter("out/", res.factors())
 """
