@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -22,6 +21,7 @@ import numpy as np
 from . import __version__
 from . import ranks as R
 from .errors import DeltaspecError
+from .io.write_peft import exact_key, lora_config_fields  # noqa: F401  (re-exported)
 
 DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.99)
 SHORT = {"energy": "e", "fro_error": "fro", "sv_ratio": "ratio", "rank": "r", "knee": "knee",
@@ -50,33 +50,6 @@ def _short_label(p: R.Policy) -> str:
 def source_scales(updates) -> dict:
     """{layer name: (α, scale)} from a loaded checkpoint's reader facts (None where it has none)."""
     return {u.name: (u.meta.get("alpha"), u.meta.get("scale")) for u in updates}
-
-
-def exact_key(name: str) -> str:
-    """A PEFT rank_pattern/alpha_pattern key that matches exactly this module: PEFT ≥ 0.15 matches
-    key k against a module name with re.match(rf"(.*\\.)?({k})$", name), so dots are escaped."""
-    import re
-
-    return re.escape(name)
-
-
-def lora_config_fields(ranks: dict, alphas: dict, target_modules=None) -> dict:
-    """r, lora_alpha, target_modules, rank_pattern, alpha_pattern for per-layer ranks and α.
-
-    The global r is the most common rank (ties: the larger) and lora_alpha the most common α among
-    the layers of that rank; only layers that differ get an exact pattern key. target_modules are the
-    exact module names unless given.
-    """
-    if not ranks:
-        raise DeltaspecError("no layers to write a LoRA config for")
-    count = Counter(ranks.values())
-    r = max(count, key=lambda k: (count[k], k))
-    a_count = Counter(alphas[n] for n, k in ranks.items() if k == r)
-    alpha = max(a_count, key=lambda a: (a_count[a], a))
-    return {"r": int(r), "lora_alpha": float(alpha),
-            "target_modules": list(target_modules) if target_modules is not None else list(ranks),
-            "rank_pattern": {exact_key(n): int(k) for n, k in ranks.items() if k != r},
-            "alpha_pattern": {exact_key(n): float(alphas[n]) for n in ranks if alphas[n] != alpha}}
 
 
 @dataclass

@@ -96,7 +96,7 @@ def test_peft_applies_the_suggested_patterns_exactly(lora):
 
 def test_exact_keys_do_not_match_prefixes():
     """layers.1 vs layers.11: an escaped key matches one module only (PEFT's own get_pattern_key)."""
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     from peft.utils.other import get_pattern_key
 
     names = [f"model.layers.{i}.self_attn.q_proj" for i in (1, 11, 21)]

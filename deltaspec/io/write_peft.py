@@ -6,7 +6,7 @@ Layout (PEFT's `save_pretrained`, verified by loading with `PeftModel.from_pretr
                               base_model.model.<module>.lora_B.weight (d_out, r[, 1, 1])
                               embeddings: …<module>.lora_embedding_A (r, vocab), …lora_embedding_B (dim, r)
 PEFT merges ΔW = (α/r)·B@A per module (transposed for fan_in_fan_out / embeddings). Per-layer ranks
-and α go into rank_pattern/alpha_pattern with exact keys (see `deltaspec.suggest.lora_config_fields`);
+and α go into rank_pattern/alpha_pattern with exact keys (`lora_config_fields`);
 PEFT ≥ 0.15 is needed to read such keys (its pattern match is re.match(rf"(.*\\.)?({k})$", name)).
 
 No torch at module level (deltaspec.io rule): tensors are only touched inside `write_lora_adapter`.
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,6 +27,31 @@ PREFIX = "base_model.model."
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 # transformers model types whose linear layers are GPT-2 `Conv1D`s, storing the weight as (d_in, d_out).
 CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt", "imagegpt", "decision_transformer")
+
+
+def exact_key(name: str) -> str:
+    """A PEFT rank_pattern/alpha_pattern key that matches exactly this module: PEFT ≥ 0.15 matches
+    key k against a module name with re.match(rf"(.*\\.)?({k})$", name), so dots are escaped."""
+    return re.escape(name)
+
+
+def lora_config_fields(ranks: dict, alphas: dict, target_modules=None) -> dict:
+    """r, lora_alpha, target_modules, rank_pattern, alpha_pattern for per-layer ranks and α.
+
+    The global r is the most common rank (ties: the larger) and lora_alpha the most common α among
+    the layers of that rank; only layers that differ get an exact pattern key. target_modules are the
+    exact module names unless given.
+    """
+    if not ranks:
+        raise DeltaspecError("no layers to write a LoRA config for")
+    count = Counter(ranks.values())
+    r = max(count, key=lambda k: (count[k], k))
+    a_count = Counter(alphas[n] for n, k in ranks.items() if k == r)
+    alpha = max(a_count, key=lambda a: (a_count[a], a))
+    return {"r": int(r), "lora_alpha": float(alpha),
+            "target_modules": list(target_modules) if target_modules is not None else list(ranks),
+            "rank_pattern": {exact_key(n): int(k) for n, k in ranks.items() if k != r},
+            "alpha_pattern": {exact_key(n): float(alphas[n]) for n in ranks if alphas[n] != alpha}}
 
 
 @dataclass
@@ -82,8 +109,6 @@ def write_lora_adapter(out, layers: Sequence[LoraFactors], *, target_modules: Op
     Returns the path of adapter_config.json.
     """
     from safetensors.torch import save_file
-
-    from ..suggest import lora_config_fields
 
     if not layers:
         raise DeltaspecError(f"{out}: no layers to write")
