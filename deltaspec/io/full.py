@@ -8,7 +8,7 @@ loading a layer holds one float32 matrix. 1-D tensors (norms, biases) are not la
 """
 from __future__ import annotations
 
-import torch
+
 
 from ..errors import MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, Updates
@@ -77,12 +77,14 @@ def _dense_loader(ft: TensorStore, b0: TensorStore, k: str, bk: str):
     return load
 
 
-def subtract_upcast(ft: TensorStore, k: str, b0: TensorStore, bk: str) -> torch.Tensor:
+def subtract_upcast(ft: TensorStore, k: str, b0: TensorStore, bk: str):
     """W_ft − W0 in float32 (float64 if either is stored in float64), checked finite.
 
     Built in place in one private matrix: W_ft upcast, then W0 (as stored, e.g. bf16) subtracted
     ROW_BLOCK rows at a time. `W_ft.float() − W0.float()` would hold three float32 matrices at once.
     """
+    import torch
+
     raw = ft.raw(k)
     w0 = b0.raw(bk)
     dtype = torch.promote_types(compute_dtype(raw.dtype), compute_dtype(w0.dtype))
