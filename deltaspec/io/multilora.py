@@ -32,7 +32,7 @@ def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates
         names = list(copies.values()) + other
         warnings.append(f"{f.path}: {len(names)} tensor(s) that are not MultiLoRA factors, skipped: {summarize(names)}")
     layers = [_layer(mod, parts, f, float(cfg["lora_alpha"]), bool(cfg.get("fan_in_fan_out")))
-              for mod, parts in modules.items()]
+              for (mod, _), parts in modules.items()]
     return _finish(layers, path, "multilora", base, warnings, include_embeddings)
 
 

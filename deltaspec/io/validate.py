@@ -47,23 +47,22 @@ def number(value, file, key: str) -> float:
     """A finite real number (JSON int or float, not a bool, not a string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(file, key, f"expected a number, got {_show(value)}")
-    try:
-        x = float(value)
-    except OverflowError:  # a JSON integer with hundreds of digits
-        raise _bad(file, key, "number too large") from None
+    if isinstance(value, int) and abs(value) > 10 ** 300:  # float() of a huge JSON integer overflows
+        raise _bad(file, key, "number too large")
+    x = float(value)
     if not math.isfinite(x):
         raise _bad(file, key, f"expected a finite number, got {x}")
     return x
 
 
 def get_number(cfg: dict, key: str, file, default=_MISSING) -> float:
-    """cfg[key] as a finite number; a missing key or null gives `default` (an error if none is given)."""
-    v = cfg.get(key)
-    if v is None:
+    """cfg[key] as a finite number; a missing key gives `default` (an error if none is given). An
+    explicit null is an error: PEFT itself would fail on it (α/r with α = None)."""
+    if key not in cfg:
         if default is _MISSING:
             raise _bad(file, key, "missing (a number is needed)")
         return default
-    return number(v, file, key)
+    return number(cfg[key], file, key)
 
 
 def integer(value, file, key: str, minimum: int = 1) -> int:
@@ -75,12 +74,12 @@ def integer(value, file, key: str, minimum: int = 1) -> int:
 
 
 def get_int(cfg: dict, key: str, file, default=_MISSING, minimum: int = 1) -> int:
-    v = cfg.get(key)
-    if v is None:
+    """cfg[key] as an integer ≥ minimum; missing gives `default`, null is an error (see get_number)."""
+    if key not in cfg:
         if default is _MISSING:
             raise _bad(file, key, "missing (an integer is needed)")
         return default
-    return integer(v, file, key, minimum)
+    return integer(cfg[key], file, key, minimum)
 
 
 def get_flag(cfg: dict, key: str, file, default: bool = False) -> bool:
