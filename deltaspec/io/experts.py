@@ -20,6 +20,9 @@ from __future__ import annotations
 
 TRANSPOSED = frozenset({"gpt_oss", "llama4", "llama4_text", "aria", "aria_text", "openai_privacy_filter"})
 INTERLEAVED = frozenset({"gpt_oss"})
+# Transposed stacks whose module lacks transformers' `is_transposed` flag: PEFT then takes them for
+# (E, out, in), so its lora_B @ lora_A is the stored (in, out) slice, the transpose of (out, in).
+PEFT_UNAWARE = frozenset({"llama4", "llama4_text"})
 # MoE model types whose 3-D expert stacks are (E, out, in): transformers 5.24, from each model's experts class.
 STACKED = frozenset("""
 afmoe axk1 axk2 bailing_hybrid beam cohere2_moe deepseek_ocr2 deepseek_ocr2_text deepseek_v2 deepseek_v3
@@ -48,6 +51,7 @@ class Layout:
         self.known = model_type in TRANSPOSED or model_type in STACKED
         self.transposed = model_type in TRANSPOSED
         self.interleaved = model_type in INTERLEAVED
+        self.peft_flipped = model_type in PEFT_UNAWARE
 
     @classmethod
     def of(cls, config: dict, source=None) -> "Layout":

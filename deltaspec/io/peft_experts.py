@@ -5,8 +5,10 @@ For a 3-D parameter with E experts PEFT stores one pair of factors for all of th
   lora_B (out, r·E) expert e's B_e = lora_B[:, e::E]        (reshape (out, r, E), expert last)
   ΔW_e = s · B_e @ A_e, (out, in), s = α/r (α/√r with use_rslora); r and α per parameter from
   rank_pattern / alpha_pattern matched against `<module>.<parameter>`.
-`in`/`out` are the expert's real input and output sizes whatever the storage (PEFT swaps them for
-(E, out, in) stacks), so ΔW_e is (out, in) — the orientation `experts` uses for full fine-tunes too.
+PEFT's `in`/`out` are the expert's real input and output sizes when transformers flags a transposed
+stack (`is_transposed`), so s·B_e@A_e is (out, in) — the orientation `experts` uses for full
+fine-tunes too; for Llama 4, whose experts lack the flag, PEFT's product is the stored (in, out)
+slice and is transposed here (`Layout.peft_flipped`).
 Several targeted parameters of one module are nested wrappers, the first registered innermost
 (`experts.REGISTRATION_ORDER`); shapes are checked against that assignment, never guessed.
 Layers are named as in `experts`: `….experts.3.gate_proj`, `….experts.3.up_proj`, `….experts.3.down_proj`.
@@ -49,7 +51,8 @@ def expert_layers(mod: str, wrappers: dict, ctx, layout: Layout) -> list[LayerUp
         ka, kb = parts.get("lora_A"), parts.get("lora_B")
         if ka is None or kb is None or len(f.shape(ka)) != 2 or len(f.shape(kb)) != 2:
             raise FormatError(f"{f.path}: '{mod}' ({p}): expected 2-D lora_A and lora_B, found {', '.join(sorted(parts))}")
-        dims[p] = (f.shape(ka)[1], f.shape(kb)[0])  # (in, out)
+        pin, pout = f.shape(ka)[1], f.shape(kb)[0]
+        dims[p] = (pout, pin) if layout.peft_flipped else (pin, pout)  # the expert's (in, out)
     _check_nesting(mod, dims, f.path)
     get = functools.lru_cache(maxsize=4)(f.get)  # experts of one stack are read one after another
     layers = []
@@ -71,6 +74,9 @@ def _param_layers(mod, param, parts, ctx, layout: Layout, get) -> list[LayerUpda
     f, cfg = ctx.f, ctx.cfg
     ka, kb = parts["lora_A"], parts["lora_B"]
     (rE, d_in), (d_out, rE_b) = f.shape(ka), f.shape(kb)
+    flip = layout.peft_flipped
+    if flip:
+        d_in, d_out = d_out, d_in
     name = f"{mod}.{param}"
     r = match_pattern(ctx.rank_pattern, name, ctx.r)
     alpha = match_pattern(ctx.alpha_pattern, name, ctx.lora_alpha)
@@ -97,11 +103,12 @@ def _param_layers(mod, param, parts, ctx, layout: Layout, get) -> list[LayerUpda
             meta["half"] = ("gate", "up")[half]
 
         def load(e=e, half=half) -> LowRank:
-            A = get(ka)[e * r:(e + 1) * r]      # (r, in)
-            B = get(kb)[:, e::n_exp]            # (out, r)
+            A = get(ka)[e * r:(e + 1) * r]      # (r, PEFT's in)
+            B = get(kb)[:, e::n_exp]            # (PEFT's out, r)
+            L, R = (A.T, B.T) if flip else (B, A)  # ΔW_e (out, in) = s·L@R
             if half is not None:
-                B = B[half_rows(d_out, half, layout)]
-            return LowRank(B.contiguous(), A.contiguous(), scale)
+                L = L[half_rows(d_out, half, layout)]
+            return LowRank(L.contiguous(), R.contiguous(), scale)
 
         layers.append(LayerUpdate(lname, shape, "lowrank", min(r, *shape), load, f.path, f.dtype(ka), meta))
     return layers
