@@ -24,8 +24,8 @@ DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "
 MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
 
 
-def read_header(path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict]:
-    """({name: (shape, dtype name)} in file order, metadata) of a .safetensors file.
+def read_header(path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict, dict[str, tuple[int, int]]]:
+    """({name: (shape, dtype name)} in file order, metadata, {name: (first byte, end byte) in the file}).
 
     Every inconsistency (short file, oversized or non-JSON header, offsets outside the file or not
     matching shape × dtype) is a one-line CorruptFileError naming the file.
@@ -47,7 +47,8 @@ def read_header(path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict]:
         raise _corrupt(p, e) from None
     try:
         header = json.loads(raw)
-        return _parse(header, size - 8 - n)
+        entries, meta, offsets = _parse(header, size - 8 - n)
+        return entries, meta, {k: (8 + n + b, 8 + n + e) for k, (b, e) in offsets.items()}
     except (ValueError, TypeError, RecursionError, KeyError) as e:
         raise _corrupt(p, e) from None
 
@@ -63,7 +64,7 @@ def _parse(header, data_size: int):
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise ValueError("__metadata__ is not an object")
-    entries = {}
+    entries, offsets = {}, {}
     for name, e in header.items():
         if name == "__metadata__":
             continue
@@ -82,7 +83,25 @@ def _parse(header, data_size: int):
             raise ValueError(f"tensor '{name}' {tag}{shape} needs {math.prod(shape) * itemsize} bytes, "
                              f"its offsets give {end - begin}")
         entries[name] = (tuple(shape), dtype)
-    return entries, {str(k): v for k, v in meta.items()}
+        offsets[name] = (begin, end)
+    return entries, {str(k): v for k, v in meta.items()}, offsets
+
+
+_SCALAR = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i", "I16": "<h", "I8": "<b", "U8": "<B"}
+
+
+def read_scalar(path, dtype: str, offsets: tuple[int, int]) -> float:
+    """The value of a one-element tensor (a kohya `alpha`) straight from the file, without torch."""
+    tag = next((t for t, (name, _) in DTYPES.items() if name == dtype), None)
+    begin, end = offsets
+    with open(path, "rb") as f:
+        f.seek(begin)
+        raw = f.read(end - begin)
+    if tag == "BF16" and len(raw) == 2:
+        return struct.unpack("<f", b"\0\0" + raw)[0]  # bf16 = the top half of a float32
+    if tag in _SCALAR and len(raw) == struct.calcsize(_SCALAR[tag]):
+        return float(struct.unpack(_SCALAR[tag], raw)[0])
+    raise ValueError(f"cannot read a {dtype} scalar of {len(raw)} bytes")
 
 
 def _uint(v) -> bool:

@@ -81,12 +81,24 @@ class TensorFile:
         """raw(key)[index], reading only that part where the format allows (safetensors slices)."""
         return self.raw(key)[index]
 
+    def scalar(self, key: str) -> float:
+        return float(self.raw(key).reshape(-1)[0])
+
 
 class SafetensorsFile(TensorFile):
     def __init__(self, path, keep_open: bool = False) -> None:
         self.path = str(path)
         self._keep_open, self._local = keep_open, threading.local()
-        self.entries, self.metadata = read_header(self.path)  # pure Python: no torch, no mmap yet
+        self.entries, self.metadata, self._offsets = read_header(self.path)  # pure Python: no torch, no mmap yet
+
+    def scalar(self, key: str) -> float:
+        """A one-element tensor's value, read without torch (e.g. kohya's alpha)."""
+        from .st_header import read_scalar
+
+        try:
+            return read_scalar(self.path, self.dtype(key), self._offsets[key])
+        except (OSError, ValueError) as e:
+            raise CorruptFileError(f"{self.path}: cannot read tensor '{key}' ({_reason(e)})") from None
 
     def raw(self, key: str):
         from safetensors import safe_open

@@ -112,6 +112,7 @@ def get_patterns(cfg: dict, key: str, file, kind: str = "number") -> dict:
     out = {}
     for k, val in v.items():
         try:
+            re.compile(k)  # first alone: a message whose positions refer to the user's pattern
             pat = re.compile(rf"(.*\.)?({k})$")
         except (re.error, RecursionError, OverflowError) as e:
             raise _bad(file, key, f"{_show(k)} is not a valid regular expression ({reason(e)})") from None
