@@ -104,7 +104,7 @@ class _Reader:
         if is_embedding(name) and not self.include:
             self.embeddings.append(name if rows is None else f"{name} (vocabulary {rows[0]} → {rows[1]})")
             return
-        meta = {"variant": "full", "base_dtype": b0.dtype(bk)}
+        meta = {"variant": "full", **({"base_dtype": b0.dtype(bk)} if self.has_base else {})}
         shape = (s_ft[0], math.prod(s_ft[1:]))
         if len(s_ft) > 2:
             meta["conv_kernel"] = "x".join(map(str, s_ft[2:]))
@@ -131,8 +131,8 @@ class _Reader:
         if not layout.known:
             self.unknown_stacks.append(nk)
         for name, e, half in expert_names(nk, stored[0], layout):
-            meta = {"variant": "full", "base_dtype": self.b0.dtype(bk), "expert": e, "experts": stored[0],
-                    "stack": nk, "orientation": "(out, in)" if layout.known else "stored"}
+            meta = {"variant": "full", **({"base_dtype": self.b0.dtype(bk)} if self.has_base else {}), "expert": e,
+                    "experts": stored[0], "stack": nk, "orientation": "(out, in)" if layout.known else "stored"}
             if half is not None:
                 meta["half"] = ("gate", "up")[half]
             self._layer(name, expert_shape(stored, half, layout), k, bk, e, meta,
