@@ -149,5 +149,6 @@ def test_cli_one_line_exit_2_inputs_untouched(tmp_path):
     for cmd in ("analyze", "info"):
         r = CliRunner().invoke(cli, [cmd, str(d)])
         assert r.exit_code == 2 and "Traceback" not in r.output
-        assert r.output.strip().splitlines()[-1] == f'error: {d / "adapter_config.json"}: lora_alpha: expected a number, got "16"'
+        want = f'error: {d / "adapter_config.json"}: lora_alpha: expected a number, got "16"'
+        assert r.output.strip().splitlines()[-1] == want
     assert snapshot(tmp_path) == before

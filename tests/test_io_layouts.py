@@ -37,9 +37,14 @@ def pair(tmp_path, model, wrap=lambda sd: sd):
     return base, ft
 
 
-def test_conv_weights_and_skipped_tensors(tmp_path):
+@pytest.mark.parametrize("model_type", [None, "jamba"])
+def test_conv_weights_and_skipped_tensors(tmp_path, model_type):
+    """Conv kernels as (out, in·k…), also in a MoE architecture (Jamba's Mamba conv1d is not an expert stack)."""
     torch.manual_seed(0)
     base, ft = pair(tmp_path, Vision())
+    if model_type:
+        for d in ("base", "ft"):
+            (tmp_path / d / "config.json").write_text(json.dumps({"model_type": model_type}))
     u = {x.name: x for x in load(tmp_path / "ft", base=tmp_path / "base")}
     assert set(u) == {"conv", "conv1d", "head"}
     assert u["conv"].shape == (8, 27) and u["conv"].meta["conv_kernel"] == "3x3"
@@ -114,7 +119,8 @@ def test_nothing_to_analyse_says_why(tmp_path):
     one_line(norms, "nothing to analyse", "1-D", call=lambda: load(norms, base=base))
     one_line("holds no tensors (an empty adapter)", call=lambda: load(adapter(tmp_path / "a0", {})))
     one_line("no LoRA tensors", "foo.bar", call=lambda: load(adapter(tmp_path / "a1", {"foo.bar": torch.zeros(2)})))
-    pruned = {"base_model.model.q.lora_A.weight": torch.zeros(0, 8), "base_model.model.q.lora_B.weight": torch.zeros(8, 0),
+    pruned = {"base_model.model.q.lora_A.weight": torch.zeros(0, 8),
+              "base_model.model.q.lora_B.weight": torch.zeros(8, 0),
               "base_model.model.q.lora_E.weight": torch.zeros(0, 1)}
     one_line("nothing to analyse", "rank 0", call=lambda: load(adapter(tmp_path / "a2", pruned,
                                                              {"peft_type": "ADALORA", "init_r": 4, "lora_alpha": 8})))
@@ -131,3 +137,16 @@ def test_cli_prints_the_io_reason_not_the_selection(tmp_path):
     assert r.exit_code == 2 and r.output.startswith("error: ") and "holds no tensors" in r.output
     assert "no layers match" not in r.output and "Traceback" not in r.output
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("wrap", [lambda k: "module." + k, lambda k: "_orig_mod." + k,
+                                  lambda k: k.replace("base_model.model.", "base_model.model._orig_mod.")])
+def test_wrapped_adapter_keys(tmp_path, wrap):
+    g = torch.Generator().manual_seed(0)
+    q = "model.layers.0.self_attn.q_proj"
+    sd = {f"base_model.model.{q}.lora_A.weight": torch.randn(4, 32, generator=g),
+          f"base_model.model.{q}.lora_B.weight": torch.randn(32, 4, generator=g)}
+    plain = load(adapter(tmp_path / "plain", sd))
+    wrapped = load(adapter(tmp_path / "wrapped", {wrap(k): v for k, v in sd.items()}))
+    assert [x.name for x in wrapped] == [x.name for x in plain] == [q] and not wrapped.warnings
+    assert torch.equal(wrapped[0].load().materialize(), plain[0].load().materialize())

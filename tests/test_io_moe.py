@@ -81,6 +81,7 @@ def test_expert_lora_matches_peft_merge(model_type, tmp_path):
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cfg = LoraConfig(r=2, lora_alpha=6, target_modules=[], rank_pattern={"down_proj": 3},
                      target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    model.save_pretrained(tmp_path / "base")
     pm = get_peft_model(model, cfg)
     randomize_adapter(pm, 7)
     pm.save_pretrained(tmp_path / "a")
@@ -102,6 +103,10 @@ def test_expert_lora_matches_peft_merge(model_type, tmp_path):
         close(d, want[x.name])
     shapes = {x.name.rsplit(".", 1)[1]: x.shape for x in u}
     assert shapes == {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    # with --base (its config.json gives the architecture; fused stacks on disk are shape-checked)
+    v = load(tmp_path / "a", base=tmp_path / "base")
+    assert [x.name for x in v] == [x.name for x in u]
+    assert torch.equal(v[-1].load().materialize(), u[-1].load().materialize())
 
 
 def test_expert_lora_unknown_architecture_is_not_split(tmp_path):
@@ -172,3 +177,21 @@ def test_full_finetune_fused_stacks_per_expert(model_type, tmp_path):
     assert x.meta["orientation"] == "stored"
     close(x.load().materialize(), ft[key][1].double() - base[key][1].double())
     assert any("expert stack(s) read per expert as stored" in w for w in v.warnings)
+
+
+def test_expert_names_line_up_with_on_disk_full_finetunes(tmp_path):
+    """Qwen3-MoE is saved with per-expert weights (`mlp.experts.3.gate_proj.weight`): a full fine-tune
+    and an expert LoRA of the same model give the same layer names."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_moe("qwen3_moe")
+    model.save_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(tmp_path / "ft")
+    full = {x.name for x in load(tmp_path / "ft", base=tmp_path / "base") if ".experts." in x.name}
+    pm = get_peft_model(tiny_moe("qwen3_moe"), LoraConfig(r=2, target_modules=[],
+                        target_parameters=["experts.gate_up_proj", "experts.down_proj"]))
+    pm.save_pretrained(tmp_path / "a")
+    assert {x.name for x in load(tmp_path / "a")} == full and len(full) == 3 * E

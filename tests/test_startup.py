@@ -51,7 +51,8 @@ def test_info_help_and_detect_do_not_import_torch(tmp_path):
     paths = checkpoints(tmp_path)
     cases = [("help", ["--help"]), ("info --help", ["info", "--help"])]
     cases += [(f"info {p}", ["info", p]) for p in paths]
-    cases += [("info json", ["info", paths[0], "--format", "json"]), ("info base", ["info", paths[1], "--base", paths[1]])]
+    cases += [("info json", ["info", paths[0], "--format", "json"]),
+              ("info base", ["info", paths[1], "--base", paths[1]])]
     r = subprocess.run([sys.executable, "-c", PROBE.format(cases=cases, paths=paths)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

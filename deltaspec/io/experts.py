@@ -70,12 +70,16 @@ class Layout:
 
 
 def is_expert_stack(key: str, ndim: int, layout: Layout) -> bool:
-    """A 3-D tensor that holds one matrix per expert: a non-`.weight` parameter of an `experts`
-    module (transformers 5.x), or, for a known MoE architecture, any 3-D weight (JetMoE's `weight`)."""
+    """A 3-D tensor that holds one matrix per expert: a parameter of an `experts` module (transformers
+    5.x: `….experts.gate_up_proj`), or JetMoE's `input_linear`/`output_linear` weights. Other 3-D
+    `*.weight` tensors are Conv1d kernels (Mamba's conv1d in Jamba, Qwen3-Next, …)."""
     if ndim != 3:
         return False
     module, _, param = key.rpartition(".")
-    return (param != "weight" and "experts" in module.split(".")) or (layout.known and param == "weight")
+    parts = module.split(".")
+    if param != "weight":
+        return "experts" in parts
+    return "experts" in parts[:-1] or (layout.model_type == "jetmoe" and parts[-1] in ("input_linear", "output_linear"))
 
 
 def expert_names(key: str, n_experts: int, layout: Layout) -> list[tuple[str, int, object]]:

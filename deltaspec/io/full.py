@@ -120,7 +120,8 @@ class _Reader:
 
         def load() -> Dense:
             if not has_base:
-                raise MissingBaseError(f"{ft.path}: '{name}': full fine-tuning needs the base weights: pass --base PATH")
+                raise MissingBaseError(f"{ft.path}: '{name}': full fine-tuning needs the base weights: "
+                                       "pass --base PATH")
             d = subtract_upcast(ft, k, b0, bk, index)
             return Dense(view(d).contiguous() if view else d.reshape(shape))
 

@@ -35,7 +35,8 @@ def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates
     if not modules:
         raise FormatError(f"{f.path}: no MultiLoRA tensors (lora_A, lora_B, lora_scaling) among its "
                           f"{len(f.keys())} tensor(s)" + (f" ({summarize(f.keys(), 3)})" if f.keys() else ""))
-    layers = [_layer(mod, parts, f, alpha, fan_in_fan_out, (cfg_path, "lora_alpha")) for (mod, _), parts in modules.items()]
+    layers = [_layer(mod, parts, f, alpha, fan_in_fan_out, (cfg_path, "lora_alpha"))
+              for (mod, _), parts in modules.items()]
     return _finish(layers, path, "multilora", base, warnings, include_embeddings)
 
 

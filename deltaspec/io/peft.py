@@ -154,7 +154,8 @@ def _module_layers(modules: dict, ctx: _Ctx) -> list[LayerUpdate]:
 def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
     f = ctx.f
     emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
-    ka, kb = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
+    ka, kb = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else \
+        (parts.get("lora_A"), parts.get("lora_B"))
     if ka is None or kb is None:
         found = ", ".join(sorted(parts))
         raise FormatError(f"{f.path}: module '{mod}' has {found} but not both LoRA factors (A and B)")

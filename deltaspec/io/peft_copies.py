@@ -58,8 +58,8 @@ def _resized(mod, key, rows, ctx) -> dict:
         meta.update(added_rows=n_ft - n_base, added_row_norm_mean=float(norms.mean()),
                     added_row_norm_max=float(norms.max()))
         ctx.warnings.append(f"{ctx.f.path}: '{mod}' has {n_ft - n_base} added row(s) (vocabulary {n_base} → {n_ft}; "
-                            f"row norms mean {norms.mean():.4g}, max {norms.max():.4g}): ΔW covers the {n_base} shared "
-                            "rows, the added ones are in the layer's meta (added_rows, added_row_norm_mean/max)")
+                            f"row norms mean {norms.mean():.4g}, max {norms.max():.4g}): ΔW covers the {n_base} "
+                            "shared rows, the added ones are in the layer's meta (added_rows, added_row_norm_mean/max)")
     else:
         meta["removed_rows"] = n_base - n_ft
         ctx.warnings.append(f"{ctx.f.path}: '{mod}' has {n_base - n_ft} row(s) fewer than the base (vocabulary "

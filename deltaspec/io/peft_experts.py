@@ -50,7 +50,8 @@ def expert_layers(mod: str, wrappers: dict, ctx, layout: Layout) -> list[LayerUp
         p = params[k - 1 - depth]  # innermost = first registered
         ka, kb = parts.get("lora_A"), parts.get("lora_B")
         if ka is None or kb is None or len(f.shape(ka)) != 2 or len(f.shape(kb)) != 2:
-            raise FormatError(f"{f.path}: '{mod}' ({p}): expected 2-D lora_A and lora_B, found {', '.join(sorted(parts))}")
+            raise FormatError(f"{f.path}: '{mod}' ({p}): expected 2-D lora_A and lora_B, "
+                              f"found {', '.join(sorted(parts))}")
         pin, pout = f.shape(ka)[1], f.shape(kb)[0]
         dims[p] = (pout, pin) if layout.peft_flipped else (pin, pout)  # the expert's (in, out)
     _check_nesting(mod, dims, f.path)

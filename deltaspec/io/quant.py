@@ -53,7 +53,8 @@ def plan(keys: list[str], dtype, shape, config: dict, config_path, where) -> dic
         if method not in (None, "fp8"):
             what = method
             if method == "bitsandbytes":
-                what = "bitsandbytes " + ("4-bit" if qc.get("load_in_4bit") else "8-bit" if qc.get("load_in_8bit") else "")
+                bits = "4-bit" if qc.get("load_in_4bit") else "8-bit" if qc.get("load_in_8bit") else ""
+                what = f"bitsandbytes {bits}".strip()
             raise FormatError(f"{config_path}: quantization_config.quant_method: {what!r} quantized weights cannot be "
                               "dequantized by deltaspec (it reads FP8 block-scaled weights with weight_scale_inv); "
                               "pass a dequantized bf16/fp16/fp32 copy of the model")
