@@ -15,6 +15,7 @@ Key layouts are in `peft_keys`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Optional
@@ -46,6 +47,7 @@ class _Ctx:
     def __init__(self, f: TensorFile, cfg: dict, cfg_path: Path, base, require_base: bool) -> None:
         self.f, self.cfg, self.cfg_path, self.base_path, self.require_base = f, cfg, cfg_path, base, require_base
         self._base: Optional[TensorStore] = None
+        self.cached_get = functools.lru_cache(maxsize=4)(f.get)  # one small cache per adapter (MoE experts)
         self.warnings: list[str] = []
         self.skipped = Skipped()
         self.unsplit: list[str] = []

@@ -15,7 +15,6 @@ Layers are named as in `experts`: `….experts.3.gate_proj`, `….experts.3.up_p
 """
 from __future__ import annotations
 
-import functools
 import math
 
 from ..errors import FormatError, ShapeMismatchError
@@ -55,7 +54,7 @@ def expert_layers(mod: str, wrappers: dict, ctx, layout: Layout) -> list[LayerUp
         pin, pout = f.shape(ka)[1], f.shape(kb)[0]
         dims[p] = (pout, pin) if layout.peft_flipped else (pin, pout)  # the expert's (in, out)
     _check_nesting(mod, dims, f.path)
-    get = functools.lru_cache(maxsize=4)(f.get)  # experts of one stack are read one after another
+    get = ctx.cached_get  # the experts of a stack are loaded one after another: read its factors once
     layers = []
     for depth, parts in wrappers.items():
         layers += _param_layers(mod, params[k - 1 - depth], parts, ctx, layout, get)
