@@ -5,12 +5,16 @@
     updates = load("ft/", base="base/")       # Updates: LayerUpdate per layer, in model order
     updates[0].load().materialize()           # ΔW of the first layer, float32
 
-Formats (DESIGN §2): "full" (ft − base), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA, embeddings, Conv2d,
-modules_to_save), "multilora" (deltaspec's layout), "mtl-multilora" (MTL-LoRA repo's .pt; needs
-lora_alpha), "kohya" (Stable Diffusion lora_down/lora_up files). Layer names are the base model's
-module names; shapes are in the orientation of the base model's stored weight. Loaders read only
-their own tensors (memory-mapped), upcast to float32 before any arithmetic, and raise
-NonFiniteError on NaN/Inf. Nothing is ever written next to the inputs.
+Formats (DESIGN §2, docs/FORMATS.md): "full" (ft − base: matrices, conv kernels, MoE expert stacks,
+FP8 block-scaled weights dequantized), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA, embeddings, Conv2d, MoE
+experts via target_parameters, modules_to_save), "multilora" (deltaspec's layout), "mtl-multilora"
+(MTL-LoRA repo's .pt; needs lora_alpha), "kohya" (Stable Diffusion lora_down/lora_up files). Paths
+may be Hub ids or Hub cache folders (`detect.locate`). Layer names are the base model's module names
+(MoE experts: `….experts.3.gate_proj`); shapes are in the orientation of the base model's stored
+weight ((out, in) for experts). Loaders read only their own tensors (memory-mapped), upcast to
+float32 before any arithmetic, and raise NonFiniteError on NaN/Inf. Whatever a reader skips is
+counted and named in `Updates.warnings`; config values are validated (`validate`). Nothing here
+imports torch until a tensor is read, and nothing is ever written next to the inputs.
 """
 from __future__ import annotations
 
