@@ -15,11 +15,16 @@ from .options import reader_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @user_errors
 def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, fmt):
-    """Detected format, layers, shapes, ranks and dtypes of CKPT (reads headers only)."""
-    import deltaspec as ds
+    """Detected format, layers, shapes, ranks and dtypes of CKPT (reads headers only).
+
+    Needs no --base: a full fine-tune or DoRA adapter lists its layers from the headers (analyze needs
+    --base to form ΔW). Never imports torch for safetensors checkpoints.
+    """
+    from deltaspec.io import load
     from deltaspec.results import text_grid
 
-    u = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    u = load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+             require_base=False)
     rows = [{"name": x.name, "shape": list(x.shape), "kind": x.kind, "rank": x.rank_bound, "dtype": x.dtype,
              **{k: v for k, v in x.meta.items() if isinstance(v, (str, int, float, bool))}} for x in u]
     if fmt == "json":
@@ -34,5 +39,7 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, fmt):
     body = [[r["name"], "x".join(map(str, r["shape"])), r["kind"], str(r["rank"]), r["dtype"]]
             + [str(r.get(k, "")) for k in extra] for r in rows]
     click.echo("\n".join(text_grid(head, body)))
+    if u.base is None and (u.format == "full" or any(x.meta.get("variant") == "dora" for x in u)):
+        click.echo("note: no --base given: listed from the headers; analyze needs --base to form ΔW", err=True)
     for w in u.warnings:
         click.echo(f"warning: {w}", err=True)

@@ -6,20 +6,60 @@
     result.table()                                # per-layer metrics (pandas DataFrame if installed)
     ds.compare([ds.analyze("lora/"), ds.analyze("multilora/")], ["LoRA", "MultiLoRA"]).format_table()
 
-Never imports click or matplotlib: plotting lives in `deltaspec.plots`, the CLI in `deltaspec_cli`.
+`import deltaspec` is cheap: the public names below are imported on first use (module `__getattr__`),
+so reading headers (`ds.detect`, `deltaspec info`) never imports torch. Never imports click or
+matplotlib: plotting lives in `deltaspec.plots`, the CLI in `deltaspec_cli`.
 """
+import importlib
+import sys
+import types
+
 __version__ = "0.1.0"
 
-from . import metrics  # noqa: E402
-from .analysis import analyze  # noqa: E402
-from .compare import compare  # noqa: E402  (the function; the module stays importable as deltaspec.compare)
-from .errors import DeltaspecError  # noqa: E402
-from .results import AnalysisResult, LayerResult  # noqa: E402
-from .updates import Dense, LayerUpdate, LowRank, SumOfLowRank, Updates  # noqa: E402
+# public name -> (submodule, attribute); None means the submodule itself
+_LAZY = {
+    "analyze": ("analysis", "analyze"),
+    "compare": ("compare", "compare"),  # the function; the module stays importable as deltaspec.compare
+    "metrics": ("metrics", None),
+    "AnalysisResult": ("results", "AnalysisResult"),
+    "LayerResult": ("results", "LayerResult"),
+    "DeltaspecError": ("errors", "DeltaspecError"),
+    "Dense": ("updates", "Dense"),
+    "LayerUpdate": ("updates", "LayerUpdate"),
+    "LowRank": ("updates", "LowRank"),
+    "SumOfLowRank": ("updates", "SumOfLowRank"),
+    "Updates": ("updates", "Updates"),
+}
 
 
-def load(path, base=None, format="auto", lora_alpha=None, include_embeddings=False) -> Updates:
-    """Read a checkpoint's per-layer updates lazily; see `deltaspec.io.load`."""
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deltaspec' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(f".{module}", __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    object.__setattr__(sys.modules[__name__], name, value)  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `deltaspec.compare` must not replace the function `ds.compare`."""
+
+    def __setattr__(self, name, value):
+        if name == "compare" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def load(path, base=None, format="auto", lora_alpha=None, include_embeddings=False):
+    """Read a checkpoint's per-layer updates lazily (an `Updates`); see `deltaspec.io.load`."""
     from .io import load as _load
 
     return _load(path, base=base, format=format, lora_alpha=lora_alpha, include_embeddings=include_embeddings)

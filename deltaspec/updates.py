@@ -8,16 +8,18 @@ which is what the exact factored SVD in `spectra.py` uses.
 Orientation: every form is in the orientation of the layer's weight as the *model* uses it,
 (d_out, d_in) for nn.Linear. Readers that see transposed storage (GPT-2 Conv1D, embeddings) swap
 the factors rather than marking a flag, so nothing downstream has to know.
+
+No torch at import time (`import deltaspec`, `deltaspec info` stay fast): torch is imported where a
+form computes.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
-import torch
-
-Tensor = torch.Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
@@ -96,9 +98,11 @@ class SumOfLowRank:
 
     def factors(self) -> tuple[Tensor, Tensor]:
         """(L, R) = ([S_1 B_1 | … | S_n B_n], [A_1; …; A_n])."""
+        import torch
+
         Ls = []
         for s, B, _ in self.terms:
-            if isinstance(s, Tensor) and s.ndim == 1:
+            if isinstance(s, torch.Tensor) and s.ndim == 1:
                 Ls.append(B * s.to(B.dtype)[:, None])  # diag(s) B
             else:
                 Ls.append(B * float(s))

@@ -5,12 +5,16 @@
     updates = load("ft/", base="base/")       # Updates: LayerUpdate per layer, in model order
     updates[0].load().materialize()           # ΔW of the first layer, float32
 
-Formats (DESIGN §2): "full" (ft − base), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA, embeddings, Conv2d,
-modules_to_save), "multilora" (deltaspec's layout), "mtl-multilora" (MTL-LoRA repo's .pt; needs
-lora_alpha), "kohya" (Stable Diffusion lora_down/lora_up files). Layer names are the base model's
-module names; shapes are in the orientation of the base model's stored weight. Loaders read only
-their own tensors (memory-mapped), upcast to float32 before any arithmetic, and raise
-NonFiniteError on NaN/Inf. Nothing is ever written next to the inputs.
+Formats (DESIGN §2, docs/FORMATS.md): "full" (ft − base: matrices, conv kernels, MoE expert stacks,
+FP8 block-scaled weights dequantized), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA, embeddings, Conv2d, MoE
+experts via target_parameters, modules_to_save), "multilora" (deltaspec's layout), "mtl-multilora"
+(MTL-LoRA repo's .pt; needs lora_alpha), "kohya" (Stable Diffusion lora_down/lora_up files). Paths
+may be Hub ids or Hub cache folders (`detect.locate`). Layer names are the base model's module names
+(MoE experts: `….experts.3.gate_proj`); shapes are in the orientation of the base model's stored
+weight ((out, in) for experts). Loaders read only their own tensors (memory-mapped), upcast to
+float32 before any arithmetic, and raise NonFiniteError on NaN/Inf. Whatever a reader skips is
+counted and named in `Updates.warnings`; config values are validated (`validate`). Nothing here
+imports torch until a tensor is read, and nothing is ever written next to the inputs.
 """
 from __future__ import annotations
 
@@ -18,18 +22,24 @@ from pathlib import Path
 
 from ..errors import FormatError
 from ..updates import Updates
-from .detect import FORMATS, detect, resolve
+from .detect import FORMATS, adapter_subdir, detect, locate, resolve
 
 __all__ = ["load", "detect", "FORMATS"]
 
 
-def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddings: bool = False) -> Updates:
+def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddings: bool = False,
+         require_base: bool = True) -> Updates:
     """The per-layer updates of the checkpoint at `path`.
 
-    base: the base model (dir or file); needed for "full", DoRA and modules_to_save.
+    path, base: a directory, a file, a Hugging Face Hub id `org/name` or a Hub cache folder (see `resolve`).
+    base: the base model; needed for "full", DoRA and modules_to_save.
     format: "auto" (see `detect`) or one of FORMATS.
     lora_alpha: α for formats that do not store it ("mtl-multilora"); ignored, with a warning, otherwise.
     include_embeddings: also return embedding / lm_head updates (skipped by default).
+    require_base: False lists the layers of a checkpoint that needs --base without it (headers only,
+    for `deltaspec info`); loading such a layer then raises MissingBaseError.
+    A checkpoint with nothing to analyse (empty, names that miss the base's, only skipped tensors)
+    raises FormatError saying which.
     """
     from .full import read_full
     from .kohya import read_kohya
@@ -39,20 +49,20 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     if format in (None, "auto"):
         fmt, p = resolve(path)
     elif format in FORMATS:
-        fmt, p = format, Path(path)
-        if not p.exists():
-            raise FormatError(f"{p}: no such file or directory")
+        fmt, p = format, locate(path)
         if p.is_file() and format in ("peft", "multilora") and (p.parent / "adapter_config.json").is_file():
             p = p.parent
+        if format in ("peft", "multilora"):
+            p = adapter_subdir(p) or p
     else:
         raise FormatError(f"unknown checkpoint format {format!r}: expected one of auto, {', '.join(FORMATS)}")
-    if base is not None and not Path(base).exists():
-        raise FormatError(f"{base}: no such file or directory (the --base model)")
+    if base is not None:
+        base = locate(base, " (the --base model)")
     if fmt == "full":
-        u = read_full(p, base, include_embeddings)
+        u = read_full(p, base, include_embeddings, require_base)
     elif fmt == "peft":
         _need_config(p)
-        u = read_peft(p, base, include_embeddings)
+        u = read_peft(p, base, include_embeddings, require_base)
     elif fmt == "multilora":
         _need_config(p)
         u = read_multilora(p, base, include_embeddings)
@@ -68,6 +78,8 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
             p = files[0]
         u = read_kohya(p, base, include_embeddings)
     u.path = str(path)
+    if p.parent == Path(path) and p.name != Path(path).name and p.is_dir():
+        u.warnings.insert(0, f"{path}: holds one adapter, in the subfolder {p.name}/ (a named PEFT adapter): read that")
     if lora_alpha is not None and fmt != "mtl-multilora":
         u.warnings.append(f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale")
     return u

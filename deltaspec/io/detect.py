@@ -4,13 +4,19 @@
   final_checkpoint.pt (or a dir holding it)    → "mtl-multilora"
   .safetensors file with `lora_down` keys      → "kohya"
   model directory or .safetensors/.bin file    → "full"
+
+Paths are resolved first (`resolve`): a Hub id `org/name` (downloaded or from the cache, see `hub`),
+a Hub cache folder `models--org--name` (its refs/main snapshot), a `*.index.json` or one shard of a
+sharded model (the model directory), a folder whose only adapter is in a subfolder (PEFT saves
+named adapters as `out/<name>/`). Only headers are read: no torch for safetensors files.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import FormatError
-from .tensors import SafetensorsFile, TorchFile, model_files, read_json
+from . import hub
+from .tensors import SHARD_RE, SafetensorsFile, TorchFile, model_files, read_json
 
 FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya")
 _EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "
@@ -23,11 +29,40 @@ def is_multilora_config(cfg: dict) -> bool:
     return str(cfg.get("peft_type", "")).upper() == "MULTILORA" or cfg.get("deltaspec_format") == "multilora"
 
 
-def resolve(path) -> tuple[str, Path]:
-    """(format, the path its reader should open): a file inside an adapter directory means the directory."""
+def locate(path, what: str = "") -> Path:
+    """The local path a user's argument means: hub ids and cache folders resolved, index/shard/config
+    files mapped to their model directory. `what` names the argument in errors (" (the --base model)")."""
     p = Path(path)
     if not p.exists():
-        raise FormatError(f"{p}: no such file or directory")
+        if hub.is_hub_id(path):
+            return hub.download(str(path))
+        raise FormatError(f"{p}: no such file or directory{what}")
+    p = hub.cache_snapshot(p) or p
+    if p.is_file() and (p.name.endswith(".index.json") or (SHARD_RE.match(p.name) and any(
+            (p.parent / f"{stem}.index.json").is_file() for stem in ("model.safetensors", "pytorch_model.bin")))):
+        return p.parent  # the whole sharded model, not one shard of it
+    if p.is_file() and p.name == "config.json" and model_files(p.parent)[0]:
+        return p.parent
+    return p
+
+
+def adapter_subdir(d: Path):
+    """The one subfolder of `d` holding an adapter (PEFT's `out/<adapter_name>/`), None if `d` has its own
+    checkpoint files or no such subfolder; several subfolders → FormatError listing what to pass."""
+    if not d.is_dir() or (d / "adapter_config.json").is_file() or model_files(d)[0]:
+        return None
+    subs = sorted(s for s in d.iterdir() if s.is_dir() and (s / "adapter_config.json").is_file())
+    if len(subs) > 1:
+        raise FormatError(f"{d}: holds {len(subs)} adapters in subfolders ({', '.join(s.name for s in subs)}); "
+                          f"pass one of them, e.g. {subs[0]}")
+    return subs[0] if subs else None
+
+
+def resolve(path) -> tuple[str, Path]:
+    """(format, the path its reader should open): see `locate`; a file inside an adapter directory
+    means the directory, a folder holding one named adapter means that adapter's subfolder."""
+    p = locate(path)
+    p = adapter_subdir(p) or p
     if p.is_file() and (p.name == "adapter_config.json" or p.name in _ADAPTER_FILES):
         if (p.parent / "adapter_config.json").is_file():
             p = p.parent

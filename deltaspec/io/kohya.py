@@ -15,6 +15,7 @@ from ..errors import FormatError, ShapeMismatchError
 from ..updates import LayerUpdate, LowRank, Updates
 from .names import is_embedding, sorted_layers, summarize
 from .tensors import SafetensorsFile
+from .validate import check_scale
 
 _UNSUPPORTED = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "lora_mid": "LoCon Tucker (lora_mid)",
                 "dora_scale": "DoRA (dora_scale)", "oft_blocks": "OFT", "oft_diag": "OFT", "diff": "full diff"}
@@ -59,8 +60,10 @@ def _layer(name: str, parts: dict, f: SafetensorsFile) -> LayerUpdate:
         raise ShapeMismatchError(f"{f.path}: '{name}' lora_up {list(su)} does not fit lora_down {list(sd)} "
                                  "(expected up (out, r[, 1, 1]) and down (r, in[, kh, kw]))")
     r = sd[0]
-    alpha = float(f.get(kal).reshape(-1)[0]) if kal is not None and math.prod(f.shape(kal)) >= 1 else 0.0
-    scale = alpha / r if alpha else 1.0
+    alpha = f.scalar(kal) if kal is not None and math.prod(f.shape(kal)) >= 1 else 0.0
+    if not math.isfinite(alpha):
+        raise FormatError(f"{f.path}: {kal}: alpha is {alpha}, not a finite number")
+    scale = check_scale(alpha / r, f.path, kal, "α/r") if alpha else 1.0
     shape = (su[0], math.prod(sd[1:]))
     meta = {"variant": "lora", "r": r, "alpha": alpha or None, "scale": scale}
     if len(sd) > 2:

@@ -17,22 +17,26 @@ from ..updates import LayerUpdate, SumOfLowRank, Updates
 from .peft import adapter_weights, parse_keys, strip_prefix
 from .names import is_embedding, sorted_layers, summarize
 from .tensors import TensorFile, TorchFile, open_file, read_json
+from .validate import check_scale, get_flag, get_number, number
 
 
 def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates:
     d = Path(path)
     cfg_path = d / "adapter_config.json"
     cfg = read_json(cfg_path, "adapter config (adapter_config.json)")
-    if "lora_alpha" not in cfg:
-        raise FormatError(f"{cfg_path}: MultiLoRA config has no lora_alpha")
+    alpha = get_number(cfg, "lora_alpha", cfg_path)
+    fan_in_fan_out = get_flag(cfg, "fan_in_fan_out", cfg_path)
     f = open_file(adapter_weights(d), keep_open=True)
     modules, copies, other = parse_keys(f)
     warnings = []
     if copies or other:
         names = list(copies.values()) + other
         warnings.append(f"{f.path}: {len(names)} tensor(s) that are not MultiLoRA factors, skipped: {summarize(names)}")
-    layers = [_layer(mod, parts, f, float(cfg["lora_alpha"]), bool(cfg.get("fan_in_fan_out")))
-              for mod, parts in modules.items()]
+    if not modules:
+        raise FormatError(f"{f.path}: no MultiLoRA tensors (lora_A, lora_B, lora_scaling) among its "
+                          f"{len(f.keys())} tensor(s)" + (f" ({summarize(f.keys(), 3)})" if f.keys() else ""))
+    layers = [_layer(mod, parts, f, alpha, fan_in_fan_out, (cfg_path, "lora_alpha"))
+              for (mod, _), parts in modules.items()]
     return _finish(layers, path, "multilora", base, warnings, include_embeddings)
 
 
@@ -51,6 +55,7 @@ def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_a
     file = find_mtl_file(path)
     if lora_alpha is None:
         raise FormatError(f"{file}: MTL-LoRA MultiLoRA checkpoints do not store lora_alpha: pass --lora-alpha")
+    lora_alpha = number(lora_alpha, file, "--lora-alpha")
     f = TorchFile(file)
     modules: dict[str, dict[str, str]] = {}
     ignored = []
@@ -70,7 +75,7 @@ def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_a
         if ignored else []
     if not modules:
         raise FormatError(f"{file}: no MultiLoRA tensors (lora_A, lora_B, lora_scaling) found")
-    layers = [_layer(mod, parts, f, float(lora_alpha), False) for mod, parts in modules.items()]
+    layers = [_layer(mod, parts, f, lora_alpha, False, (file, "--lora-alpha")) for mod, parts in modules.items()]
     return _finish(layers, path, "mtl-multilora", base, warnings, include_embeddings)
 
 
@@ -83,7 +88,8 @@ def _finish(layers, path, fmt, base, warnings, include_embeddings) -> Updates:
     return Updates(sorted_layers(kept), str(path), fmt, str(base) if base is not None else None, warnings)
 
 
-def _layer(mod: str, parts: dict, f: TensorFile, alpha: float, fan_in_fan_out: bool) -> LayerUpdate:
+def _layer(mod: str, parts: dict, f: TensorFile, alpha: float, fan_in_fan_out: bool, alpha_from: tuple) -> LayerUpdate:
+    """alpha_from: (file, key) that α came from, for the message when the scale is unusable."""
     missing = [p for p in ("lora_A", "lora_B", "lora_scaling") if p not in parts]
     if missing:
         raise FormatError(f"{f.path}: MultiLoRA module '{mod}' has no {', '.join(missing)}")
@@ -99,7 +105,7 @@ def _layer(mod: str, parts: dict, f: TensorFile, alpha: float, fan_in_fan_out: b
                                  f"nor ({n}, {d_out})")
     if r == 0:
         raise FormatError(f"{f.path}: MultiLoRA module '{mod}' has rank 0")
-    c = alpha / r
+    c = check_scale(alpha / r, *alpha_from, "α/r")
     vector = len(ss) == 2 and ss[1] == d_out and d_out != 1
     shape = (d_in, d_out) if fan_in_fan_out else (d_out, d_in)
     meta = {"variant": "multilora", "heads": n, "r": r, "alpha": alpha, "scale": c,

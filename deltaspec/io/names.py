@@ -43,3 +43,31 @@ def sorted_layers(layers: list) -> list:
 def summarize(names: list[str], k: int = 5) -> str:
     shown = ", ".join(names[:k])
     return shown + (f", … ({len(names) - k} more)" if len(names) > k else "")
+
+
+class Skipped:
+    """Tensors a reader does not analyse, grouped by reason, so every skip reaches `Updates.warnings`."""
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, list[str]] = {}
+
+    def add(self, reason: str, name: str) -> None:
+        self.by_reason.setdefault(reason, []).append(name)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_reason)
+
+    def messages(self, where) -> list[str]:
+        return [f"{where}: {len(names)} tensor(s) not analysed, {reason}: {summarize(names)}"
+                for reason, names in self.by_reason.items()]
+
+
+_WRAPPERS = ("module.", "_orig_mod.")
+
+
+def strip_wrappers(key: str) -> str:
+    """A state-dict key without the prefixes that wrappers add: `module.` (DistributedDataParallel, leading)
+    and `_orig_mod.` (torch.compile, at any depth: a compiled submodule)."""
+    while key.startswith(_WRAPPERS):
+        key = key.partition(".")[2]
+    return key.replace("._orig_mod.", ".")

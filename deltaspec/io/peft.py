@@ -7,88 +7,60 @@ DESIGN §2 is the spec. Per adapted module, in the orientation of the base model
   Conv2d          s·B.flatten(1)@A.flatten(1), analysed as (out, in·kh·kw)
   AdaLoRA         B@(A⊙E)·α/(init_r+1e-5)
   DoRA            V = W0 + s·B@A, W' = m·V/‖V‖_row, ΔW = W' − W0 (needs the base)
-  modules_to_save saved copy − W0 (needs the base)
-Keys are accepted with or without `base_model.model.` and with the adapter name left in
-(`lora_A.default.weight`); `base_layer` copies are not updates.
+  experts         s·B_e@A_e per expert of a 3-D parameter (`target_parameters`, see `peft_experts`)
+  modules_to_save saved copy − W0 (needs the base); a resized embedding: the shared rows, the added
+                  rows reported in meta; a head the base does not have (a new `score`): skipped
+Every config value used is validated (`validate`): a bad one is a one-line error naming the key.
+Key layouts are in `peft_keys`.
 """
 from __future__ import annotations
 
+import functools
 import math
-import re
 from pathlib import Path
 from typing import Optional
 
 from ..errors import FormatError, MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, LowRank, Updates
-from .names import is_embedding, sorted_layers, summarize
-from .tensors import TensorFile, TensorStore, open_file, open_model, read_json
+from .experts import Layout
+from .names import Skipped, is_embedding, sorted_layers, summarize
+from .peft_copies import copy_layer
+from .peft_experts import adapter_layout, expert_layers, targeted_params
+from .peft_keys import PREFIX, adapter_weights, parse_keys, strip_prefix  # noqa: F401 (re-exported)
+from .tensors import TensorFile, TensorStore, open_file, open_model
+from .validate import (check_scale, get_flag, get_int, get_number, get_patterns, get_str, get_str_list,
+                       match_pattern, read_json)
 
-PREFIX = "base_model.model."
-_PARTS = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_scaling", "lora_A", "lora_B", "lora_E")
-_KEY_RE = re.compile(r"^(?P<mod>.+?)\.(?P<part>" + "|".join(_PARTS) + r")(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
 _BASE_MODIFYING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
 SUPPORTED = ("LORA", "ADALORA")
 
 
-def strip_prefix(key: str) -> str:
-    return key[len(PREFIX):] if key.startswith(PREFIX) else key
-
-
-def parse_keys(f: TensorFile):
-    """Group adapter keys by module: ({module: {part: key}}, {module: full-copy key}, other keys)."""
-    modules: dict[str, dict[str, str]] = {}
-    copies: dict[str, str] = {}
-    other: list[str] = []
-    adapters: set[str] = set()
-    for key in f.keys():
-        k = strip_prefix(key)
-        if k.endswith(".bias") or ".base_layer." in k or ".original_module." in k or ".ranknum" in k:
-            continue
-        m = _KEY_RE.match(k)
-        if m:
-            if m["adapter"] not in (None, "weight"):
-                adapters.add(m["adapter"])
-            modules.setdefault(m["mod"], {})[m["part"]] = key
-        elif ".modules_to_save." in k:
-            mod, _, rest = k.partition(".modules_to_save.")
-            adapter, _, param = rest.partition(".")
-            adapters.add(adapter)
-            if param == "weight":
-                copies[mod] = key
-        elif k.endswith(".weight"):
-            copies[k[: -len(".weight")]] = key
-        else:
-            other.append(key)
-    for mod in [m for m in copies if m in modules]:  # a base copy saved next to its own LoRA factors
-        del copies[mod]
-    if len(adapters) > 1:
-        raise FormatError(f"{f.path}: holds several adapters ({', '.join(sorted(adapters))}); "
-                          "save one adapter per directory")
-    return modules, copies, other
-
-
-def adapter_weights(d: Path) -> Path:
-    for n in ("adapter_model.safetensors", "adapter_model.bin"):
-        if (d / n).is_file():
-            return d / n
-    raise FormatError(f"{d}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin")
-
-
 def pattern_value(patterns: Optional[dict], name: str, default):
     """PEFT ≥ 0.15: first key k (dict order) with re.match(rf"(.*\\.)?({k})$", name)."""
-    for k, v in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({k})$", name):
-            return v
-    return default
+    return match_pattern(get_patterns({"p": patterns}, "p", "<patterns>"), name, default)
 
 
 class _Ctx:
-    """What the per-module builders share: the adapter file, config, base (opened on first use)."""
+    """What the per-module builders share: the adapter file, the validated config, the base (opened on
+    first use), and what was skipped."""
 
-    def __init__(self, f: TensorFile, cfg: dict, base) -> None:
-        self.f, self.cfg, self.base_path = f, cfg, base
+    def __init__(self, f: TensorFile, cfg: dict, cfg_path: Path, base, require_base: bool) -> None:
+        self.f, self.cfg, self.cfg_path, self.base_path, self.require_base = f, cfg, cfg_path, base, require_base
         self._base: Optional[TensorStore] = None
+        self.cached_get = functools.lru_cache(maxsize=4)(f.get)  # one small cache per adapter (MoE experts)
         self.warnings: list[str] = []
+        self.skipped = Skipped()
+        self.unsplit: list[str] = []
+        c, p = cfg, cfg_path
+        self.peft_type = (get_str(c, "peft_type", p) or "LORA").upper()
+        self.lora_alpha = get_number(c, "lora_alpha", p, 8)  # PEFT's default
+        self.r = get_int(c, "r", p, 8)
+        self.alpha_pattern = get_patterns(c, "alpha_pattern", p)
+        self.rank_pattern = get_patterns(c, "rank_pattern", p, "int")
+        self.use_rslora = get_flag(c, "use_rslora", p)
+        self.fan_in_fan_out = get_flag(c, "fan_in_fan_out", p)
+        self.target_parameters = get_str_list(c, "target_parameters", p)
+        self.init_r = get_int(c, "init_r", p, None) if self.peft_type == "ADALORA" else None
 
     @property
     def base(self) -> TensorStore:
@@ -106,67 +78,113 @@ class _Ctx:
                                      f"{self.base.source(key)} has '{key}' {list(self.base.shape(key))}")
         return key
 
+    def base_param_shape(self, name: str):
+        """Shape of parameter `name` in the base (None without a base or if it has no such key)."""
+        if self.base_path is None:
+            return None
+        key = next((k for k in (name, "model." + name, name.partition(".")[2]) if k in self.base), None)
+        return tuple(self.base.shape(key)) if key else None
 
-def read_peft(path, base=None, include_embeddings: bool = False) -> Updates:
+    def layout(self) -> Layout:
+        return adapter_layout(self.cfg, self.cfg_path.parent, self.base_path)
+
+
+def read_peft(path, base=None, include_embeddings: bool = False, require_base: bool = True) -> Updates:
     d = Path(path)
     cfg_path = d / "adapter_config.json"
     cfg = read_json(cfg_path, "adapter config (adapter_config.json)")
-    peft_type = str(cfg.get("peft_type") or "LORA").upper()
-    if peft_type not in SUPPORTED:
-        raise FormatError(f"{cfg_path}: peft_type {peft_type} is not supported yet "
+    ctx = _Ctx(open_file(adapter_weights(d), keep_open=True), cfg, cfg_path, base, require_base)
+    if ctx.peft_type not in SUPPORTED:
+        raise FormatError(f"{cfg_path}: peft_type {ctx.peft_type} is not supported yet "
                           "(deltaspec reads LORA (incl. rsLoRA, DoRA), ADALORA and MULTILORA adapters)")
-    ctx = _Ctx(open_file(adapter_weights(d), keep_open=True), cfg, base)
     init = cfg.get("init_lora_weights")
+    if not isinstance(init, (bool, str)) and init is not None:
+        raise FormatError(f"{cfg_path}: init_lora_weights: expected true, false or a method name, got {init!r}")
     if (isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS)) or cfg.get("loftq_config"):
         ctx.warnings.append(f"{cfg_path}: init_lora_weights={init!r}: PiSSA/OLoRA/LoftQ-style adapters are relative "
                             "to a modified base unless converted; ΔW is reported as the plain adapter product")
-    if cfg.get("lora_bias"):
+    if get_flag(cfg, "lora_bias", cfg_path):
         ctx.warnings.append(f"{cfg_path}: lora_bias is set: bias updates are not analysed")
-    modules, copies, other = parse_keys(ctx.f)
+    f = ctx.f
+    if not f.keys():
+        raise FormatError(f"{f.path}: holds no tensors (an empty adapter)")
+    modules, copies, other = parse_keys(f, ctx.skipped)
     if other:
-        ctx.warnings.append(f"{ctx.f.path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}")
-    layers = [u for mod, parts in modules.items() if (u := _adapter_layer(mod, parts, ctx, peft_type)) is not None]
-    layers += [u for mod, key in copies.items() if (u := _copy_layer(mod, key, ctx)) is not None]
+        ctx.warnings.append(f"{f.path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}")
+    if not modules and not copies:
+        raise FormatError(f"{f.path}: no LoRA tensors (lora_A / lora_B) among its {len(f.keys())} tensor(s) "
+                          f"({summarize(f.keys(), 3)})")
     kept, skipped = [], []
-    for u in layers:
-        (kept if include_embeddings or not (is_embedding(u.name) or u.meta.get("embedding")) else skipped).append(u)
+    for u in _module_layers(modules, ctx):
+        if include_embeddings or not (is_embedding(u.name) or u.meta.get("embedding")):
+            kept.append(u)
+        else:
+            skipped.append(u.name)
+    for mod, key in copies.items():
+        if is_embedding(mod) and not include_embeddings:
+            skipped.append(mod)
+        elif (u := copy_layer(mod, key, ctx)) is not None:
+            kept.append(u)
     if skipped:
-        ctx.warnings.append(f"{d}: {len(skipped)} embedding update(s) skipped ({summarize([u.name for u in skipped])}): "
+        ctx.warnings.append(f"{d}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
                             "pass --include-embeddings to analyse them")
+    if ctx.unsplit:
+        ctx.warnings.append(f"{d}: {len(ctx.unsplit)} fused expert parameter(s) analysed whole per expert, not split "
+                            f"into gate/up halves ({summarize(ctx.unsplit)}): the base architecture is unknown "
+                            "(pass --base with its config.json)")
+    ctx.warnings += ctx.skipped.messages(f.path)
+    if not kept:
+        raise FormatError(f"{d}: nothing to analyse: " + "; ".join(w.partition(": ")[2] for w in ctx.warnings))
     return Updates(sorted_layers(kept), str(path), "peft", str(base) if base is not None else None, ctx.warnings)
 
 
-def _adapter_layer(mod: str, parts: dict, ctx: _Ctx, peft_type: str) -> Optional[LayerUpdate]:
-    f, cfg = ctx.f, ctx.cfg
+def _module_layers(modules: dict, ctx: _Ctx) -> list[LayerUpdate]:
+    by_mod: dict[str, dict[int, dict]] = {}
+    for (mod, depth), parts in modules.items():
+        by_mod.setdefault(mod, {})[depth] = parts
+    layers, layout = [], None
+    for mod, wrappers in by_mod.items():
+        params = targeted_params(mod, ctx.target_parameters)
+        if params and params != ["weight"] or len(wrappers) > 1 or 0 not in wrappers:
+            layout = layout or ctx.layout()
+            layers += expert_layers(mod, wrappers, ctx, layout)
+        elif (u := _adapter_layer(mod, wrappers[0], ctx)) is not None:
+            layers.append(u)
+    return layers
+
+
+def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
+    f = ctx.f
     emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
-    ka, kb = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
+    ka, kb = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else \
+        (parts.get("lora_A"), parts.get("lora_B"))
     if ka is None or kb is None:
         found = ", ".join(sorted(parts))
         raise FormatError(f"{f.path}: module '{mod}' has {found} but not both LoRA factors (A and B)")
     sa, sb = f.shape(ka), f.shape(kb)
     r = sa[0] if sa else 0
     if r == 0:
-        ctx.warnings.append(f"{f.path}: '{mod}' has rank 0 (pruned), skipped")
+        ctx.skipped.add("rank 0 (pruned by AdaLoRA)", mod)
         return None
     if len(sa) < 2 or len(sb) < 2 or sb[1] != r or math.prod(sb[2:]) != 1:
         raise ShapeMismatchError(f"{f.path}: '{mod}' lora_B {list(sb)} does not fit lora_A {list(sa)} "
                                  "(expected B (out, r[, 1, 1]) and A (r, in[, kh, kw]))")
     ke = parts.get("lora_E")
-    adalora = ke is not None or peft_type == "ADALORA"
-    alpha = float(pattern_value(cfg.get("alpha_pattern"), mod, cfg.get("lora_alpha", 8)))
+    adalora = ke is not None or ctx.peft_type == "ADALORA"
+    alpha = match_pattern(ctx.alpha_pattern, mod, ctx.lora_alpha)
     if adalora:
         if ke is None:
             raise FormatError(f"{f.path}: AdaLoRA module '{mod}' has no lora_E")
-        init_r = int(cfg.get("init_r") or r)
-        alpha = float(cfg.get("lora_alpha", 8))  # AdaLoRA ignores alpha_pattern
-        alpha = alpha if alpha > 0 else float(init_r)
-        scale, variant = alpha / (init_r + 1e-5), "adalora"
-    elif cfg.get("use_rslora"):
-        scale, variant = alpha / math.sqrt(r), "rslora"
+        init_r = ctx.init_r or r
+        alpha = ctx.lora_alpha if ctx.lora_alpha > 0 else float(init_r)  # AdaLoRA ignores alpha_pattern
+        scale, variant, how = alpha / (init_r + 1e-5), "adalora", "α/(init_r + 1e-5)"
+    elif ctx.use_rslora:
+        scale, variant, how = alpha / math.sqrt(r), "rslora", "α/√r"
     else:
-        scale, variant = alpha / r, "lora"
+        scale, variant, how = alpha / r, "lora", "α/r"
+    check_scale(scale, ctx.cfg_path, "lora_alpha", how)
     d_out, d_in = sb[0], math.prod(sa[1:])
-    transposed = emb or (bool(cfg.get("fan_in_fan_out")) and len(sa) == 2)
+    transposed = emb or (ctx.fan_in_fan_out and len(sa) == 2)
     shape = (d_in, d_out) if transposed else (d_out, d_in)
     stored_shape = shape if len(sa) == 2 else (d_out, *sa[1:])
     km = parts.get("lora_magnitude_vector")
@@ -193,15 +211,18 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx, peft_type: str) -> Optional
         return LayerUpdate(mod, shape, "lowrank", min(r, *shape), load, f.path, f.dtype(ka), meta)
 
     # DoRA: the update depends on W0 through the row norm of V = W0 + s·B@A.
-    if ctx.base_path is None:
-        raise MissingBaseError(f"{f.path}: DoRA adapter needs --base (the base model weights) to form "
-                               f"ΔW = m·V/‖V‖ − W0 (module '{mod}')")
+    meta["variant"] = "dora"
     if tuple(f.shape(km)) not in ((d_out,), (1, d_out), (d_out, 1)) and math.prod(f.shape(km)) != d_out:
         raise ShapeMismatchError(f"{f.path}: '{mod}' lora_magnitude_vector {list(f.shape(km))} does not match "
                                  f"the {d_out} output rows")
+    need = (f"{f.path}: DoRA adapter needs --base (the base model weights) to form "
+            f"ΔW = m·V/‖V‖ − W0 (module '{mod}')")
+    if ctx.base_path is None:
+        if ctx.require_base:
+            raise MissingBaseError(need)
+        return LayerUpdate(mod, shape, "dense", min(shape), _raise(need), f.path, f.dtype(ka), meta)
     bkey = ctx.base_key(mod, stored_shape, "DoRA")
     base = ctx.base
-    meta["variant"] = "dora"
 
     def load_dora() -> Dense:
         B, A = factors()
@@ -215,21 +236,8 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx, peft_type: str) -> Optional
     return LayerUpdate(mod, shape, "dense", min(shape), load_dora, f.path, f.dtype(ka), meta)
 
 
-def _copy_layer(mod: str, key: str, ctx: _Ctx) -> Optional[LayerUpdate]:
-    """A modules_to_save full copy: ΔW = saved − W0 (needs the base)."""
-    f = ctx.f
-    shape = f.shape(key)
-    if len(shape) != 2:
-        return None
-    if ctx.base_path is None:
-        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass --base to analyse its "
-                            "update, skipped")
-        return None
-    bkey = ctx.base_key(mod, shape, "modules_to_save")
-    base = ctx.base
+def _raise(message: str):
+    def load():
+        raise MissingBaseError(message)
 
-    def load() -> Dense:
-        return Dense(f.get(key) - base.get(bkey))
-
-    return LayerUpdate(mod, tuple(shape), "dense", min(shape), load, f.path, f.dtype(key),
-                       {"variant": "modules_to_save"})
+    return load

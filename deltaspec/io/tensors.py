@@ -9,6 +9,8 @@ stay mapped and resident (a kept handle on a 1 GB shard grows RSS by the whole s
 (`.bin`, `.pt`) are loaded once with `weights_only=True, mmap=True`.
 `TensorStore` is a model's tensors over one or several files (sharded checkpoints).
 Every read error becomes a one-line `CorruptFileError` naming the file.
+torch is imported inside the functions that read tensors: safetensors headers are parsed in pure
+Python (`st_header`), so `deltaspec info` and format detection never import it.
 """
 from __future__ import annotations
 
@@ -19,33 +21,32 @@ import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
-import torch
-
 from ..errors import CorruptFileError, FormatError, NonFiniteError, reason as _reason
+from .st_header import read_header
+from .validate import model_config, read_json  # noqa: F401 (read_json re-exported: readers import it from here)
 
-_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-              "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-              "BOOL": "bool"}
 FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
 
 
-def compute_dtype(stored: torch.dtype) -> torch.dtype:
+def compute_dtype(stored):
     """The dtype arithmetic on a stored tensor happens in: float64 stays, everything else float32."""
+    import torch
+
     return torch.float64 if stored == torch.float64 else torch.float32
 
 
-def upcast(t: torch.Tensor) -> torch.Tensor:
+def upcast(t):
     """float32 copy of a stored tensor (float64 stays float64); done before any arithmetic."""
     return t.to(compute_dtype(t.dtype))
 
 
-def check_finite(t: torch.Tensor, file: str, key: str) -> torch.Tensor:
+def check_finite(t, file: str, key: str):
     """t, or NonFiniteError naming the file and tensor. NaN/Inf anywhere makes the sum non-finite, and a
     sum is ~4x cheaper than an elementwise test; only a non-finite sum (NaN/Inf, or a finite tensor
     whose sum overflows) pays for the elementwise check."""
     if t.numel() and math.isfinite(t.sum().item()):
         return t
-    if not bool(torch.isfinite(t).all()):
+    if not bool(t.isfinite().all()):
         raise NonFiniteError(f"{file}: tensor '{key}' contains NaN/Inf values")
     return t
 
@@ -69,34 +70,37 @@ class TensorFile:
     def dtype(self, key: str) -> str:
         return self.entries[key][1]
 
-    def raw(self, key: str) -> torch.Tensor:  # pragma: no cover - abstract
+    def raw(self, key: str):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str):
         """The tensor as float32 (or float64), checked finite."""
         return check_finite(upcast(self.raw(key)), self.path, key)
+
+    def raw_slice(self, key: str, index):
+        """raw(key)[index], reading only that part where the format allows (safetensors slices)."""
+        return self.raw(key)[index]
+
+    def scalar(self, key: str) -> float:
+        return float(self.raw(key).reshape(-1)[0])
 
 
 class SafetensorsFile(TensorFile):
     def __init__(self, path, keep_open: bool = False) -> None:
-        from safetensors import safe_open
-
         self.path = str(path)
         self._keep_open, self._local = keep_open, threading.local()
-        try:
-            with safe_open(self.path, "pt") as f:
-                self.metadata = dict(f.metadata() or {})
-                self.entries = {}
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    self.entries[k] = (tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower()))
-        except FileNotFoundError:
-            raise FormatError(f"{self.path}: no such file") from None
-        except Exception as e:  # SafetensorError, OSError, …
-            raise CorruptFileError(f"{self.path}: not a readable safetensors file ({_reason(e)}); "
-                                   "the file may be truncated or corrupt") from None
+        self.entries, self.metadata, self._offsets = read_header(self.path)  # pure Python: no torch, no mmap yet
 
-    def raw(self, key: str) -> torch.Tensor:
+    def scalar(self, key: str) -> float:
+        """A one-element tensor's value, read without torch (e.g. kohya's alpha)."""
+        from .st_header import read_scalar
+
+        try:
+            return read_scalar(self.path, self.dtype(key), self._offsets[key])
+        except (OSError, ValueError) as e:
+            raise CorruptFileError(f"{self.path}: cannot read tensor '{key}' ({_reason(e)})") from None
+
+    def raw(self, key: str):
         from safetensors import safe_open
 
         try:
@@ -107,6 +111,16 @@ class SafetensorsFile(TensorFile):
             if handle is None:
                 handle = self._local.handle = safe_open(self.path, "pt")
             return handle.get_tensor(key)
+        except Exception as e:
+            raise CorruptFileError(f"{self.path}: cannot read tensor '{key}' ({_reason(e)}); "
+                                   "the file may be truncated or corrupt") from None
+
+    def raw_slice(self, key: str, index):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(self.path, "pt") as f:
+                return f.get_slice(key)[index]
         except Exception as e:
             raise CorruptFileError(f"{self.path}: cannot read tensor '{key}' ({_reason(e)}); "
                                    "the file may be truncated or corrupt") from None
@@ -126,11 +140,13 @@ class TorchFile(TensorFile):
         self._tensors = tensors
         self.entries = {k: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for k, t in tensors.items()}
 
-    def raw(self, key: str) -> torch.Tensor:
+    def raw(self, key: str):
         return self._tensors[key]
 
 
 def _torch_load(path: str):
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
@@ -146,6 +162,8 @@ def _torch_load(path: str):
 
 def _state_dict_of(obj) -> Optional[dict]:
     """The tensors of a state dict, unwrapping one level ({"state_dict": {...}}, {"model": {...}})."""
+    import torch
+
     if not isinstance(obj, dict):
         return None
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
@@ -165,21 +183,32 @@ def open_file(path, keep_open: bool = False) -> TensorFile:
 
 
 class TensorStore:
-    """A model's tensors over one or more files; keys are unique across files."""
+    """A model's tensors over one or more files; keys are unique across files.
 
-    def __init__(self, files: Iterable[TensorFile], path) -> None:
+    `config` is the model's config.json ({} if none). FP8 block-scaled weights are dequantized on
+    read (`quant.plan`); their `*_scale_inv` companions are consumed, not listed in `keys()`.
+    Quantized layouts that cannot be dequantized are refused when the store is opened.
+    """
+
+    def __init__(self, files: Iterable[TensorFile], path, config: Optional[dict] = None, config_path=None) -> None:
+        from .quant import plan
+
         self.path = str(path)
         self.files = list(files)
+        self.config = config or {}
         self._where: dict[str, TensorFile] = {}
         for f in self.files:
             for k in f.keys():
                 self._where.setdefault(k, f)
+        self.dequant = plan(list(self._where), self.dtype, self.shape, self.config, config_path, self.path)
+        hidden = {sk for sk, _ in self.dequant.values()}
+        self._keys = {k: None for k in self._where if k not in hidden}
 
     def __contains__(self, key: str) -> bool:
-        return key in self._where
+        return key in self._keys
 
     def keys(self) -> list[str]:
-        return list(self._where)
+        return list(self._keys)
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self._where[key].shape(key)
@@ -190,12 +219,26 @@ class TensorStore:
     def source(self, key: str) -> str:
         return self._where[key].path
 
-    def get(self, key: str) -> torch.Tensor:
-        return self._where[key].get(key)
+    def get(self, key: str):
+        """float32 (float64 stays), dequantized, checked finite."""
+        return check_finite(upcast(self.raw(key)), self.source(key), key)
 
-    def raw(self, key: str) -> torch.Tensor:
-        """The tensor as stored (dtype kept, maybe memory-mapped: read it, never write to it)."""
-        return self._where[key].raw(key)
+    def raw(self, key: str, index=None):
+        """The tensor as stored (dtype kept, maybe memory-mapped: read it, never write to it), or
+        `raw[index]` read alone (one expert of a stack). FP8 block-scaled weights come dequantized."""
+        f = self._where[key]
+        t = f.raw(key) if index is None else f.raw_slice(key, index)
+        if key in self.dequant:
+            from .quant import dequantize
+
+            sk, block = self.dequant[key]
+            s = self._where[sk].raw(sk) if index is None or block is None else self._where[sk].raw_slice(sk, index)
+            t = dequantize(t, s, block)
+        return t
+
+    def private(self, key: str) -> bool:
+        """raw(key) is a fresh tensor (dequantized), not the stored one: it may be modified in place."""
+        return key in self.dequant
 
     def find(self, name: str) -> Optional[str]:
         """The key of module `name`'s weight, allowing one leading `model.`/`transformer.` mismatch."""
@@ -204,10 +247,10 @@ class TensorStore:
         if rest:
             cands.append(rest + ".weight")
         cands += [p + name + ".weight" for p in ("model.", "transformer.")]
-        return next((c for c in cands if c in self._where), None)
+        return next((c for c in cands if c in self._keys), None)
 
 
-_SHARD_RE = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+SHARD_RE = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 _ADAPTER_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -219,7 +262,7 @@ def model_files(d: Path) -> tuple[list[Path], Optional[Path]]:
             return _index_shards(index), index
         if (d / f"{stem}{suf}").is_file():
             return [d / f"{stem}{suf}"], None
-        shards = sorted(p for p in d.glob(f"{stem}-*-of-*{suf}") if _SHARD_RE.match(p.name))
+        shards = sorted(p for p in d.glob(f"{stem}-*-of-*{suf}") if SHARD_RE.match(p.name))
         if shards:
             return shards, None
     others = sorted(p for p in d.glob("*.safetensors") if p.name not in _ADAPTER_NAMES)
@@ -231,7 +274,9 @@ def _index_shards(index: Path) -> list[Path]:
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
         names = list(dict.fromkeys(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError("weight_map values must be shard file names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CorruptFileError(f"{index}: not a readable checkpoint index ({_reason(e)}); expected "
                                '{"weight_map": {tensor: shard file}}') from None
     shards = [index.parent / n for n in names]
@@ -250,20 +295,11 @@ def open_model(path) -> TensorStore:
         if not files:
             raise FormatError(f"{p}: no model weights found (expected model.safetensors, sharded "
                               "model-0000X-of-0000N.safetensors + index json, or pytorch_model.bin)")
-        return TensorStore((open_file(f) for f in files), p)
+        return TensorStore((open_file(f) for f in files), p, *model_config(p))
     if not p.exists():
         raise FormatError(f"{p}: no such file or directory")
-    return TensorStore([open_file(p)], p)
+    return TensorStore([open_file(p)], p, *model_config(p))
 
 
-def read_json(path: Path, what: str = "config") -> dict:
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{path}: not a readable JSON {what} ({_reason(e)})") from None
-    if not isinstance(cfg, dict):
-        raise FormatError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
-    return cfg
 
 

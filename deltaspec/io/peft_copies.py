@@ -1,0 +1,70 @@
+"""PEFT `modules_to_save` copies and saved embeddings: ΔW = saved − W0 (needs the base).
+
+- a resized vocabulary (`save_embedding_layers`, added tokens): ΔW over the rows both have; the added
+  rows are counted in the layer's meta with their norms, and a warning says so;
+- a module the base does not have, or whose shape changed outside the numbered blocks (a new
+  `score` / classifier head): skipped with a warning naming it — the rest is analysed.
+"""
+from __future__ import annotations
+
+from ..errors import ShapeMismatchError
+from ..updates import Dense, LayerUpdate, layer_index
+from .names import is_embedding
+
+
+def copy_layer(mod: str, key: str, ctx):
+    f = ctx.f
+    shape = tuple(f.shape(key))
+    if len(shape) != 2:
+        ctx.skipped.add("modules_to_save copies that are not 2-D weights", mod)
+        return None
+    if ctx.base_path is None:
+        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass --base to analyse its "
+                            "update, skipped")
+        return None
+    base = ctx.base
+    bkey = base.find(mod)
+    if bkey is None:
+        ctx.skipped.add("full copies (modules_to_save) of modules the base does not have (a new head)", mod)
+        return None
+    bshape = tuple(base.shape(bkey))
+    rows = None
+    if bshape != shape:
+        if is_embedding(mod) and shape[1] == bshape[1]:
+            rows = (bshape[0], shape[0])
+        elif layer_index(mod) is None:
+            ctx.skipped.add("full copies (modules_to_save) whose shape differs from the base's (a new or resized "
+                            "head)", f"{mod} {list(shape)} vs {list(bshape)}")
+            return None
+        else:
+            raise ShapeMismatchError(f"'{mod}': {f.path} has a copy of shape {list(shape)} but "
+                                     f"{base.source(bkey)} has '{bkey}' {list(bshape)}")
+    meta = {"variant": "modules_to_save"}
+    n = shape[0] if rows is None else min(rows)
+    if rows is not None:
+        meta.update(_resized(mod, key, rows, ctx))
+
+    def load() -> Dense:
+        return Dense(f.get(key)[:n] - base.get(bkey)[:n])
+
+    return LayerUpdate(mod, (n, shape[1]), "dense", min(n, shape[1]), load, f.path, f.dtype(key), meta)
+
+
+def _resized(mod, key, rows, ctx) -> dict:
+    n_base, n_ft = rows
+    meta = {"vocab_rows": f"{n_base}->{n_ft}"}
+    if n_ft > n_base:
+        norms = ctx.f.get(key)[n_base:].double().norm(dim=1)
+        meta.update(added_rows=n_ft - n_base, added_row_norm_mean=float(norms.mean()),
+                    added_row_norm_max=float(norms.max()))
+        ctx.warnings.append(f"{ctx.f.path}: '{mod}' has {n_ft - n_base} added row(s) (vocabulary {n_base} → {n_ft}; "
+                            f"row norms mean {norms.mean():.4g}, max {norms.max():.4g}): ΔW covers the {n_base} "
+                            "shared rows, the added ones are in the layer's meta (added_rows, added_row_norm_mean/max)")
+    else:
+        meta["removed_rows"] = n_base - n_ft
+        ctx.warnings.append(f"{ctx.f.path}: '{mod}' has {n_base - n_ft} row(s) fewer than the base (vocabulary "
+                            f"{n_base} → {n_ft}): ΔW covers the {n_ft} shared rows")
+    return meta
+
+
+
