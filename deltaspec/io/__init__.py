@@ -35,6 +35,8 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     from .kohya import read_kohya
     from .multilora import read_mtl_multilora, read_multilora
     from .peft import read_peft
+    from .peft_tuners import TUNERS, read_peft_tuner
+    from .tensors import read_json
 
     if format in (None, "auto"):
         fmt, p = resolve(path)
@@ -52,7 +54,11 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         u = read_full(p, base, include_embeddings)
     elif fmt == "peft":
         _need_config(p)
-        u = read_peft(p, base, include_embeddings)
+        cfg = read_json(p / "adapter_config.json", "adapter config (adapter_config.json)")
+        if str(cfg.get("peft_type") or "LORA").upper() in TUNERS:
+            u = read_peft_tuner(p, cfg, base, include_embeddings)
+        else:
+            u = read_peft(p, base, include_embeddings)
     elif fmt == "multilora":
         _need_config(p)
         u = read_multilora(p, base, include_embeddings)
