@@ -18,11 +18,12 @@ from .results import AnalysisResult, LayerResult  # noqa: E402
 from .updates import Dense, LayerUpdate, LowRank, SumOfLowRank, Updates  # noqa: E402
 
 
-def load(path, base=None, format="auto", lora_alpha=None, include_embeddings=False) -> Updates:
+def load(path, base=None, format="auto", lora_alpha=None, include_embeddings=False, initial=None) -> Updates:
     """Read a checkpoint's per-layer updates lazily; see `deltaspec.io.load`."""
     from .io import load as _load
 
-    return _load(path, base=base, format=format, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    return _load(path, base=base, format=format, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+                 initial=initial)
 
 
 def detect(path) -> str:

@@ -5,9 +5,10 @@
     updates = load("ft/", base="base/")       # Updates: LayerUpdate per layer, in model order
     updates[0].load().materialize()           # ΔW of the first layer, float32
 
-Formats (DESIGN §2): "full" (ft − base), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA, embeddings, Conv2d,
-modules_to_save), "multilora" (deltaspec's layout), "mtl-multilora" (MTL-LoRA repo's .pt; needs
-lora_alpha), "kohya" (Stable Diffusion lora_down/lora_up files). Layer names are the base model's
+Formats (DESIGN §2, docs/FORMATS.md): "full" (ft − base), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA,
+embeddings, Conv2d, modules_to_save; LoHa, LoKr, VeRA, IA3, OFT, BOFT), "multilora" (deltaspec's
+layout), "mtl-multilora" (MTL-LoRA repo's .pt; needs lora_alpha), "kohya" (Stable Diffusion
+lora_down/lora_up files), "lycoris" (LyCORIS algorithms), "diffusers" (diffusers LoRA files). Layer names are the base model's
 module names; shapes are in the orientation of the base model's stored weight. Loaders read only
 their own tensors (memory-mapped), upcast to float32 before any arithmetic, and raise
 NonFiniteError on NaN/Inf. Nothing is ever written next to the inputs.
@@ -18,18 +19,21 @@ from pathlib import Path
 
 from ..errors import FormatError
 from ..updates import Updates
-from .detect import FORMATS, detect, resolve
+from .detect import DIFFUSERS_FILES, FORMATS, detect, resolve
 
 __all__ = ["load", "detect", "FORMATS"]
 
 
-def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddings: bool = False) -> Updates:
+def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddings: bool = False,
+         initial=None) -> Updates:
     """The per-layer updates of the checkpoint at `path`.
 
     base: the base model (dir or file); needed for "full", DoRA and modules_to_save.
     format: "auto" (see `detect`) or one of FORMATS.
     lora_alpha: α for formats that do not store it ("mtl-multilora"); ignored, with a warning, otherwise.
     include_embeddings: also return embedding / lm_head updates (skipped by default).
+    initial: the adapter saved before training, for PiSSA/OLoRA-style adapters saved without
+    conversion: ΔW = s(BA − B0A0), exact relative to the original base (see io/initial.py).
     """
     from .full import read_full
     from .kohya import read_kohya
@@ -50,33 +54,67 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         raise FormatError(f"unknown checkpoint format {format!r}: expected one of auto, {', '.join(FORMATS)}")
     if base is not None and not Path(base).exists():
         raise FormatError(f"{base}: no such file or directory (the --base model)")
+    if initial is not None and fmt != "peft":
+        raise FormatError(f"{path}: --initial applies to PEFT LoRA adapters (PiSSA/OLoRA-style inits), "
+                          f"not to {fmt} checkpoints")
     if fmt == "full":
         u = read_full(p, base, include_embeddings)
     elif fmt == "peft":
         _need_config(p)
         cfg = read_json(p / "adapter_config.json", "adapter config (adapter_config.json)")
         if str(cfg.get("peft_type") or "LORA").upper() in TUNERS:
+            if initial is not None:
+                raise FormatError(f"{path}: --initial applies to LoRA adapters, not peft_type {cfg.get('peft_type')}")
             u = read_peft_tuner(p, cfg, base, include_embeddings)
         else:
             u = read_peft(p, base, include_embeddings)
+            if initial is not None:
+                u = _with_initial(u, initial, cfg, include_embeddings)
     elif fmt == "multilora":
         _need_config(p)
         u = read_multilora(p, base, include_embeddings)
     elif fmt == "mtl-multilora":
         u = read_mtl_multilora(p, base, include_embeddings, lora_alpha)
-    else:
-        if p.is_dir():
-            from .tensors import model_files
+    elif fmt == "lycoris":
+        from .lycoris import read_lycoris
 
-            files, _ = model_files(p)
-            if len(files) != 1:
-                raise FormatError(f"{p}: expected one kohya LoRA .safetensors file, found {len(files)}")
-            p = files[0]
-        u = read_kohya(p, base, include_embeddings)
+        u = read_lycoris(_single_file(p, "LyCORIS"), base, include_embeddings)
+    elif fmt == "diffusers":
+        from .diffusers import read_diffusers
+
+        u = read_diffusers(_single_file(p, "diffusers LoRA", DIFFUSERS_FILES), base, include_embeddings)
+    else:
+        u = read_kohya(_single_file(p, "kohya LoRA"), base, include_embeddings)
     u.path = str(path)
     if lora_alpha is not None and fmt != "mtl-multilora":
         u.warnings.append(f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale")
     return u
+
+
+def _single_file(p: Path, what: str, preferred=()) -> Path:
+    """The one weights file a single-file format reads from a directory (preferred names first)."""
+    if not p.is_dir():
+        return p
+    for n in preferred:
+        if (p / n).is_file():
+            return p / n
+    from .tensors import model_files
+
+    files, _ = model_files(p)
+    if len(files) != 1:
+        raise FormatError(f"{p}: expected one {what} .safetensors file, found {len(files)}")
+    return files[0]
+
+
+def _with_initial(u: Updates, initial, cfg: dict, include_embeddings: bool) -> Updates:
+    from .initial import with_initial
+    from .peft import read_peft
+
+    fmt, d = resolve(initial)
+    if fmt != "peft":
+        raise FormatError(f"{initial}: --initial must be a PEFT LoRA adapter directory (the adapter saved before "
+                          f"training), found a {fmt} checkpoint")
+    return with_initial(u, read_peft(d, None, include_embeddings), initial, cfg)
 
 
 def _need_config(d: Path) -> None:

@@ -112,6 +112,9 @@ def _scale(ctx, name, parts, r):
 def _layer(name: str, parts: dict, ctx: _Ctx):
     """The LayerUpdate of one module, or None when it holds no matrix update (noted in ctx)."""
     f = ctx.f
+    found = sorted({fam for fam, ps in _FAMILIES.items() if any(p in parts for p in ps)})
+    if len(found) > 1:
+        raise FormatError(f"{f.path}: '{name}': tensors of several algorithms ({', '.join(found)}) in one module")
     if "diff_b" in parts:
         ctx.bias.append(parts["diff_b"])
     if "w_norm" in parts or "b_norm" in parts:
@@ -152,6 +155,10 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
         return _dora(name, parts, ctx, build, shape2, stored, meta)
     rank = min(rank or min(shape2), *shape2)
     return LayerUpdate(name, shape2, kind, rank, build, f.path, _dtype(f, parts), meta)
+
+
+_FAMILIES = {"LoRA/LoCon": ("lora_down", "lora_up", "lora_mid"), "LoHa": LOHA_PARTS, "LoKr": LOKR_PARTS,
+             "full": ("diff",), "OFT": ("oft_blocks",), "IA3": ("on_input",), "GLoRA": ("a1", "a2", "b1", "b2")}
 
 
 def _dtype(f, parts) -> str:
