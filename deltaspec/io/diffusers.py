@@ -67,7 +67,9 @@ def read_diffusers(path, base=None, include_embeddings: bool = False) -> Updates
     alphas, other = {}, []
     for key in f.keys():
         comp, rest = split_component(key)
-        if rest.endswith(".alpha"):
+        if rest.endswith(".bias"):  # lora_bias: not analysed
+            other.append(key)
+        elif rest.endswith(".alpha"):
             alphas[(comp, rest[: -len(".alpha")])] = key
         elif (m := _PEFT_RE.match(rest)) is not None:
             modules.setdefault((comp, m["mod"]), {})[m["part"]] = key
