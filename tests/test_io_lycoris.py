@@ -216,6 +216,8 @@ def test_hostile_inputs(tmp_path):
         ({"m.lora_up.weight": r(8, 2), "m.lora_down.weight": r(2, 6), "m.dora_scale": r(8, 1)}, MissingBaseError, "'m': DoRA (dora_scale) depends on the base"),
         ({"m.weight": r(8), "m.on_input": torch.tensor(0)}, MissingBaseError, "'m': IA3 depends on the base"),
         ({"m.oft_blocks": r(2, 3, 4)}, ShapeMismatchError, "expected (blocks, b, b)"),
+        ({"m.q_layer.weight": r(2, 6), "m.p_layer.weight": r(8, 2), "m.lambda_layer": r(1, 2)}, FormatError,
+         "T-LoRA (q_layer/p_layer/lambda_layer) is not supported"),
     ]
     for i, (tensors, err, msg) in enumerate(cases):
         p = write(tmp_path / f"h{i}.safetensors", tensors)

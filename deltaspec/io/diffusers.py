@@ -96,7 +96,8 @@ def read_diffusers(path, base=None, include_embeddings: bool = False) -> Updates
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
                         "pass --include-embeddings to analyse them")
     if not layers:
-        raise FormatError(f"{path}: no LoRA tensors (lora_A/lora_B or lora.down/lora.up) found")
+        raise FormatError(f"{path}: no diffusers LoRA tensors (lora_A/lora_B or lora.down/lora.up) found"
+                          + (f"; it holds {summarize(other, 3)}" if other else ""))
     return Updates(sorted_layers(kept), str(path), "diffusers", str(base) if base is not None else None, warnings)
 
 

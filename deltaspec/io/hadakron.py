@@ -77,7 +77,8 @@ def tucker_factors(t, wa, wb):
 
 
 def lokr_layout(name: str, parts: dict, f) -> dict:
-    """Check shapes; {shape, stored, w1 (a, c), w2 (b, d·k), r (inner rank of a decomposed factor or None)}."""
+    """Check shapes; {shape, stored, w1 (a, c), w2 (b, d·k), r (inner rank of a decomposed factor or None),
+    full (neither factor decomposed), rank (bound on rank ΔW)}."""
     s = {p: tuple(f.shape(parts[p])) for p in LOKR_PARTS if p in parts}
     if "lokr_w1" in s:
         w1, r1 = s["lokr_w1"], None
@@ -112,8 +113,9 @@ def lokr_layout(name: str, parts: dict, f) -> dict:
                    f"lokr_w2_a (r, b) + lokr_w2_b (r, d); found {_fmt(s)}")
     shape = (w1[0] * w2[0], w1[1] * w2[1])
     stored = (shape[0], w1[1] * d, *kernel) if kernel and d else None
+    rank = min(r1 or min(w1), *w1) * min(r2 or min(w2), *w2)  # rank(W1 ⊗ W2) = rank W1 · rank W2
     return {"shape": shape, "stored": stored, "w1": w1, "w2": w2, "r": r1 if r1 is not None else r2,
-            "full": r1 is None and r2 is None}
+            "full": r1 is None and r2 is None, "rank": rank}
 
 
 def lokr_form(parts: dict, f, scale: float) -> Kronecker:

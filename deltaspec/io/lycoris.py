@@ -16,7 +16,7 @@ with α = `<name>.alpha` (missing or 0: scale 1) and r the rank of the factors (
   BOFT          oft_blocks (m, k, b, b), as above with m butterfly stages (merge_math.lycoris_butterfly)
   GLoRA         a1 (in, r), a2 (r, in), b1 (out, r), b2 (r, in)     ΔW = (α/r) · (W0 a1 a2 + b1 b2)
 IA3, OFT, BOFT, GLoRA and DoRA depend on W0: dense, need --base (a diffusers folder, see basemap.py).
-`w_norm`/`b_norm` (norm-layer vectors) and biases are listed in a warning, not analysed.
+`w_norm`/`b_norm` (norm-layer vectors) and biases are listed in a warning, not analysed; T-LoRA is an error.
 """
 from __future__ import annotations
 
@@ -32,15 +32,26 @@ from .names import sorted_layers, summarize
 from .tensors import open_file
 
 KNOWN = {"lora_down", "lora_up", "lora_mid", "alpha", "dora_scale", "diff", "diff_b", "weight", "on_input", "oft_blocks",
-         "rescale", "w_norm", "b_norm", "a1", "a2", "b1", "b2", "bm", *LOHA_PARTS, *LOKR_PARTS}
-LYCORIS_ONLY = {"lora_mid", "dora_scale", "diff", "on_input", "oft_blocks", "w_norm", "a1", *LOHA_PARTS, *LOKR_PARTS}
+         "rescale", "w_norm", "b_norm", "a1", "a2", "b1", "b2", "bm", "q_layer", "p_layer", "lambda_layer", *LOHA_PARTS,
+         *LOKR_PARTS}
+LYCORIS_ONLY = {"lora_mid", "dora_scale", "diff", "on_input", "oft_blocks", "w_norm", "a1", "lambda_layer", *LOHA_PARTS,
+                *LOKR_PARTS}
 _EMBED_RE = re.compile(r"(token_embedding|position_embedding|embed_tokens|wte|wpe)$")
 
 
+_PART_RE = re.compile(r"^(?P<name>.+?)\.(?P<part>" + "|".join(sorted(KNOWN - {"weight"}, key=len, reverse=True))
+                      + r")(?:\.weight)?$")
+
+
 def split_key(key: str) -> tuple[str, str]:
-    """`<name>.<part>[.weight]` → (name, part); the module name holds no dots (kohya style)."""
-    name, _, part = key.partition(".")
-    return name, (part[: -len(".weight")] if part.endswith(".weight") and part != "weight" else part)
+    """`<name>.<part>[.weight]` → (name, part); `<name>.weight` → (name, "weight") (IA3's vector).
+    Names are usually kohya-style (no dots), but dotted names are accepted too."""
+    m = _PART_RE.match(key)
+    if m:
+        return m["name"], m["part"]
+    if key.endswith(".weight"):
+        return key[: -len(".weight")], "weight"
+    return key, ""
 
 
 def is_lycoris(keys) -> bool:
@@ -120,6 +131,9 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
     if "w_norm" in parts or "b_norm" in parts:
         ctx.norms.append(name)
         return None
+    if "lambda_layer" in parts:
+        raise FormatError(f"{f.path}: '{name}': T-LoRA (q_layer/p_layer/lambda_layer) is not supported: its update "
+                          "depends on the diffusion timestep (a rank mask), so there is no single ΔW")
     if "oft_blocks" in parts:
         return _oft(name, parts, ctx)
     if "on_input" in parts and "weight" in parts:
@@ -144,7 +158,7 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
         alpha, scale = (0.0, 1.0) if lay["full"] else _scale(ctx, name, parts, lay["r"])
         build = lambda: lokr_form(parts, f, scale)  # noqa: E731
         (a, c), (b, d) = lay["w1"], lay["w2"]
-        shape2, stored, kind, rank = lay["shape"], lay["stored"], "kronecker", min(a, c) * min(b, d)
+        shape2, stored, kind, rank = lay["shape"], lay["stored"], "kronecker", lay["rank"]
         meta = {"variant": "lokr", "r": lay["r"], "alpha": alpha or None, "scale": scale, "kron": f"{a}x{c}*{b}x{d}"}
     elif "lora_down" in parts or "lora_up" in parts:
         build, shape2, stored, rank, meta = _locon(name, parts, ctx)

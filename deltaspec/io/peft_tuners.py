@@ -126,7 +126,7 @@ def _lokr(mod, parts, ctx) -> LayerUpdate:
         raise FormatError(f"{ctx.cfg_path}: r: must be positive for '{mod}', found {r:g}")
     scale = alpha / r
     (a, c), (b, dd) = lay["w1"], lay["w2"]
-    return _layer(mod, lay["shape"], "kronecker", min(a, c) * min(b, dd), lambda: lokr_form(parts, ctx.f, scale), ctx,
+    return _layer(mod, lay["shape"], "kronecker", lay["rank"], lambda: lokr_form(parts, ctx.f, scale), ctx,
                   parts, _meta(ctx, "lokr", r=int(r), alpha=alpha, scale=scale, kron=f"{a}x{c}*{b}x{dd}"))
 
 
