@@ -233,3 +233,17 @@ def test_hostile_files(tmp_path):
     save_file({A: r(2, 6), B: r(8, 2), "unet.mid_block.attentions.0.proj_in.lora_B.bias": r(8), "junk.alpha": r(1)}, p)
     u = load(p)
     assert len(u) == 1 and "2 tensor(s) not analysed" in u.warnings[0] and "lora_B.bias" in u.warnings[0]
+
+
+def test_cli_info_names_and_type(tmp_path):
+    from click.testing import CliRunner
+
+    from deltaspec_cli.main import cli
+
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q"], init_lora_weights=False)
+    sd_lora(tmp_path, cfg, LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"], init_lora_weights=False))
+    res = CliRunner().invoke(cli, ["info", str(tmp_path), "--type", "diffusers", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    names = {r["name"] for r in json.loads(res.stdout)["layers"]}
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in names
+    assert any(n.startswith("text_encoder.") and n.endswith("self_attn.q_proj") for n in names)

@@ -269,3 +269,21 @@ def test_warnings_name_what_is_skipped(tmp_path):
     assert "1 embedding update(s) skipped (lora_te_text_model_embeddings_token_embedding)" in w
     assert len(load(p, include_embeddings=True)) == 2
     assert math.isclose(u[0].meta["scale"], 1.0)  # no alpha: scale 1
+
+
+def test_cli_reads_lycoris_exactly(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from deltaspec_cli.main import cli
+
+    path, _, want = build(tmp_path, "lokr", factor=4, dim=2)
+    for args in ([str(path)], [str(path.parent), "--type", "lycoris"]):
+        res = CliRunner().invoke(cli, ["analyze", *args, "--format", "json", "-q", "--dtype", "float64"])
+        assert res.exit_code == 0, res.output
+        for row in json.loads(res.stdout)["layers"]:
+            ref = np.linalg.svd(want[row["name"]].numpy(), compute_uv=False)
+            assert row["kind"] == "kronecker" and abs(row["metrics"]["spectral_norm"] - ref[0]) <= 1e-6 * ref[0]
+    res = CliRunner().invoke(cli, ["analyze", str(path), "--type", "kohya"])
+    assert res.exit_code == 2 and "--type lycoris" in res.output and "Traceback" not in res.output
