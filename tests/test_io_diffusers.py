@@ -199,7 +199,6 @@ def test_dora_needs_the_base_folder(tmp_path):
     unet2 = tiny_unet()
     base_state = {k: v.clone() for k, v in unet2.state_dict().items()}
     unet2.add_adapter(cfg)
-    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft  # noqa: F401
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(unet2, {k.removeprefix("unet."): v for k, v in sd.items() if k.startswith("unet.")})

@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError
-from .diffusers import is_diffusers
-from .lycoris import is_lycoris
+from .sdkeys import is_diffusers, is_lycoris
 from .tensors import SafetensorsFile, TorchFile, model_files, read_json
 
 FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")

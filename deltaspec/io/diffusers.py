@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 from ..errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, LowRank, Updates
@@ -27,25 +26,14 @@ from . import merge_math
 from .basemap import BaseLookup
 from .names import is_embedding, sorted_layers, summarize
 from .peft import pattern_value
+from .sdkeys import COMP_RE, METADATA_KEY, OLD_RE, PEFT_RE
 from .tensors import open_file
 
-COMPONENT = r"(?:unet|text_encoder(?:_\d)?|transformer(?:_\d)?|prior|decoder|controlnet)"
-_COMP_RE = re.compile(rf"^({COMPONENT})\.")
-_PEFT_RE = re.compile(r"^(?P<mod>.+?)\.(?P<part>lora_embedding_A|lora_embedding_B|lora_magnitude_vector|lora_A|lora_B)"
-                      r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
-_OLD_RE = re.compile(r"^(?P<stem>.+?)(?P<sep>_lora|\.lora_linear_layer|\.lora)\.(?P<part>down|up)\.weight$")
 _TE_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
-METADATA_KEY = "lora_adapter_metadata"
-
-
-def is_diffusers(keys, metadata: dict) -> bool:
-    """A diffusers LoRA file: component-prefixed PEFT keys, the old processor keys, or diffusers' metadata."""
-    return any(_OLD_RE.match(k) or (_COMP_RE.match(k) and _PEFT_RE.match(k)) for k in keys) or (
-        METADATA_KEY in metadata and any(_PEFT_RE.match(k) for k in keys))
 
 
 def split_component(key: str) -> tuple[str | None, str]:
-    m = _COMP_RE.match(key)
+    m = COMP_RE.match(key)
     return (m.group(1), key[m.end():]) if m else (None, key)
 
 
@@ -71,9 +59,9 @@ def read_diffusers(path, base=None, include_embeddings: bool = False) -> Updates
             other.append(key)
         elif rest.endswith(".alpha"):
             alphas[(comp, rest[: -len(".alpha")])] = key
-        elif (m := _PEFT_RE.match(rest)) is not None:
+        elif (m := PEFT_RE.match(rest)) is not None:
             modules.setdefault((comp, m["mod"]), {})[m["part"]] = key
-        elif (m := _OLD_RE.match(rest)) is not None:
+        elif (m := OLD_RE.match(rest)) is not None:
             comp = comp or "unet"
             parts = modules.setdefault((comp, old_module(comp, m["stem"], m["sep"])), {})
             parts["lora_A" if m["part"] == "down" else "lora_B"] = key

@@ -16,9 +16,8 @@ import math
 
 from ..errors import FormatError, ShapeMismatchError
 from ..updates import Dense, Kronecker, LowRank, hadamard_lowrank
+from .sdkeys import LOHA_PARTS, LOKR_PARTS
 
-LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
-LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 
 
 def _bad(f, name, msg):

@@ -13,8 +13,6 @@ form, so rsLoRA scales and fan_in_fan_out orientation carry over).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import FormatError
 from ..updates import LayerUpdate, LowRank, Updates
 from .names import summarize

@@ -27,35 +27,12 @@ from ..errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatc
 from ..updates import Dense, LayerUpdate, LowRank, Updates
 from . import merge_math
 from .basemap import BaseLookup
-from .hadakron import LOHA_PARTS, LOKR_PARTS, loha_form, loha_layout, lokr_form, lokr_layout, tucker_factors
+from .hadakron import loha_form, loha_layout, lokr_form, lokr_layout, tucker_factors
 from .names import sorted_layers, summarize
+from .sdkeys import KNOWN, LOHA_PARTS, LOKR_PARTS, split_key
 from .tensors import open_file
 
-KNOWN = {"lora_down", "lora_up", "lora_mid", "alpha", "dora_scale", "diff", "diff_b", "weight", "on_input", "oft_blocks",
-         "rescale", "w_norm", "b_norm", "a1", "a2", "b1", "b2", "bm", "q_layer", "p_layer", "lambda_layer", *LOHA_PARTS,
-         *LOKR_PARTS}
-LYCORIS_ONLY = {"lora_mid", "dora_scale", "diff", "on_input", "oft_blocks", "w_norm", "a1", "lambda_layer", *LOHA_PARTS,
-                *LOKR_PARTS}
 _EMBED_RE = re.compile(r"(token_embedding|position_embedding|embed_tokens|wte|wpe)$")
-
-
-_PART_RE = re.compile(r"^(?P<name>.+?)\.(?P<part>" + "|".join(sorted(KNOWN - {"weight"}, key=len, reverse=True))
-                      + r")(?:\.weight)?$")
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """`<name>.<part>[.weight]` → (name, part); `<name>.weight` → (name, "weight") (IA3's vector).
-    Names are usually kohya-style (no dots), but dotted names are accepted too."""
-    m = _PART_RE.match(key)
-    if m:
-        return m["name"], m["part"]
-    if key.endswith(".weight"):
-        return key[: -len(".weight")], "weight"
-    return key, ""
-
-
-def is_lycoris(keys) -> bool:
-    return any(split_key(k)[1] in LYCORIS_ONLY for k in keys)
 
 
 def read_lycoris(path, base=None, include_embeddings: bool = False) -> Updates:
@@ -64,7 +41,15 @@ def read_lycoris(path, base=None, include_embeddings: bool = False) -> Updates:
     other = []
     for key in f.keys():
         name, part = split_key(key)
-        (modules.setdefault(name, {}).__setitem__(part, key) if part in KNOWN and name else other.append(key))
+        if part in KNOWN and name:
+            modules.setdefault(name, {})[part] = key
+        else:
+            other.append(key)
+    for name, parts in list(modules.items()):  # `<name>.weight` is IA3's vector only next to `on_input`
+        if "weight" in parts and "on_input" not in parts:
+            other.append(parts.pop("weight"))
+        if not parts.keys() - {"alpha", "on_input", "rescale", "dora_scale"}:  # no update tensors
+            other += modules.pop(name).values()
     ctx = _Ctx(f, base, f.metadata.get("ss_network_module") == "networks.oft")
     layers, skipped = [], []
     for name, parts in modules.items():

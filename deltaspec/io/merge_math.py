@@ -12,6 +12,11 @@ All inputs are float64 (the readers upcast), W0 in the layer's stored shape (out
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported inside the functions: importing deltaspec.io stays torch-free
+    import torch
+
 
 def dora(W0: torch.Tensor, dW: torch.Tensor, m: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """ΔW = m·V/(‖V‖ + eps) − W0, V = W0 + dW. The norm runs over every axis but the one m spans:
