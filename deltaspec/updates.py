@@ -188,8 +188,9 @@ def module_type(name: str) -> str:
 class LayerUpdate:
     """One layer's update, named like the base model's module, loaded only when asked for.
 
-    `kind` is "dense" or "lowrank" (factored: LoRA, MultiLoRA, …). `rank_bound` is min(shape)
-    for dense updates and the factored rank (capped by the shape) otherwise. `source` is the file
+    `kind` is "dense", "lowrank" (factored: LoRA, MultiLoRA, LoHa, VeRA, …) or "kronecker" (LoKr).
+    `rank_bound` is min(shape) for dense updates and the factored rank, or rank W1 · rank W2 for
+    Kronecker updates, capped by the shape, otherwise. `source` is the file
     the tensors come from (for error messages). `meta` holds reader facts worth reporting
     (adapter variant, scale, heads, original dtype).
     """
