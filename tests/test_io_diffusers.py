@@ -246,3 +246,24 @@ def test_cli_info_names_and_type(tmp_path):
     names = {r["name"] for r in json.loads(res.stdout)["layers"]}
     assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in names
     assert any(n.startswith("text_encoder.") and n.endswith("self_attn.q_proj") for n in names)
+
+
+def test_sdxl_second_text_encoder(tmp_path):
+    """SDXL files carry `text_encoder_2.` keys and metadata; both text encoders stay apart."""
+    from safetensors import safe_open
+
+    te_cfg = LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj"], init_lora_weights=False)
+    path, want, _ = sd_lora(tmp_path, LoraConfig(r=4, lora_alpha=8, target_modules=["to_q"], init_lora_weights=False), te_cfg)
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    sd = load_file(path)
+    sd.update({k.replace("text_encoder.", "text_encoder_2.", 1): v.clone() for k, v in sd.items() if k.startswith("text_encoder.")})
+    meta.update({k.replace("text_encoder.", "text_encoder_2.", 1): v for k, v in meta.items() if k.startswith("text_encoder.")})
+    meta["text_encoder_2.lora_alpha"] = 4  # a different α for the second encoder
+    save_file(sd, tmp_path / "xl.safetensors", metadata={"lora_adapter_metadata": json.dumps(meta)})
+    u = {x.name: x for x in load(tmp_path / "xl.safetensors")}
+    for name, w in want.items():
+        if name.startswith("text_encoder."):
+            two = u[name.replace("text_encoder.", "text_encoder_2.", 1)]
+            assert u[name].meta["scale"] == 3.0 and two.meta["scale"] == 2.0
+            close(two.load().materialize(), w * 2 / 3)
