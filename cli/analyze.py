@@ -4,13 +4,14 @@ from __future__ import annotations
 import click
 
 from .common import parse_layers, parse_list, user_errors
-from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
+from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
 from .output import check_not_input, emit, output_format
 
 
 @click.command()
 @click.argument("ckpt", type=click.Path())
 @reader_options
+@initial_option
 @selection_options
 @compute_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
@@ -31,7 +32,7 @@ def analyze(ckpt, fmt, out, **opts):
     from deltaspec import distributed
 
     fmt = output_format(fmt, out)
-    check_not_input(out, [ckpt, opts["base"]])
+    check_not_input(out, [ckpt, opts["base"], opts["initial"]])
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
         result = _analyze(ckpt, **opts)
@@ -42,12 +43,13 @@ def analyze(ckpt, fmt, out, **opts):
 
 
 def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-             svd_top_k, quiet):
+             svd_top_k, quiet, initial=None):
     import deltaspec as ds
     from deltaspec.spectra import pick_device
 
     pick_device(device)  # a bad --device fails before any reading
-    updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+                      initial=initial)
     result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
                         progress=False if quiet else None, svd_top_k=svd_top_k)

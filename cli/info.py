@@ -6,15 +6,16 @@ import json
 import click
 
 from .common import user_errors
-from .options import reader_options
+from .options import initial_option, reader_options
 
 
 @click.command()
 @click.argument("ckpt", type=click.Path())
 @reader_options
+@initial_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @user_errors
-def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, fmt):
+def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
     """Detected format, layers, shapes, ranks and dtypes of CKPT (reads headers only).
 
     Needs no --base: a full fine-tune or DoRA adapter lists its layers from the headers (analyze needs
@@ -24,7 +25,7 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, fmt):
     from deltaspec.results import text_grid
 
     u = load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
-             require_base=False)
+             initial=initial, require_base=False)
     rows = [{"name": x.name, "shape": list(x.shape), "kind": x.kind, "rank": x.rank_bound, "dtype": x.dtype,
              **{k: v for k, v in x.meta.items() if isinstance(v, (str, int, float, bool))}} for x in u]
     if fmt == "json":

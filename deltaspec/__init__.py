@@ -58,11 +58,12 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-def load(path, base=None, format="auto", lora_alpha=None, include_embeddings=False):
+def load(path, base=None, format="auto", lora_alpha=None, include_embeddings=False, initial=None):
     """Read a checkpoint's per-layer updates lazily (an `Updates`); see `deltaspec.io.load`."""
     from .io import load as _load
 
-    return _load(path, base=base, format=format, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    return _load(path, base=base, format=format, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+                 initial=initial)
 
 
 def detect(path) -> str:

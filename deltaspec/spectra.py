@@ -4,6 +4,8 @@ Two paths (DESIGN §1):
 - factored updates ΔW = L @ R (LoRA, MultiLoRA, …) use the exact factored SVD: thin QR of L and Rᵀ,
   SVD of the small core R_L R_Rᵀ. A rank-16 update of a 4096×4096 layer costs a 16×16 SVD. The
   result holds min(R, d_out, d_in) values; all other singular values of ΔW are exactly zero.
+- Kronecker updates ΔW = s·(W1 ⊗ W2) (LoKr) take the spectra of the two small factors:
+  σ = all products |s|·σ_i(W1)·σ_j(W2), vectors u_i ⊗ u'_j and v_i ⊗ v'_j; ΔW is never formed.
 - dense updates (full fine-tuning) are grouped by shape and solved as one batch per chunk, chunked
   so a batch stays under a memory budget: on CUDA by cuSOLVER (gesvda), on CPU by the float64 Gram
   eigensolver (`gram_svdvals`) for float32 values and by LAPACK for float64 values or vectors.
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import DeltaspecError
-from .updates import Dense, Update
+from .updates import Dense, Kronecker, Update
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -213,6 +215,21 @@ def _factored_one(update: Update, device, dtype, vectors) -> Spectrum:
     return Spectrum(_to_numpy(S), None if U is None else U.cpu(), None if V is None else V.cpu())
 
 
+def _kronecker_one(update: Kronecker, device, dtype, vectors) -> Spectrum:
+    """σ(s·W1⊗W2) = |s|·σ_i(W1)·σ_j(W2), sorted; U = U1⊗U2 and V = V1⊗V2 in the same order (the sign
+    of s goes into U). Exact: the SVD of a Kronecker product is the Kronecker product of the SVDs."""
+    s1 = spectrum(update.W1, device, dtype, vectors)
+    s2 = spectrum(update.W2, device, dtype, vectors)
+    prod = np.outer(s1.sigma, s2.sigma).ravel() * abs(float(update.scale))  # index i·m2 + j
+    order = np.argsort(-prod, kind="stable")
+    if not vectors:
+        return Spectrum(prod[order])
+    idx = torch.from_numpy(order)
+    U = torch.kron(s1.U.contiguous(), s2.U.contiguous())[:, idx] * (-1.0 if update.scale < 0 else 1.0)
+    V = torch.kron(s1.V.contiguous(), s2.V.contiguous())[:, idx]
+    return Spectrum(prod[order], U, V)
+
+
 def spectra_of(
     items: Iterable[tuple[object, Update]],
     device: str | torch.device = "auto",
@@ -224,7 +241,7 @@ def spectra_of(
 ) -> Iterator[tuple[object, Spectrum]]:
     """Yield (key, Spectrum) for every (key, update), in the order results become ready.
 
-    Factored updates are solved at once (their SVD is tiny). Dense ones are held per shape until a
+    Factored and Kronecker updates are solved at once (their SVDs are small). Dense ones are held per shape until a
     chunk reaches the memory budget, then solved as one batch; leftovers are flushed at the end.
     `on_done(key)` is called as each result is produced (for progress bars).
     `top_k`: dense updates get only their top-k singular values by randomized SVD (truncated mode,
@@ -242,6 +259,11 @@ def spectra_of(
             yield key, spec
 
     for key, update in items:
+        if isinstance(update, Kronecker):
+            spec = _kronecker_one(update, device, dtype, vectors)
+            del update
+            yield from emit([(key, spec)])
+            continue
         if not isinstance(update, Dense):
             spec = _factored_one(update, device, dtype, vectors)
             del update

@@ -1,4 +1,4 @@
-"""Weight updates as data: dense, low-rank and sum-of-low-rank forms (pure torch, no I/O).
+"""Weight updates as data: dense, low-rank, sum-of-low-rank and Kronecker forms (pure torch, no I/O).
 
 A reader turns a checkpoint into named `LayerUpdate`s; each one loads its update form lazily, so a
 whole model is never in memory. Every form knows its shape and rank bound and can `materialize()`
@@ -113,11 +113,65 @@ class SumOfLowRank:
         return L @ R
 
 
-Update = Union[Dense, LowRank, SumOfLowRank]
+def hadamard_lowrank(B1, A1, B2, A2, scale: float = 1.0) -> LowRank:
+    """LoHa: ΔW = scale · (B1 A1) ⊙ (B2 A2) as one exact factored product (DESIGN §7).
+
+    The face-splitting (row-wise Kronecker) identity (B1 A1) ⊙ (B2 A2) = L R with
+    L[i, a·r2 + b] = B1[i, a] · B2[i, b]   (d_out, r1·r2) and
+    R[a·r2 + b, j] = A1[a, j] · A2[b, j]   (r1·r2, d_in),
+    so rank ΔW ≤ r1·r2. B1 (d_out, r1), A1 (r1, d_in), B2 (d_out, r2), A2 (r2, d_in).
+    """
+    if B1.shape[0] != B2.shape[0] or A1.shape[1] != A2.shape[1] or B1.shape[1] != A1.shape[0] or B2.shape[1] != A2.shape[0]:
+        raise ValueError(f"hadamard_lowrank needs B_i (d_out, r_i), A_i (r_i, d_in); got {tuple(B1.shape)}, "
+                         f"{tuple(A1.shape)}, {tuple(B2.shape)}, {tuple(A2.shape)}")
+    L = (B1[:, :, None] * B2[:, None, :]).reshape(B1.shape[0], -1)  # (d_out, r1·r2)
+    R = (A1[:, None, :] * A2[None, :, :]).reshape(-1, A1.shape[1])  # (r1·r2, d_in)
+    return LowRank(L, R, scale)
+
+
+@dataclass
+class Kronecker:
+    """LoKr update: ΔW = scale · (W1 ⊗ W2), W1 (a, b), W2 (c, d) → ΔW (a·c, b·d).
+
+    W1 and W2 are update forms themselves (Dense, or LowRank when a factor was decomposed into two
+    small matrices); a tensor is taken as Dense. Its spectrum is exact without forming ΔW:
+    σ(W1 ⊗ W2) = {σ_i(W1) · σ_j(W2)}, with singular vectors u_i ⊗ u'_j and v_i ⊗ v'_j
+    (`spectra.py`). Not a factored form (no `factors()`): its rank can reach min(shape).
+    """
+
+    W1: object
+    W2: object
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.W1 = Dense(self.W1) if isinstance(self.W1, torch.Tensor) else self.W1
+        self.W2 = Dense(self.W2) if isinstance(self.W2, torch.Tensor) else self.W2
+        if len(self.W1.shape) != 2 or len(self.W2.shape) != 2:
+            raise ValueError("Kronecker needs two matrices")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        (a, b), (c, d) = self.W1.shape, self.W2.shape
+        return (a * c, b * d)
+
+    @property
+    def rank_bound(self) -> int:
+        return min(self.W1.rank_bound * self.W2.rank_bound, *self.shape)
+
+    def materialize(self) -> Tensor:
+        import torch
+
+        return self.scale * torch.kron(self.W1.materialize(), self.W2.materialize())
+
+
+Update = Union[Dense, LowRank, SumOfLowRank, Kronecker]
 
 
 def is_factored(update: Update) -> bool:
-    return not isinstance(update, Dense)
+    """A factored form has `factors()` = (L, R) with ΔW = L @ R (LowRank, SumOfLowRank)."""
+    return hasattr(update, "factors")
 
 
 _LAYER_RE = re.compile(r"\.(\d+)(?:\.|$)")
@@ -138,8 +192,9 @@ def module_type(name: str) -> str:
 class LayerUpdate:
     """One layer's update, named like the base model's module, loaded only when asked for.
 
-    `kind` is "dense" or "lowrank" (factored: LoRA, MultiLoRA, …). `rank_bound` is min(shape)
-    for dense updates and the factored rank (capped by the shape) otherwise. `source` is the file
+    `kind` is "dense", "lowrank" (factored: LoRA, MultiLoRA, LoHa, VeRA, …) or "kronecker" (LoKr).
+    `rank_bound` is min(shape) for dense updates and the factored rank, or rank W1 · rank W2 for
+    Kronecker updates, capped by the shape, otherwise. `source` is the file
     the tensors come from (for error messages). `meta` holds reader facts worth reporting
     (adapter variant, scale, heads, original dtype).
     """

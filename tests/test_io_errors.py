@@ -68,8 +68,8 @@ def test_bad_adapter_config(tmp_path):
     d = lora_dir(tmp_path / "a")
     (d / "adapter_config.json").write_text("{not json")
     raises(FormatError, d / "adapter_config.json", call=lambda: load(d))
-    lora_dir(tmp_path / "b", cfg={"peft_type": "VERA", "r": 4})
-    raises(FormatError, "adapter_config.json", "peft_type VERA is not supported yet", call=lambda: load(tmp_path / "b"))
+    lora_dir(tmp_path / "b", cfg={"peft_type": "FOURIERFT", "r": 4})
+    raises(FormatError, "adapter_config.json", "peft_type FOURIERFT is not supported yet", call=lambda: load(tmp_path / "b"))
 
 
 def truncate(path, keep=0.5):

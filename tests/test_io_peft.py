@@ -193,6 +193,6 @@ def test_warnings_and_unsupported(bases, tmp_path):
     make_peft_adapter("llama", LoraConfig(r=2, target_modules=["q_proj"]), tmp_path / "a")
     edit_config(tmp_path / "a", init_lora_weights="pissa_niter_4")
     assert any("PiSSA" in w for w in load(tmp_path / "a").warnings)
-    edit_config(tmp_path / "a", peft_type="LOHA")
-    with pytest.raises(FormatError, match="peft_type LOHA is not supported"):
+    edit_config(tmp_path / "a", peft_type="FOURIERFT")
+    with pytest.raises(FormatError, match="peft_type FOURIERFT is not supported"):
         load(tmp_path / "a")

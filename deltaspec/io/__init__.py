@@ -7,14 +7,15 @@
 
 Formats (DESIGN §2, docs/FORMATS.md): "full" (ft − base: matrices, conv kernels, MoE expert stacks,
 FP8 block-scaled weights dequantized), "peft" (LoRA, rsLoRA, DoRA, AdaLoRA, embeddings, Conv2d, MoE
-experts via target_parameters, modules_to_save), "multilora" (deltaspec's layout), "mtl-multilora"
-(MTL-LoRA repo's .pt; needs lora_alpha), "kohya" (Stable Diffusion lora_down/lora_up files). Paths
-may be Hub ids or Hub cache folders (`detect.locate`). Layer names are the base model's module names
-(MoE experts: `….experts.3.gate_proj`); shapes are in the orientation of the base model's stored
-weight ((out, in) for experts). Loaders read only their own tensors (memory-mapped), upcast to
-float32 before any arithmetic, and raise NonFiniteError on NaN/Inf. Whatever a reader skips is
-counted and named in `Updates.warnings`; config values are validated (`validate`). Nothing here
-imports torch until a tensor is read, and nothing is ever written next to the inputs.
+experts via target_parameters, modules_to_save; LoHa, LoKr, VeRA, IA3, OFT, BOFT), "multilora"
+(deltaspec's layout), "mtl-multilora" (MTL-LoRA repo's .pt; needs lora_alpha), "kohya" (Stable
+Diffusion lora_down/lora_up files), "lycoris" (LyCORIS algorithms), "diffusers" (diffusers LoRA
+files). Paths may be Hub ids or Hub cache folders (`detect.locate`). Layer names are the base model's
+module names (MoE experts: `….experts.3.gate_proj`); shapes are in the orientation of the base
+model's stored weight ((out, in) for experts). Loaders read only their own tensors (memory-mapped),
+upcast to float32 before any arithmetic, and raise NonFiniteError on NaN/Inf. Whatever a reader
+skips is counted and named in `Updates.warnings`; config values are validated (`validate`). Nothing
+here imports torch until a tensor is read, and nothing is ever written next to the inputs.
 """
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ from pathlib import Path
 
 from ..errors import FormatError
 from ..updates import Updates
-from .detect import FORMATS, adapter_subdir, detect, locate, resolve
+from .detect import DIFFUSERS_FILES, FORMATS, adapter_subdir, detect, locate, resolve
 
 __all__ = ["load", "detect", "FORMATS"]
 
 
 def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddings: bool = False,
-         require_base: bool = True) -> Updates:
+         require_base: bool = True, initial=None) -> Updates:
     """The per-layer updates of the checkpoint at `path`.
 
     path, base: a directory, a file, a Hugging Face Hub id `org/name` or a Hub cache folder (see `resolve`).
@@ -40,11 +41,15 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     for `deltaspec info`); loading such a layer then raises MissingBaseError.
     A checkpoint with nothing to analyse (empty, names that miss the base's, only skipped tensors)
     raises FormatError saying which.
+    initial: the adapter saved before training, for PiSSA/OLoRA-style adapters saved without
+    conversion: ΔW = s(BA − B0A0), exact relative to the original base (see io/initial.py).
     """
     from .full import read_full
     from .kohya import read_kohya
     from .multilora import read_mtl_multilora, read_multilora
     from .peft import read_peft
+    from .peft_tuners import TUNERS, read_peft_tuner
+    from .tensors import read_json
 
     if format in (None, "auto"):
         fmt, p = resolve(path)
@@ -58,31 +63,69 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         raise FormatError(f"unknown checkpoint format {format!r}: expected one of auto, {', '.join(FORMATS)}")
     if base is not None:
         base = locate(base, " (the --base model)")
+    if initial is not None and fmt != "peft":
+        raise FormatError(f"{path}: --initial applies to PEFT LoRA adapters (PiSSA/OLoRA-style inits), "
+                          f"not to {fmt} checkpoints")
     if fmt == "full":
         u = read_full(p, base, include_embeddings, require_base)
     elif fmt == "peft":
         _need_config(p)
-        u = read_peft(p, base, include_embeddings, require_base)
+        cfg = read_json(p / "adapter_config.json", "adapter config (adapter_config.json)")
+        if str(cfg.get("peft_type") or "LORA").upper() in TUNERS:
+            if initial is not None:
+                raise FormatError(f"{path}: --initial applies to LoRA adapters, not peft_type {cfg.get('peft_type')}")
+            u = read_peft_tuner(p, cfg, base, include_embeddings)
+        else:
+            u = read_peft(p, base, include_embeddings, require_base)
+            if initial is not None:
+                u = _with_initial(u, initial, cfg, include_embeddings)
     elif fmt == "multilora":
         _need_config(p)
         u = read_multilora(p, base, include_embeddings)
     elif fmt == "mtl-multilora":
         u = read_mtl_multilora(p, base, include_embeddings, lora_alpha)
-    else:
-        if p.is_dir():
-            from .tensors import model_files
+    elif fmt == "lycoris":
+        from .lycoris import read_lycoris
 
-            files, _ = model_files(p)
-            if len(files) != 1:
-                raise FormatError(f"{p}: expected one kohya LoRA .safetensors file, found {len(files)}")
-            p = files[0]
-        u = read_kohya(p, base, include_embeddings)
+        u = read_lycoris(_single_file(p, "LyCORIS"), base, include_embeddings)
+    elif fmt == "diffusers":
+        from .diffusers import read_diffusers
+
+        u = read_diffusers(_single_file(p, "diffusers LoRA", DIFFUSERS_FILES), base, include_embeddings)
+    else:
+        u = read_kohya(_single_file(p, "kohya LoRA"), base, include_embeddings)
     u.path = str(path)
     if p.parent == Path(path) and p.name != Path(path).name and p.is_dir():
         u.warnings.insert(0, f"{path}: holds one adapter, in the subfolder {p.name}/ (a named PEFT adapter): read that")
     if lora_alpha is not None and fmt != "mtl-multilora":
         u.warnings.append(f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale")
     return u
+
+
+def _single_file(p: Path, what: str, preferred=()) -> Path:
+    """The one weights file a single-file format reads from a directory (preferred names first)."""
+    if not p.is_dir():
+        return p
+    for n in preferred:
+        if (p / n).is_file():
+            return p / n
+    from .tensors import model_files
+
+    files, _ = model_files(p)
+    if len(files) != 1:
+        raise FormatError(f"{p}: expected one {what} .safetensors file, found {len(files)}")
+    return files[0]
+
+
+def _with_initial(u: Updates, initial, cfg: dict, include_embeddings: bool) -> Updates:
+    from .initial import with_initial
+    from .peft import read_peft
+
+    fmt, d = resolve(initial)
+    if fmt != "peft":
+        raise FormatError(f"{initial}: --initial must be a PEFT LoRA adapter directory (the adapter saved before "
+                          f"training), found a {fmt} checkpoint")
+    return with_initial(u, read_peft(d, None, include_embeddings), initial, cfg)
 
 
 def _need_config(d: Path) -> None:

@@ -3,6 +3,9 @@
   directory with adapter_config.json          → "multilora" if peft_type MULTILORA, else "peft"
   final_checkpoint.pt (or a dir holding it)    → "mtl-multilora"
   .safetensors file with `lora_down` keys      → "kohya"
+  LyCORIS keys (hada_*, lokr_*, lora_mid, dora_scale, diff, oft_blocks, IA3 on_input, …) → "lycoris"
+  diffusers LoRA (`unet.`/`text_encoder.`/`transformer.` + lora_A/B, `…to_q_lora.down.weight`, or
+  a directory with pytorch_lora_weights.safetensors/.bin) → "diffusers"
   model directory or .safetensors/.bin file    → "full"
 
 Paths are resolved first (`resolve`): a Hub id `org/name` (downloaded or from the cache, see `hub`),
@@ -16,13 +19,15 @@ from pathlib import Path
 
 from ..errors import FormatError
 from . import hub
+from .sdkeys import is_diffusers, is_lycoris
 from .tensors import SHARD_RE, SafetensorsFile, TorchFile, model_files, read_json
 
-FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya")
+FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 _EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "
-             "with adapter_config.json, a deltaspec MultiLoRA adapter, an MTL-LoRA final_checkpoint.pt, or a "
-             "kohya LoRA .safetensors file")
+             "with adapter_config.json, a deltaspec MultiLoRA adapter, an MTL-LoRA final_checkpoint.pt, a "
+             "kohya or LyCORIS .safetensors file, or a diffusers LoRA file")
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+DIFFUSERS_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 
 
 def is_multilora_config(cfg: dict) -> bool:
@@ -75,7 +80,7 @@ def resolve(path) -> tuple[str, Path]:
 
 
 def detect(path) -> str:
-    """One of "full", "peft", "multilora", "mtl-multilora", "kohya"; FormatError otherwise."""
+    """One of FORMATS ("full", "peft", "kohya", "lycoris", "diffusers", …); FormatError otherwise."""
     return resolve(path)[0]
 
 
@@ -88,11 +93,13 @@ def _detect_dir(d: Path) -> str:
     if any((d / n).is_file() for n in _ADAPTER_FILES):
         raise FormatError(f"{d}: adapter weights found but no adapter_config.json "
                           "(the PEFT config with r, lora_alpha and target modules is needed)")
+    if any((d / n).is_file() for n in DIFFUSERS_FILES):
+        return "diffusers"
     files, _ = model_files(d)
     if files:
         if len(files) == 1 and files[0].name not in ("model.safetensors", "pytorch_model.bin"):
             kind = _detect_file(files[0])
-            if kind == "kohya":
+            if kind in ("kohya", "lycoris", "diffusers"):
                 return kind
         return "full"
     if not any(d.iterdir()):
@@ -104,17 +111,27 @@ def _detect_file(p: Path) -> str:
     if p.name == "final_checkpoint.pt":
         return "mtl-multilora"
     if p.suffix == ".safetensors":
-        keys = SafetensorsFile(p).keys()
-        if any(".lora_down" in k or ".hada_w1_a" in k or ".lokr_w1" in k for k in keys):
+        sf = SafetensorsFile(p)
+        keys = sf.keys()
+        if is_lycoris(keys):
+            return "lycoris"
+        if any(".lora_down" in k for k in keys):
             return "kohya"
+        if is_diffusers(keys, sf.metadata):
+            return "diffusers"
         if any(".lora_A." in k or k.endswith(".lora_A") or "lora_embedding_A" in k for k in keys):
             raise FormatError(f"{p}: adapter weights found but no adapter_config.json (the PEFT config with r, "
-                              "lora_alpha and target modules is needed; diffusers LoRA files are not supported yet)")
+                              "lora_alpha and target modules is needed; a diffusers LoRA file would have "
+                              "unet./text_encoder./transformer. prefixes or lora_adapter_metadata)")
         return "full"
     if p.suffix in (".bin", ".pt", ".pth"):
         keys = TorchFile(p).keys()
         if any(k.endswith(".lora_scaling") for k in keys):
             return "mtl-multilora"
+        if is_lycoris(keys):
+            return "lycoris"
+        if is_diffusers(keys, {}):
+            return "diffusers"
         if any(".lora_A." in k or k.endswith(".lora_A") for k in keys):
             raise FormatError(f"{p}: adapter weights found but no adapter_config.json "
                               "(the PEFT config with r, lora_alpha and target modules is needed)")

@@ -3,8 +3,8 @@
 `<name>.alpha` (scalar; missing or 0 means scale 1):  ΔW = (α/r)·up.flatten(1) @ down.flatten(1).
 
 Names (`lora_unet_…`, `lora_te_…`) have dots replaced by underscores, which is not reversible:
-they are reported as stored. LyCORIS variants (LoHa, LoKr, Tucker `lora_mid`, DoRA `dora_scale`)
-are refused with a FormatError rather than guessed.
+they are reported as stored. LyCORIS variants (LoHa, LoKr, Tucker `lora_mid`, DoRA `dora_scale`, …)
+are read by `lycoris.py`; forced here with --type kohya they are a FormatError, never guessed.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def read_kohya(path, base=None, include_embeddings: bool = False) -> Updates:
         m = _KEY_RE.match(key)
         head, part = (m["name"], m["part"]) if m else (key, "")
         if part in _UNSUPPORTED:
-            raise FormatError(f"{path}: {_UNSUPPORTED[part]} tensors (e.g. '{key}') are not supported yet; "
-                              "deltaspec reads plain LoRA (lora_down / lora_up / alpha)")
+            raise FormatError(f"{path}: {_UNSUPPORTED[part]} tensors (e.g. '{key}') are LyCORIS, not plain kohya "
+                              "LoRA: read the file with --type lycoris (or auto)")
         if part in ("lora_down", "lora_up", "alpha"):
             modules.setdefault(head, {})[part] = key
         else:

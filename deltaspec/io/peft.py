@@ -102,7 +102,10 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         raise FormatError(f"{cfg_path}: init_lora_weights: expected true, false or a method name, got {init!r}")
     if (isinstance(init, str) and init.lower().startswith(_BASE_MODIFYING_INITS)) or cfg.get("loftq_config"):
         ctx.warnings.append(f"{cfg_path}: init_lora_weights={init!r}: PiSSA/OLoRA/LoftQ-style adapters are relative "
-                            "to a modified base unless converted; ΔW is reported as the plain adapter product")
+                            "to a modified base unless converted; ΔW is reported as the plain adapter product"
+                            + ("" if cfg.get("loftq_config") or str(init).lower().startswith("loftq") else
+                               "; pass --initial DIR (the adapter saved before training) for the exact "
+                               "ΔW = s(BA − B0A0) relative to the original base"))
     if get_flag(cfg, "lora_bias", cfg_path):
         ctx.warnings.append(f"{cfg_path}: lora_bias is set: bias updates are not analysed")
     f = ctx.f

@@ -1,0 +1,90 @@
+"""Find the base weight of a module named by a Stable Diffusion LoRA file (kohya / LyCORIS / diffusers).
+
+Two naming schemes reach here:
+- kohya / LyCORIS: `lora_unet_down_blocks_0_attentions_0_proj_in` — the diffusers module path with dots
+  turned into underscores (not reversible), after a prefix naming the component: `lora_unet_` (UNet or
+  transformer), `lora_te_` / `lora_te1_` (text encoder), `lora_te2_`, `lora_te3_`; `lycoris_` (whole model).
+  The base weight is the one whose key, with dots turned into underscores, equals that path (or ends
+  with `_` + it); several candidates are an error, never a guess.
+- diffusers: a component (`unet`, `text_encoder`, …) and a dotted module name.
+`--base` is either a diffusers pipeline folder (model_index.json, one subfolder per component), a
+component's own folder, or a model file; the component subfolder is used when it exists.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..errors import FormatError, ShapeMismatchError
+from .tensors import TensorStore, open_model
+
+KOHYA_PREFIXES = {"lora_unet_": ("unet", "transformer"), "lora_te1_": ("text_encoder",), "lora_te2_": ("text_encoder_2",),
+                  "lora_te3_": ("text_encoder_3",), "lora_te_": ("text_encoder",), "lycoris_": ()}
+
+
+def split_kohya(name: str) -> tuple[tuple[str, ...], str]:
+    """(candidate component folders, underscored module path) of a kohya / LyCORIS module name."""
+    for prefix, comps in KOHYA_PREFIXES.items():
+        if name.startswith(prefix):
+            return comps, name[len(prefix):]
+    return (), name
+
+
+class BaseLookup:
+    """Base weights for one adapter file, opened on first use (per component folder)."""
+
+    def __init__(self, base, adapter: str) -> None:
+        self.base, self.adapter = Path(base), adapter
+        self._stores: dict[Optional[str], TensorStore] = {}
+        self._underscored: dict[int, dict[str, list[str]]] = {}
+
+    def store(self, components: tuple[str, ...] = ()) -> TensorStore:
+        comp = next((c for c in components if (self.base / c).is_dir()), None) if self.base.is_dir() else None
+        if comp not in self._stores:
+            self._stores[comp] = open_model(self.base / comp if comp else self.base)
+        return self._stores[comp]
+
+    def by_kohya_name(self, name: str, shape: Optional[tuple], why: str) -> tuple[TensorStore, str]:
+        comps, path = split_kohya(name)
+        store = self.store(comps)
+        index = self._underscored.setdefault(id(store), _underscore_index(store))
+        keys = index.get(path) or [k for stem, ks in index.items() if stem.endswith("_" + path) for k in ks]
+        if len(keys) > 1:
+            raise FormatError(f"{self.adapter}: '{name}': several weights of --base {self.base} match it "
+                              f"({', '.join(keys[:3])}); kohya names are not reversible")
+        if not keys:
+            raise FormatError(f"{self.adapter}: '{name}': no weight in --base {self.base} matches it ({why} needs "
+                              "it); kohya/LyCORIS names follow the diffusers module names: pass the diffusers "
+                              "pipeline folder or the component's folder (e.g. unet/)")
+        return store, self._check(store, keys[0], name, shape)
+
+    def by_module(self, component: Optional[str], module: str, shape: Optional[tuple], why: str) -> tuple[TensorStore, str]:
+        store = self.store((component,) if component else ())
+        key = store.find(module)
+        if key is None:
+            raise FormatError(f"{self.adapter}: '{module}': no weight for it in --base {self.base} ({why} needs it); "
+                              "is --base the model this adapter was trained on?")
+        return store, self._check(store, key, module, shape)
+
+    def _check(self, store: TensorStore, key: str, name: str, shape: Optional[tuple]) -> str:
+        """key, after checking the adapter's implied shape (stored, or flattened (out, in·k)) when known."""
+        got = tuple(store.shape(key))
+        if shape is not None and got != tuple(shape) and (len(got) < 2 or (got[0], _prod(got[1:])) != tuple(shape)):
+            raise ShapeMismatchError(f"{self.adapter}: '{name}': the adapter implies weight shape {list(shape)} but "
+                                     f"{store.source(key)} has '{key}' {list(got)}")
+        return key
+
+
+def _underscore_index(store: TensorStore) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for k in store.keys():
+        if k.endswith(".weight"):
+            out.setdefault(k[: -len(".weight")].replace(".", "_"), []).append(k)
+    return out
+
+
+def _prod(xs) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
