@@ -5,7 +5,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_not_input, emit, output_format
+from .output import check_not_input, emit, output_format, table_width
 
 
 @click.command()
@@ -19,9 +19,12 @@ from .output import check_not_input, emit, output_format
 @click.option("--top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
               help="Truncated mode for full fine-tuning deltas: only the top K singular values, by randomized "
                    "SVD, each with a certified upper bound; metrics needing the whole spectrum are left empty.")
+@click.option("--metrics", default=None,
+              help="Metrics to show, e.g. 'top1_energy,effective_rank', or 'all' [default: the table's six columns]. "
+                   "Table and CSV only: JSON keeps every metric (it is the saved analysis).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def analyze(ckpt, fmt, out, **opts):
+def analyze(ckpt, fmt, out, metrics, **opts):
     """Spectra and balance metrics of the weight update in CKPT.
 
     CKPT is a PEFT adapter dir, a deltaspec MultiLoRA adapter dir, a MultiLoRA .pt file, a kohya
@@ -36,7 +39,10 @@ def analyze(ckpt, fmt, out, **opts):
     try:
         result = _analyze(ckpt, **opts)
         if distributed.is_main():
-            emit({"json": result.to_json, "csv": result.to_csv, "table": result.format_table}[fmt](), out)
+            chosen = result.check_metrics(parse_list(metrics))
+            text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
+                    else result.format_table(chosen, width=table_width(out)))
+            emit(text, out)
     finally:
         distributed.finish()
 

@@ -11,7 +11,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_not_input, emit, output_format
+from .output import check_not_input, emit, output_format, table_width
 
 INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
 JSON file written by `deltaspec analyze -o X.json` (read back, nothing recomputed). --base is used for
@@ -97,8 +97,9 @@ def input_options(fn):
               "[default: the analyze table's columns; JSON/CSV: all].")
 @click.option("--strict-n-ref", is_flag=True, help="Refuse inputs whose normalized_entropy uses different n_ref "
               "instead of recomputing it with n_ref = min(d_out, d_in).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
-              help="Output format [default: from -o's extension, else table].")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "latex", "markdown"]), default=None,
+              help="Output format; latex (booktabs) and markdown are paper tables of mean ± std [default: from -o's "
+                   "extension (.json .csv .tex .md), else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
 def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
@@ -127,8 +128,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     chosen = parse_list(metrics)
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
                       on_n_ref_mismatch="error" if strict_n_ref else "recompute")
-    if fmt == "table":
-        text = cmp.format_table(chosen or [m for m in TABLE_METRICS if m in cmp.metrics])
-    else:
-        text = cmp.to_json() if fmt == "json" else cmp.to_csv().rstrip("\n")
+    shown = chosen or [m for m in TABLE_METRICS if m in cmp.metrics]
+    text = {"table": lambda: cmp.format_table(shown, width=table_width(out)), "json": cmp.to_json,
+            "csv": lambda: cmp.to_csv().rstrip("\n"), "latex": lambda: cmp.to_latex(shown),
+            "markdown": lambda: cmp.to_markdown(shown)}[fmt]()
     emit(text, out)

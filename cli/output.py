@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -14,7 +16,7 @@ def output_format(fmt: str | None, out: str | None) -> str:
     if fmt:
         return fmt
     ext = Path(out).suffix.lower() if out else ""
-    return {".json": "json", ".csv": "csv"}.get(ext, "table")
+    return {".json": "json", ".csv": "csv", ".tex": "latex", ".md": "markdown"}.get(ext, "table")
 
 
 def check_not_input(out: str | None, inputs) -> None:
@@ -42,3 +44,14 @@ def emit(text: str, out: str | None) -> None:
     with open(out, "w") as f:
         f.write(text if text.endswith("\n") else text + "\n")
     click.echo(f"wrote {out}", err=True)
+
+
+def table_width(out: str | None) -> int | None:
+    """Width for terminal tables: $COLUMNS when set, else the terminal's width when stdout is one;
+    None (as wide as the content) when writing to a file or a pipe."""
+    if out:
+        return None
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None

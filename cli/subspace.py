@@ -11,7 +11,7 @@ import click
 from .common import user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, load_results
 from .options import parse_ints
-from .output import check_not_input, emit, output_format
+from .output import check_not_input, emit, output_format, table_width
 
 
 def base_weight(store, name: str, shape):
@@ -126,10 +126,29 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
         w.writerows({h: "" if r.get(h) is None else r[h] for h in head} for r in rows)
         emit(buf.getvalue().rstrip("\n"), out)
         return
-    from deltaspec.results import text_grid
+    emit(_table(rows, head, notes, table_width(out)), out)
 
-    body = [[_fmt(r.get(h)) if h != "intruder_idx" else (r.get(h) or "-") for h in head] for r in rows]
-    emit("\n".join(text_grid(head, body) + [""] + [f"note: {n}" for n in notes]), out)
+
+def _table(rows, head, notes, width) -> str:
+    """One heading line per layer (short name), one row per input; constant amp_r said once above."""
+    from deltaspec.formatting import hoist_constant, name_legend, short_names, text_grid, wrap
+
+    cols = [h for h in head if h != "layer"]
+    cols = [h for h in cols if h not in ("proj_norm", "delta_norm", "w0_norm", "amp_r")] + \
+        [h for h in ("proj_norm", "delta_norm", "w0_norm", "amp_r") if h in cols]  # most telling first
+    short = short_names([r["layer"] for r in rows])
+    body, last = [], None
+    for r in rows:
+        if r["layer"] != last:
+            body.append(short[r["layer"]])
+            last = r["layer"]
+        body.append([_fmt(r.get(h)) if h != "intruder_idx" else (r.get(h) or "-") for h in cols])
+    cols, body, same = hoist_constant(cols, body, ["amp_r"])
+    lines = ([f"every row: {same}"] if same else []) + text_grid(cols, body, width)
+    lines += name_legend(short, width)
+    for n in notes:
+        lines += wrap(f"note: {n}", width)
+    return "\n".join(lines)
 
 
 def _json(v):
