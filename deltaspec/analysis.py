@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import torch
 
 from . import metrics as M
+from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
 from .spectra import pick_device, pick_dtype, spectra_of
@@ -41,7 +42,8 @@ class AnalysisSettings:
         return int(self.n_ref)
 
 
-def _loaded(layers: Sequence[LayerUpdate], device: torch.device) -> Iterator[tuple[int, object]]:
+def _loaded(layers: Sequence[LayerUpdate], device: torch.device,
+            on_start=None) -> Iterator[tuple[int, object]]:
     """Yield (index, loaded update). Dense updates headed for a GPU are loaded one layer ahead in a
     thread, so disk reads and subtraction overlap the (fast) GPU SVD. Otherwise loading is serial:
     adapter loads are tiny (a thread only adds hand-offs), and on a CPU loading a dense layer costs
@@ -50,6 +52,8 @@ def _loaded(layers: Sequence[LayerUpdate], device: torch.device) -> Iterator[tup
         yield from _prefetched(layers)
         return
     for i, u in enumerate(layers):
+        if on_start:
+            on_start(i)
         yield i, u.load()  # no local name: the previous update is not kept alive while loading the next
 
 
@@ -66,16 +70,27 @@ def _prefetched(layers: Sequence[LayerUpdate]) -> Iterator[tuple[int, object]]:
             yield i, update
 
 
+def _announced(items, on_next):
+    for i, update in items:
+        on_next(i)
+        yield i, update
+
+
 def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
                    progress: Optional[Progress] = None) -> list[LayerResult]:
     """Spectra and metrics of `layers`, returned in the same order."""
     dtype = pick_dtype(settings.dtype)
     eps = torch.finfo(dtype).eps
     out: list[Optional[LayerResult]] = [None] * len(layers)
-    done = (lambda i: progress.update(1, layers[i].name)) if progress else None
     device = pick_device(settings.device)
-    for i, spec in spectra_of(_loaded(layers, device), device, dtype, settings.vectors, on_done=done,
-                              top_k=settings.svd_top_k):
+    items = _loaded(layers, device)
+    done = None
+    if progress is not None and progress.enabled:
+        short = short_names([u.name for u in layers])
+        items = _announced(_loaded(layers, device, lambda i: progress.status(f"reading {short[layers[i].name]}")),
+                           lambda i: progress.status(f"SVD {short[layers[i].name]}"))
+        done = lambda i: progress.update(1)
+    for i, spec in spectra_of(items, device, dtype, settings.vectors, on_done=done, top_k=settings.svd_top_k):
         u = layers[i]
         n_ref = settings.n_ref_for(u)
         if spec.frobenius is None:
