@@ -1,6 +1,6 @@
 """A small progress bar on stderr (no dependency): shown on a terminal, silent otherwise.
 
-    [#######·················]  5/16 layers  2.1 layers/s  ETA 0:05  SVD L4.q_proj
+    [#######-----------------]  5/16 layers  2.1 layers/s  ETA 0:05  SVD L4.q_proj
 
 One line, redrawn in place with '\\r', never wider than the terminal (so it never wraps onto a new
 line), with a state (`status("reading L4.q_proj")`) that shows before the first layer is done, the
@@ -77,9 +77,10 @@ class Progress:
         if speed and len(stats) + len(speed) + 2 <= width - 1:  # the rate goes first when narrow
             stats = f"{count}  {speed}  {tail}"
         room = width - 1 - len(stats) - 2
-        bar_w = max(0, min(24, room - 12))  # keep >= 10 columns for the state when it is narrow
+        want = room - (len(self.note) + 2 if self.note else 0)  # the whole state if there is room
+        bar_w = min(24, want) if want >= 10 else max(0, min(10, room - 12))
         frac = self.n / self.total if self.total else 1.0
-        bar = f"[{'#' * int(bar_w * frac):·<{bar_w}}] " if bar_w >= 5 else ""
+        bar = f"[{'#' * int(bar_w * frac):-<{bar_w}}] " if bar_w >= 5 else ""
         text = f"{bar}{stats}"
         note = self.note[: max(0, width - 1 - len(text) - 2)]
         return (f"{text}  {note}" if note else text)[: width - 1]
