@@ -76,7 +76,7 @@ class Progress:
         stats = f"{count}  {tail}"
         if speed and len(stats) + len(speed) + 2 <= width - 1:  # the rate goes first when narrow
             stats = f"{count}  {speed}  {tail}"
-        room = width - 1 - len(stats) - 2
+        room = width - 1 - len(stats) - 3  # what a bar may take: '[' + bar + '] ' before the stats
         want = room - (len(self.note) + 2 if self.note else 0)  # the whole state if there is room
         bar_w = min(24, want) if want >= 10 else max(0, min(10, room - 12))
         frac = self.n / self.total if self.total else 1.0
