@@ -16,15 +16,17 @@ from .output import check_not_input, emit, output_format, table_width
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Output format [default: from -o's extension, else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
-@click.option("--top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
+@click.option("--svd-top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
               help="Truncated mode for full fine-tuning deltas: only the top K singular values, by randomized "
                    "SVD, each with a certified upper bound; metrics needing the whole spectrum are left empty.")
+@click.option("--top-k", "old_top_k", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Old name of --svd-top-k.")
 @click.option("--metrics", default=None,
               help="Metrics to show, e.g. 'top1_energy,effective_rank', or 'all' [default: the table's six columns]. "
                    "Table and CSV only: JSON keeps every metric (it is the saved analysis).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def analyze(ckpt, fmt, out, metrics, **opts):
+def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
     """Spectra and balance metrics of the weight update in CKPT.
 
     CKPT is a PEFT adapter dir, a deltaspec MultiLoRA adapter dir, a MultiLoRA .pt file, a kohya
@@ -35,6 +37,7 @@ def analyze(ckpt, fmt, out, metrics, **opts):
 
     fmt = output_format(fmt, out)
     check_not_input(out, [ckpt, opts["base"]])
+    opts["svd_top_k"] = opts["svd_top_k"] or old_top_k
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
         result = _analyze(ckpt, **opts)
@@ -54,7 +57,7 @@ def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
 
     pick_device(device)  # a bad --device fails before any reading
     updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
-    result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
+    result = ds.analyze(updates, device=device, dtype=dtype, energy_k=parse_ints(energy_k, "--energy-k"),
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
                         progress=False if quiet else None, svd_top_k=svd_top_k)
     if not result.layers:

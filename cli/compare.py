@@ -72,7 +72,7 @@ def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, includ
             res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
         else:
             updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
-            res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, top_k=parse_ints(energy_k, "--energy-k"),
+            res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, energy_k=parse_ints(energy_k, "--energy-k"),
                              n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
         if not res.layers:
             raise DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
@@ -80,14 +80,20 @@ def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, includ
     return out
 
 
-def input_options(fn):
-    """INPUTS…, reading/selection/compute options and --labels, shared by compare and plot."""
-    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
-    fn = click.option("--labels", default=None, help="Comma-separated names, one per input [default: input names].")(fn)
-    fn = compute_options(fn)
-    fn = selection_options(fn)
-    fn = reader_options(fn)
-    return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+def input_options(fn=None, *, metrics: bool = True, **selection):
+    """INPUTS…, reading/selection/compute options and --labels, shared by compare, plot and subspace.
+
+    metrics=False leaves out --n-ref/--energy-k (for commands that use no metric); `selection`
+    goes to selection_options (e.g. modules_help for a command with another default)."""
+    def deco(fn):
+        fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
+        fn = click.option("--labels", default=None, help="Comma-separated names, one per input [default: input names].")(fn)
+        fn = compute_options(fn, metrics=metrics)
+        fn = selection_options(fn, **selection)
+        fn = reader_options(fn)
+        return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+
+    return deco(fn) if fn is not None else deco
 
 
 @click.command(epilog=INPUTS_HELP)

@@ -12,7 +12,8 @@ from .options import reader_options
 @click.command()
 @click.argument("ckpt", type=click.Path())
 @reader_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="Output format.")
 @user_errors
 def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, fmt):
     """Detected format, layers, shapes, ranks and dtypes of CKPT (reads headers only)."""

@@ -34,7 +34,7 @@ def _load(kw: dict, vectors: bool = False):
     labels = input_labels(inputs, kw.pop("labels"))
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
-    opts = {k: kw.pop(k) for k in keys}
+    opts = {k: kw.pop(k) for k in keys if k in kw}  # --n-ref/--energy-k only where a metric is drawn
     return dict(zip(labels, load_results(inputs, vectors=vectors, **opts))), opts
 
 
@@ -60,7 +60,7 @@ def plot():
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False, modules_help="Module types, one panel each [default: k_proj,v_proj, the paper's Figure 2].")
 @figure_options
 @click.option("--top", default="auto", show_default=True,
               help="σ per layer: 'auto' = top R, R the smallest rank among the inputs; N; or 'all'.")
@@ -92,7 +92,7 @@ def hist(**kw):
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False)
 @figure_options
 @click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
 @click.option("--log-x", is_flag=True, help="Log-scaled index axis.")
@@ -114,7 +114,7 @@ def spectrum(**kw):
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False)
 @figure_options
 @click.option("--linear-x", is_flag=True, help="Linear k axis [default: log].")
 @click.option("--mark", default=None, help="Draw guides at these k, e.g. '16' (the adapter rank).")
@@ -156,9 +156,11 @@ def heatmap(**kw):
 
 
 @plot.command(epilog=INPUTS_HELP + " Saved analyses carry no singular vectors: give checkpoints.\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False)
 @figure_options
-@click.option("-k", "--top-k", "k", type=int, default=16, show_default=True, help="Grid size: top-i, top-j up to k.")
+@click.option("--grid", "k", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Grid size: φ(i, j) for the top-i, top-j singular vectors, i, j up to this.")
+@click.option("-k", "--top-k", "old_k", type=click.IntRange(min=1), default=None, hidden=True, help="Old name of --grid.")
 @click.option("--side", type=click.Choice(["left", "right"]), default="left", show_default=True,
               help="Left (output space, U) or right (input space, V) singular vectors.")
 @user_errors
@@ -175,6 +177,6 @@ def similarity(**kw):
     if len(kw["inputs"]) != 2:
         raise DeltaspecError(f"similarity compares two inputs, got {len(kw['inputs'])}")
     data, opts = _load(kw, vectors=True)
-    grid = mean_similarity(data, modules=parse_list(opts["modules"]), k=kw["k"], side=kw["side"])
+    grid = mean_similarity(data, modules=parse_list(opts["modules"]), k=kw["old_k"] or kw["k"], side=kw["side"])
     ax = draw(grid, labels=list(data), title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)

@@ -53,9 +53,10 @@ def _fmt(v) -> str:
 
 
 @click.command(epilog=INPUTS_HELP + " Saved analyses carry no singular vectors: give checkpoints.")
-@input_options
-@click.option("-k", "--top-k", "ks", default="1,4,16", show_default=True,
+@input_options(metrics=False)
+@click.option("--phi-k", "ks", default="1,4,16", show_default=True,
               help="φ(k, k) columns: similarity of the top-k left singular vectors with the first input's.")
+@click.option("-k", "--top-k", "old_ks", default=None, hidden=True, help="Old name of --phi-k.")
 @click.option("--amp-r", type=int, default=None,
               help="r of the amplification factor [default: the smallest rank among the inputs].")
 @click.option("--intruder-k", type=int, default=10, show_default=True, help="Top singular vectors of W0+ΔW examined.")
@@ -64,8 +65,8 @@ def _fmt(v) -> str:
               help="Output format [default: from -o's extension, else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
-def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-             quiet, labels, ks, amp_r, intruder_k, eps, fmt, out):
+def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, quiet, labels, ks,
+             old_ks, amp_r, intruder_k, eps, fmt, out):
     """Subspace metrics per layer: φ similarity, amplification factor, intruder dimensions.
 
     \b
@@ -94,10 +95,10 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     names = input_labels(inputs, labels)
     if len(inputs) < 2 and not base:
         raise DeltaspecError("give two or more inputs (φ similarity) and/or --base (amplification, intruders)")
-    kk = parse_ints(ks, "--top-k")
+    kk = parse_ints(old_ks or ks, "--phi-k")
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
-                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
+                           dtype=dtype, quiet=quiet)
     al = align(results, names)
     store = None
     if base:
@@ -113,7 +114,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     notes = al.notes + [f"phi@k against {al.labels[0]}" if len(al.labels) > 1 else "one input: no phi"]
     if fmt == "json":
         emit(json.dumps({"labels": al.labels, "reference": al.labels[0], "inputs": list(inputs), "base": base,
-                         "settings": {"top_k": list(kk), "amp_r": amp_r, "intruder_k": intruder_k, "eps": eps},
+                         "settings": {"phi_k": list(kk), "amp_r": amp_r, "intruder_k": intruder_k, "eps": eps},
                          "notes": notes, "rows": [{k: _json(v) for k, v in r.items()} for r in rows],
                          "phi_grids": {rep.name: {lab: g.tolist() for lab, g in rep.similarity.items()}
                                        for rep in reports}}, indent=1), out)

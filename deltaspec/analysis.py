@@ -30,7 +30,7 @@ class AnalysisSettings:
     device: str = "auto"
     dtype: str = "float32"
     vectors: bool = False
-    top_k: Sequence[int] = M.DEFAULT_TOP_K
+    energy_k: Sequence[int] = M.DEFAULT_TOP_K  # k of the top{k}_energy metrics
     n_ref: Union[str, int] = "shape"  # "shape": min(d_out, d_in); "rank": the update's rank bound; or an int
     svd_top_k: Optional[int] = None  # truncated mode for dense updates (randomized top-k SVD)
 
@@ -94,9 +94,9 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
         u = layers[i]
         n_ref = settings.n_ref_for(u)
         if spec.frobenius is None:
-            metrics = M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.top_k)
+            metrics = M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.energy_k)
         else:
-            metrics = M.truncated_metrics(spec.sigma, spec.frobenius, len(spec.sigma), settings.top_k)
+            metrics = M.truncated_metrics(spec.sigma, spec.frobenius, len(spec.sigma), settings.energy_k)
         out[i] = LayerResult(
             name=u.name, module=u.module, layer=u.layer, shape=tuple(u.shape), kind=u.kind, rank=u.rank_bound,
             n_ref=n_ref, singular_values=spec.sigma, metrics=metrics, U=spec.U, V=spec.V, upper=spec.upper)
@@ -110,18 +110,20 @@ def analyze(
     device: str = "auto",
     dtype: str = "float32",
     vectors: bool = False,
-    top_k: Iterable[int] = M.DEFAULT_TOP_K,
+    energy_k: Iterable[int] = M.DEFAULT_TOP_K,
     n_ref: Union[str, int] = "shape",
     modules: Optional[Sequence[str]] = None,
     layers: Optional[Sequence[int]] = None,
     progress: Optional[bool] = None,
     svd_top_k: Optional[int] = None,
+    top_k: Optional[Iterable[int]] = None,
 ) -> AnalysisResult:
     """Singular values and balance metrics of every layer's update.
 
     `updates` is what `deltaspec.load` returns, or a checkpoint path (then `base` is passed to load).
     device: "auto" (CUDA when present) | "cpu" | "cuda"; dtype: "float32" | "float64".
     vectors=True keeps singular vectors (LayerResult.U/V) for subspace analysis.
+    energy_k: the k of the `top{k}_energy` metrics (default 1, 4, 16); `top_k` is its old name.
     n_ref: reference size of `normalized_entropy` ("shape" = min(d_out, d_in), "rank", or an int).
     progress: None shows a bar on stderr only when it is a terminal.
     svd_top_k: truncated mode: dense updates get only their top-k singular values by randomized SVD,
@@ -137,7 +139,9 @@ def analyze(
         updates = updates.select(modules, layers)
     if isinstance(n_ref, str) and n_ref not in ("shape", "rank"):
         n_ref = int(n_ref)
-    settings = AnalysisSettings(device, dtype, vectors, tuple(top_k), n_ref, svd_top_k)
+    if top_k is not None:  # the old name of energy_k
+        energy_k = top_k
+    settings = AnalysisSettings(device, dtype, vectors, tuple(energy_k), n_ref, svd_top_k)
     pick_device(device)  # fail early on a bad device, before any reading
     todo = list(updates)
     mine = distributed.my_share(todo)
@@ -151,7 +155,7 @@ def analyze(
     return AnalysisResult(
         layers=results,
         source={"path": updates.path, "format": updates.format, "base": updates.base},
-        settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "top_k": list(settings.top_k),
+        settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "energy_k": list(settings.energy_k),
                   "vectors": vectors, "svd_top_k": svd_top_k},
         warnings=list(updates.warnings),
     )

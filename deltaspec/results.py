@@ -2,7 +2,7 @@
 
 JSON schema (`AnalysisResult.to_dict`, documented in docs/OUTPUT.md):
     {"deltaspec_version", "source": {"path", "format", "base"},
-     "settings": {"dtype", "device", "n_ref", "top_k"}, "warnings": [...],
+     "settings": {"dtype", "device", "n_ref", "energy_k", "svd_top_k"}, "warnings": [...],
      "layers": [{"name", "module", "layer", "shape": [out, in], "kind", "rank",
                  "n_ref", "singular_values": [...descending...], "metrics": {...}}],
      "aggregates": {module: {"n_layers", "mean": {...}, "std": {...}}}}
