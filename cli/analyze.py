@@ -61,5 +61,5 @@ def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
                         progress=False if quiet else None, svd_top_k=svd_top_k)
     if not result.layers:
-        raise ds.DeltaspecError(f"{ckpt}: no layers match --modules {modules} --layers {layers}")
+        raise ds.DeltaspecError(f"{ckpt}: no weight updates found (nothing to analyse)")
     return result

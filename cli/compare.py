@@ -68,14 +68,13 @@ def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, includ
         if is_saved_analysis(path):
             if vectors:
                 raise DeltaspecError(f"{path}: saved analyses keep no singular vectors; give the checkpoint instead")
-            res = ds.AnalysisResult.from_json(path)
-            res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
+            res = ds.AnalysisResult.from_json(path).select(mods, lays)
         else:
             updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
             res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, energy_k=parse_ints(energy_k, "--energy-k"),
                              n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
         if not res.layers:
-            raise DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
+            raise DeltaspecError(f"{path}: no weight updates found (nothing to analyse)")
         out.append(res)
     return out
 

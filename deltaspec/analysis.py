@@ -19,6 +19,7 @@ from . import metrics as M
 from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
+from .errors import DeltaspecError
 from .spectra import pick_device, pick_dtype, spectra_of
 from .updates import LayerUpdate, Updates
 
@@ -103,6 +104,36 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
     return out
 
 
+def check_n_ref(n_ref) -> Union[str, int]:
+    """'shape', 'rank' or an integer >= 2 (also as a string, as the CLI passes it)."""
+    if n_ref in ("shape", "rank"):
+        return n_ref
+    try:
+        n = int(n_ref)
+        ok = n >= 2 and not isinstance(n_ref, bool) and float(n_ref) == n
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DeltaspecError(f"n_ref={n_ref!r}: expected 'shape' (min(d_out, d_in)), 'rank' (the update's rank "
+                             "bound) or an integer >= 2")
+    return n
+
+
+def check_ks(ks, name: str) -> tuple[int, ...]:
+    """Positive integers (the k of top{k}_energy, or svd_top_k), also as strings."""
+    items = [ks] if isinstance(ks, (int, float, str)) else ks
+    try:
+        items = list(items)
+        out = tuple(int(k) for k in items)
+        ok = bool(out) and all(k >= 1 and not isinstance(x, bool) and float(x) == k for x, k in zip(items, out))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DeltaspecError(f"{name}={ks!r}: expected positive integers, e.g. {name}=(1, 4, 16)"
+                             if name == "energy_k" else f"{name}={ks!r}: expected a positive integer")
+    return out
+
+
 def analyze(
     updates: Union[Updates, str, os.PathLike],
     *,
@@ -131,18 +162,21 @@ def analyze(
     """
     from . import distributed
 
+    if top_k is not None:  # the old name of energy_k
+        energy_k = top_k
+    settings = AnalysisSettings(device, dtype, vectors, check_ks(energy_k, "energy_k"), check_n_ref(n_ref),
+                                None if svd_top_k is None else check_ks(svd_top_k, "svd_top_k")[0])
+    pick_device(device)  # fail early on a bad device or dtype, before any reading
+    pick_dtype(dtype)
     if not isinstance(updates, Updates):
         from .io import load
 
         updates = load(updates, base=base)
+    elif base is not None:
+        raise DeltaspecError("base= is for a checkpoint path; these updates were already loaded: "
+                             "pass base= to deltaspec.load instead")
     if modules or layers is not None:
         updates = updates.select(modules, layers)
-    if isinstance(n_ref, str) and n_ref not in ("shape", "rank"):
-        n_ref = int(n_ref)
-    if top_k is not None:  # the old name of energy_k
-        energy_k = top_k
-    settings = AnalysisSettings(device, dtype, vectors, tuple(energy_k), n_ref, svd_top_k)
-    pick_device(device)  # fail early on a bad device, before any reading
     todo = list(updates)
     mine = distributed.my_share(todo)
     bar = Progress(len(mine), "layers", enabled=progress if progress is not None else None)

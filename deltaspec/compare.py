@@ -60,7 +60,7 @@ def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = N
     if len(labels) != len(results):
         raise DeltaspecError(f"{len(labels)} labels for {len(results)} inputs; give one label per input")
     if len(set(labels)) != len(labels):
-        raise DeltaspecError(f"labels must be distinct, got {labels}; pass --labels")
+        raise DeltaspecError(f"labels must be distinct, got {labels}; pass labels=")
     common = set.intersection(*({r.name for r in res.layers} for res in results))
     names = [r.name for r in results[0].layers if r.name in common]
     if not names:
@@ -88,7 +88,7 @@ def _common_n_ref(results: list[AnalysisResult], labels, names, policy: str, not
         if policy == "error":
             raise DeltaspecError(f"layer {n}: normalized_entropy uses different n_ref across inputs ("
                                  + ", ".join(f"{lab}: {res.layers[k].n_ref}" for lab, res in zip(labels, results))
-                                 + "); re-run analyze with the same --n-ref")
+                                 + "); re-run analyze with the same n_ref=")
         fixed.append(n)
         for res in results:
             lr = copy.copy(res.layers[k])

@@ -86,6 +86,13 @@ class AnalysisResult:
             raise KeyError(key)
         return self.layers[key]
 
+    def select(self, modules: Optional[Sequence[str]] = None, layers: Optional[Sequence[int]] = None) -> "AnalysisResult":
+        """The same result restricted to `modules` / `layers` (see `deltaspec.selection.select`)."""
+        from .selection import select
+
+        keep = select(self.layers, modules, layers, where=str(self.source.get("path", "")))
+        return AnalysisResult(keep, dict(self.source), dict(self.settings), list(self.warnings))
+
     @property
     def metric_names(self) -> list[str]:
         return list(self.layers[0].metrics) if self.layers else []

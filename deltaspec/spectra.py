@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from .errors import DeltaspecError
+from .errors import DeltaspecError, reason
 from .updates import Dense, Update
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -47,11 +47,12 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeltaspecError(f"device '{device}' requested but torch sees no CUDA device (torch {torch.__version__}); use --device cpu")
+        raise DeltaspecError(f"device '{device}' requested but torch sees no CUDA device (torch {torch.__version__}); use device='cpu'")
     try:
         return torch.device(device)
     except RuntimeError as e:
-        raise DeltaspecError(f"unknown device '{device}': {e}") from None
+        raise DeltaspecError(f"device={device!r}: unknown device; expected 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                             f"({reason(e)})") from None
 
 
 def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -61,7 +62,8 @@ def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
     else:
         name = dtype
     if name not in DTYPES:
-        raise DeltaspecError(f"dtype must be float32 or float64, got '{name}'")
+        raise DeltaspecError(f"dtype={name!r}: expected 'float32' or 'float64' (half precisions are upcast, never used "
+                             "for the SVD)")
     return DTYPES[name]
 
 

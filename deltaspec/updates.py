@@ -178,9 +178,9 @@ class Updates(Sequence):
         return len(self.layers)
 
     def select(self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> "Updates":
-        """Keep layers whose module type is in `modules` and whose layer index is in `layers`."""
-        keep = [
-            u for u in self.layers
-            if (not modules or u.module in modules) and (layers is None or u.layer in layers)
-        ]
+        """Keep layers whose module type is in `modules` and whose layer index is in `layers`;
+        a module type or index that matches nothing is an error listing what there is."""
+        from .selection import select
+
+        keep = select(self.layers, modules, layers, where=self.path)
         return Updates(keep, self.path, self.format, self.base, list(self.warnings))

@@ -120,7 +120,7 @@ def bad_inputs(tmp_path):
         ("empty dir", ["analyze", tmp_path / "empty"], ["empty", "empty directory"]),
         ("unknown format", ["analyze", tmp_path / "other"], ["other", "unknown checkpoint format"]),
         ("missing path", ["info", tmp_path / "nope"], ["nope", "no such file"]),
-        ("no such layers", ["analyze", a, "--modules", "zz_proj"], ["adapter", "no layers match"]),
+        ("no such layers", ["analyze", a, "--modules", "zz_proj"], ["adapter", "--modules zz_proj: no such module type; available: q_proj"]),
     ]
 
 

@@ -47,7 +47,7 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     else:
         raise FormatError(f"unknown checkpoint format {format!r}: expected one of auto, {', '.join(FORMATS)}")
     if base is not None and not Path(base).exists():
-        raise FormatError(f"{base}: no such file or directory (the --base model)")
+        raise FormatError(f"{base}: no such file or directory (base=, the base model)")
     if fmt == "full":
         u = read_full(p, base, include_embeddings)
     elif fmt == "peft":

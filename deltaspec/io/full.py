@@ -18,7 +18,7 @@ from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, ope
 
 def read_full(path, base=None, include_embeddings: bool = False) -> Updates:
     if base is None:
-        raise MissingBaseError(f"{path}: full fine-tuning checkpoint needs the base weights: pass --base PATH")
+        raise MissingBaseError(f"{path}: full fine-tuning checkpoint needs the base weights: pass base=PATH")
     ft, b0 = open_model(path), open_model(base)
     warnings: list[str] = []
     pairs = _pairs(ft, b0)

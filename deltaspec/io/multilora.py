@@ -50,7 +50,7 @@ def find_mtl_file(path) -> Path:
 def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_alpha=None) -> Updates:
     file = find_mtl_file(path)
     if lora_alpha is None:
-        raise FormatError(f"{file}: MTL-LoRA MultiLoRA checkpoints do not store lora_alpha: pass --lora-alpha")
+        raise FormatError(f"{file}: MTL-LoRA MultiLoRA checkpoints do not store lora_alpha: pass lora_alpha=ALPHA")
     f = TorchFile(file)
     modules: dict[str, dict[str, str]] = {}
     ignored = []
@@ -79,7 +79,7 @@ def _finish(layers, path, fmt, base, warnings, include_embeddings) -> Updates:
     if len(kept) < len(layers):
         skipped = [u.name for u in layers if u not in kept]
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
-                        "pass --include-embeddings to analyse them")
+                        "pass include_embeddings=True to analyse them")
     return Updates(sorted_layers(kept), str(path), fmt, str(base) if base is not None else None, warnings)
 
 

@@ -100,7 +100,7 @@ class _Ctx:
         key = self.base.find(mod)
         if key is None:
             raise FormatError(f"{self.base_path}: no weight for '{mod}' ({why} needs it); "
-                              "is --base the model this adapter was trained on?")
+                              "is base= the model this adapter was trained on?")
         if tuple(self.base.shape(key)) != tuple(stored_shape):
             raise ShapeMismatchError(f"'{mod}': {self.f.path} implies weight shape {list(stored_shape)} but "
                                      f"{self.base.source(key)} has '{key}' {list(self.base.shape(key))}")
@@ -132,7 +132,7 @@ def read_peft(path, base=None, include_embeddings: bool = False) -> Updates:
         (kept if include_embeddings or not (is_embedding(u.name) or u.meta.get("embedding")) else skipped).append(u)
     if skipped:
         ctx.warnings.append(f"{d}: {len(skipped)} embedding update(s) skipped ({summarize([u.name for u in skipped])}): "
-                            "pass --include-embeddings to analyse them")
+                            "pass include_embeddings=True to analyse them")
     return Updates(sorted_layers(kept), str(path), "peft", str(base) if base is not None else None, ctx.warnings)
 
 
@@ -194,7 +194,7 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx, peft_type: str) -> Optional
 
     # DoRA: the update depends on W0 through the row norm of V = W0 + s·B@A.
     if ctx.base_path is None:
-        raise MissingBaseError(f"{f.path}: DoRA adapter needs --base (the base model weights) to form "
+        raise MissingBaseError(f"{f.path}: DoRA adapter needs base= (the base model weights) to form "
                                f"ΔW = m·V/‖V‖ − W0 (module '{mod}')")
     if tuple(f.shape(km)) not in ((d_out,), (1, d_out), (d_out, 1)) and math.prod(f.shape(km)) != d_out:
         raise ShapeMismatchError(f"{f.path}: '{mod}' lora_magnitude_vector {list(f.shape(km))} does not match "
@@ -222,7 +222,7 @@ def _copy_layer(mod: str, key: str, ctx: _Ctx) -> Optional[LayerUpdate]:
     if len(shape) != 2:
         return None
     if ctx.base_path is None:
-        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass --base to analyse its "
+        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass base= to analyse its "
                             "update, skipped")
         return None
     bkey = ctx.base_key(mod, shape, "modules_to_save")
