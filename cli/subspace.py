@@ -47,7 +47,7 @@ def _rows(reports, labels, ks):
 
 
 def _fmt(v) -> str:
-    from deltaspec.results import _fmt as fmt
+    from deltaspec.formatting import fmt_num as fmt
 
     return "-" if v is None else (v if isinstance(v, str) else fmt(v))
 

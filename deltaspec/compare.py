@@ -49,6 +49,10 @@ class Aligned:
     dropped: dict = field(default_factory=dict)  # label -> layer names not in every input
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        left = "; left out: " + ", ".join(f"{lab} {len(d)}" for lab, d in self.dropped.items()) if self.dropped else ""
+        return f"<Aligned {', '.join(self.labels)}: {len(self.names)} common layers{left}>"
+
 
 def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None,
           on_n_ref_mismatch: str = "recompute") -> Aligned:
@@ -119,6 +123,16 @@ class Comparison:
     @property
     def labels(self) -> list[str]:
         return self.aligned.labels
+
+    def __repr__(self) -> str:
+        groups = f"{len(self.values)} layers" if self.per_layer else f"{len(self.values)} module types"
+        return (f"<Comparison {', '.join(self.labels)}: {groups} × {len(self.metrics)} metrics over "
+                f"{len(self.aligned.names)} common layers>")
+
+    def _repr_html_(self) -> str:
+        from .tables import comparison_html
+
+        return comparison_html(self)
 
     def differences(self, group: str, metric: str) -> dict:
         v = self.values[group][metric]

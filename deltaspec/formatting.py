@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["fmt_num", "fmt_signed", "fmt_spread", "short_names", "text_grid", "hoist_constant", "wrap", "html_table"]
+__all__ = ["fmt_num", "fmt_signed", "fmt_spread", "tally", "shape_str", "short_names", "name_legend", "text_grid",
+           "hoist_constant", "wrap", "html_table"]
 
 
 def fmt_num(v) -> str:
@@ -53,6 +54,18 @@ def fmt_spread(mean, std, sep: str = " ± ") -> str:
         return f"{fmt_num(float(mean))}{sep}{std:.2g}"
     decimals = max(decimals, 0)
     return f"{mean:.{decimals}f}{sep}{std:.{decimals}f}"
+
+
+def tally(values) -> str:
+    """'q_proj ×4, k_proj ×4, lm_head' — distinct values in first-seen order with their counts."""
+    counts: dict = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return ", ".join(f"{v} ×{c}" if c > 1 else str(v) for v, c in counts.items())
+
+
+def shape_str(shape) -> str:
+    return "x".join(str(int(d)) for d in shape)
 
 
 # ---- layer names ---------------------------------------------------------------------------------

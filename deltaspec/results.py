@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .formatting import fmt_num as _fmt, text_grid  # noqa: F401  (text_grid: the shared table helper)
+from .formatting import fmt_num, shape_str, tally, text_grid  # noqa: F401  (text_grid: the shared table helper)
 from .tables import TABLE_METRICS  # noqa: F401
 
 
@@ -40,6 +40,17 @@ class LayerResult:
     U: object = field(default=None, repr=False)
     V: object = field(default=None, repr=False)
     upper: Optional[np.ndarray] = field(default=None, repr=False)  # truncated mode: bounds σ_i ≤ upper_i
+
+    def __repr__(self) -> str:
+        top = f"σ_1 {fmt_num(float(self.singular_values[0]))}" if len(self.singular_values) else "no σ"
+        shown = ", ".join(f"{m} {fmt_num(self.metrics[m])}" for m in ("effective_rank", "top1_energy") if m in self.metrics)
+        return (f"<LayerResult {self.name} {shape_str(self.shape)} {self.kind} rank {self.rank}: {top}"
+                + (f", {shown}" if shown else "") + ">")
+
+    def _repr_html_(self) -> str:
+        from .tables import layer_html
+
+        return layer_html(self)
 
     def to_dict(self) -> dict:
         extra = {} if self.upper is None else {"singular_values_upper_bound": [float(x) for x in self.upper]}
@@ -76,6 +87,18 @@ class AnalysisResult:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def __repr__(self) -> str:
+        s, st = self.source, self.settings
+        warn = f", {len(self.warnings)} warning{'s' if len(self.warnings) != 1 else ''}" if self.warnings else ""
+        return (f"<AnalysisResult {s.get('format')} {s.get('path')!r}: {len(self.layers)} layers "
+                f"({', '.join(self.modules())}), {tally(r.kind for r in self.layers) or 'empty'}, "
+                f"{st.get('dtype', '?')} on {st.get('device', '?')}{warn}>")
+
+    def _repr_html_(self) -> str:
+        from .tables import analysis_html
+
+        return analysis_html(self)
 
     def __getitem__(self, key):
         """By position or by layer name."""
@@ -199,6 +222,12 @@ class Table(list):
         if not self:
             return "(empty)"
         head = list(self[0])
-        return "\n".join(text_grid(head, [[_fmt(r[h]) if isinstance(r[h], float) else str(r[h]) for h in head] for r in self]))
+        return "\n".join(text_grid(head, [[fmt_num(r[h]) if isinstance(r[h], float) else str(r[h]) for h in head] for r in self]))
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from .formatting import html_table
+
+        head = list(self[0]) if self else []
+        return html_table(head, [[fmt_num(r[h]) if isinstance(r[h], float) else r[h] for h in head] for r in self])

@@ -39,6 +39,11 @@ class Spectrum:
     upper: Optional[np.ndarray] = None
     frobenius: Optional[float] = None
 
+    def __repr__(self) -> str:
+        top = f", σ_1={float(self.sigma[0]):.4g}" if len(self.sigma) else ""
+        extra = (", vectors" if self.U is not None else "") + (", truncated" if self.upper is not None else "")
+        return f"Spectrum({len(self.sigma)} values{top}{extra})"
+
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' → the current CUDA device when one is present, else CPU; 'cuda' without one is an error."""

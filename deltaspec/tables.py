@@ -6,10 +6,10 @@ Terminal tables take `width` (None: as wide as the content; 80: fit 80 character
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Optional, Sequence
 
-from .formatting import fmt_num, fmt_signed, fmt_spread, hoist_constant, name_legend, short_names, text_grid, wrap
+from .formatting import (fmt_num, fmt_signed, fmt_spread, hoist_constant, html_table, name_legend, short_names, tally,
+                         text_grid, wrap)
 
 # Default metric columns of the terminal tables (every metric is in JSON/CSV; `--metrics` to choose).
 TABLE_METRICS = ("frobenius_norm", "top1_energy", "top4_energy", "effective_rank", "normalized_entropy", "stable_rank")
@@ -17,8 +17,7 @@ TABLE_METRICS = ("frobenius_norm", "top1_energy", "top4_energy", "effective_rank
 
 def by_module(names: Sequence[str]) -> str:
     """'gate_proj ×4, up_proj ×4' — a list of layer names summarised by module type."""
-    counts = Counter(n.rsplit(".", 1)[-1] for n in names)
-    return ", ".join(f"{m} ×{c}" if c > 1 else m for m, c in counts.items())
+    return tally(n.rsplit(".", 1)[-1] for n in names)
 
 
 # ---- analyze ---------------------------------------------------------------------------------------
@@ -139,3 +138,44 @@ def comparison_markdown(cmp, metrics: Optional[Sequence[str]] = None) -> str:
             out.append("| " + " | ".join([esc(groups[g]) if i == 0 else "", f"`{m}`"] + cells) + " |")
     what = "value per layer" if cmp.per_layer else "mean ± std (population, over the layers of each module type)"
     return "\n".join(out + ["", f"*{what}; {cmp.n_ref_note()}*"])
+
+
+# ---- notebooks (_repr_html_) -----------------------------------------------------------------------
+def _warnings_html(warnings) -> str:
+    import html
+
+    return "".join(f"<div>warning: {html.escape(w)}</div>" for w in warnings)
+
+
+def analysis_html(res) -> str:
+    """Per-layer table (full names) of the default metrics, with the result's one-line summary."""
+    cols = [m for m in TABLE_METRICS if m in res.metric_names]
+    body = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.kind, r.rank] + [fmt_num(r.metrics[c]) for c in cols]
+            for r in res.layers]
+    return html_table(["layer", "shape", "kind", "rank"] + cols, body, caption=repr(res)) + _warnings_html(res.warnings)
+
+
+def layer_html(lr) -> str:
+    """Every metric of one layer, and its leading singular values."""
+    sv = ", ".join(fmt_num(float(x)) for x in lr.singular_values[:8]) + (", …" if len(lr.singular_values) > 8 else "")
+    body = [[k, fmt_num(v)] for k, v in lr.metrics.items()] + [["singular values", sv]]
+    return html_table(["metric", "value"], body, caption=repr(lr))
+
+
+def updates_html(u) -> str:
+    body = [[x.name, f"{x.shape[0]}x{x.shape[1]}", x.kind, x.rank_bound, x.dtype] for x in u.layers]
+    return html_table(["layer", "shape", "kind", "rank", "dtype"], body, caption=repr(u)) + _warnings_html(u.warnings)
+
+
+def comparison_html(cmp) -> str:
+    """mean ± std per method (as the paper tables), differences to the first method."""
+    metrics = [m for m in TABLE_METRICS if m in cmp.metrics] or cmp.metrics
+    first = cmp.labels[0]
+    body = []
+    for g in cmp.values:
+        for i, m in enumerate(metrics):
+            d = cmp.differences(g, m)
+            body.append([g if i == 0 else "", m] + [_cell(cmp, g, m, lab, " ± ") for lab in cmp.labels]
+                        + [fmt_signed(d[lab]) for lab in cmp.labels[1:]])
+    head = ["layer" if cmp.per_layer else "module", "metric"] + cmp.labels + [f"{lab} − {first}" for lab in cmp.labels[1:]]
+    return html_table(head, body, caption=repr(cmp), max_rows=60)

@@ -17,6 +17,8 @@ from typing import Callable, Sequence, Union
 
 import torch
 
+from .formatting import shape_str, tally
+
 Tensor = torch.Tensor
 
 
@@ -36,6 +38,9 @@ class Dense:
 
     def materialize(self) -> Tensor:
         return self.delta
+
+    def __repr__(self) -> str:
+        return f"Dense({shape_str(self.shape)}, {_dt(self.delta)})"
 
 
 @dataclass
@@ -65,6 +70,9 @@ class LowRank:
     def materialize(self) -> Tensor:
         L, R = self.factors()
         return L @ R
+
+    def __repr__(self) -> str:
+        return f"LowRank({shape_str(self.shape)}, r={self.A.shape[0]}, scale={self.scale:.4g}, {_dt(self.B)})"
 
 
 @dataclass
@@ -107,6 +115,15 @@ class SumOfLowRank:
     def materialize(self) -> Tensor:
         L, R = self.factors()
         return L @ R
+
+
+    def __repr__(self) -> str:
+        return (f"SumOfLowRank({shape_str(self.shape)}, {len(self.terms)} terms, rank <= {self.rank_bound}, "
+                f"{_dt(self.terms[0][1])})")
+
+
+def _dt(t) -> str:
+    return str(t.dtype).replace("torch.", "")
 
 
 Update = Union[Dense, LowRank, SumOfLowRank]
@@ -160,6 +177,9 @@ class LayerUpdate:
     def load(self) -> Update:
         return self.loader()
 
+    def __repr__(self) -> str:
+        return f"<LayerUpdate {self.name} {shape_str(self.shape)} {self.kind} rank <= {self.rank_bound}, {self.dtype}>"
+
 
 @dataclass
 class Updates(Sequence):
@@ -176,6 +196,18 @@ class Updates(Sequence):
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def __repr__(self) -> str:
+        mods = ", ".join(dict.fromkeys(u.module for u in self.layers))
+        kinds = tally(u.kind for u in self.layers) or "empty"
+        base = f", base {self.base!r}" if self.base else ""
+        warn = f", {len(self.warnings)} warning{'s' if len(self.warnings) != 1 else ''}" if self.warnings else ""
+        return f"<Updates {self.format} {self.path!r}: {len(self.layers)} layers ({mods}), {kinds}{base}{warn}>"
+
+    def _repr_html_(self) -> str:
+        from .tables import updates_html
+
+        return updates_html(self)
 
     def select(self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> "Updates":
         """Keep layers whose module type is in `modules` and whose layer index is in `layers`;

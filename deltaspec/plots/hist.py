@@ -38,6 +38,11 @@ class HistData:
     n_layers: int
     normalize: bool
 
+    def __repr__(self) -> str:
+        top = f"top {self.top}" if self.top is not None else "all σ"
+        return (f"HistData({self.module}: {', '.join(self.counts)}; {len(self.edges) - 1} bins, {top} of "
+                f"{self.n_layers} layers{', σ_i/σ_1' if self.normalize else ''})")
+
 
 def _per_layer(sigma: np.ndarray, top: Optional[int], normalize: bool) -> np.ndarray:
     s = np.sort(np.asarray(sigma, dtype=np.float64))[::-1]
