@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from ..compare import Aligned, Comparison, align
 from ..errors import DeltaspecError
 from ..results import AnalysisResult, LayerResult
+from .notebook import show_later
 
 STYLE_PATH = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.3  # inches
@@ -60,17 +61,21 @@ def new_axes(panels: int = 1, size: Optional[str | float] = None, height: Option
 
 
 def styled(fn):
-    """Run a plot function under `paper_style()` when it creates its own figure (`ax` is None).
+    """Run a plot function under `paper_style()` when it creates its own figure (`ax` is None), and
+    show that figure inline when running in Jupyter (see notebook.py).
 
     With an axes from the caller, the caller's style applies (only the method colours are fixed).
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if kwargs.get("ax") is None:
-            with paper_style():
-                return fn(*args, **kwargs)
-        return fn(*args, **kwargs)
+        if kwargs.get("ax") is not None:
+            return fn(*args, **kwargs)
+        with paper_style():
+            out = fn(*args, **kwargs)
+        first = out[0] if isinstance(out, (list, tuple)) else out
+        show_later(first.figure)
+        return out
 
     return wrapper
 
