@@ -5,7 +5,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_not_input, emit, output_format, table_width
+from .output import check_output, emit, output_format, table_width, warn
 
 
 @click.command()
@@ -36,7 +36,7 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
     from deltaspec import distributed
 
     fmt = output_format(fmt, out)
-    check_not_input(out, [ckpt, opts["base"]])
+    check_output(out, [ckpt, opts["base"]])
     opts["svd_top_k"] = opts["svd_top_k"] or old_top_k
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
@@ -46,6 +46,8 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
             text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
                     else result.format_table(chosen, width=table_width(out)))
             emit(text, out)
+            if fmt != "table" or out:  # the table already lists them
+                warn(result.warnings)
     finally:
         distributed.finish()
 

@@ -5,10 +5,11 @@ import ast
 import functools
 import re
 import sys
+import warnings
 
 import click
 
-from deltaspec.errors import DeltaspecError
+from deltaspec.errors import DeltaspecError, DeltaspecWarning
 
 
 # The library's messages name Python arguments (`base=PATH`, `modules=['kproj']`); on the command line
@@ -41,7 +42,9 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # the commands print Updates.warnings themselves
+                warnings.simplefilter("ignore", DeltaspecWarning)
+                return fn(*args, **kwargs)
         except DeltaspecError as e:
             click.echo(f"error: {cli_words(str(e))}", err=True)
             sys.exit(2)

@@ -11,7 +11,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_not_input, emit, output_format, table_width
+from .output import check_output, emit, output_format, table_width, warn
 
 INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
 JSON file written by `deltaspec analyze -o X.json` (read back, nothing recomputed). --base is used for
@@ -124,8 +124,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     from deltaspec.compare import compare as run_compare
     from deltaspec.results import TABLE_METRICS
 
-    fmt = output_format(fmt, out)
-    check_not_input(out, [*inputs, base])
+    fmt = output_format(fmt, out, allowed=("table", "json", "csv", "latex", "markdown"))
+    check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
@@ -138,3 +138,5 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
             "csv": lambda: cmp.to_csv().rstrip("\n"), "latex": lambda: cmp.to_latex(shown),
             "markdown": lambda: cmp.to_markdown(shown)}[fmt]()
     emit(text, out)
+    if fmt != "table" or out:  # the table already lists them
+        warn(f"{lab}: {w}" for lab, res in zip(cmp.labels, cmp.aligned.results) for w in res.warnings)

@@ -14,7 +14,8 @@ def reader_options(fn):
         click.option("--type", "ckpt_type", type=click.Choice(FORMATS), default="auto", show_default=True,
                      help="Checkpoint format; 'auto' detects it from the files."),
         click.option("--lora-alpha", type=float, default=None,
-                     help="LoRA alpha for formats that do not store it (MTL-LoRA MultiLoRA .pt files)."),
+                     help="LoRA alpha for formats that do not store it (MTL-LoRA MultiLoRA .pt files). Formats "
+                          "that store α keep theirs (PEFT's merge is the reference) and say so in a warning."),
         click.option("--include-embeddings", is_flag=True, help="Also analyse embedding / lm_head updates."),
     ]):
         fn = opt(fn)

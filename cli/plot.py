@@ -6,7 +6,7 @@ import click
 from .common import parse_list, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, load_results
 from .options import parse_ints
-from .output import check_not_input
+from .output import check_output, warn
 
 FIG_HELP = """Output: -o FILE.pdf / .svg (vector, fonts embedded) or .png (--dpi); the shipped paper style
 (8 pt sans-serif, Okabe-Ito colour-blind-safe colours); --size single (3.3 in) or double (6.9 in)
@@ -29,13 +29,18 @@ def figure_options(fn):
 
 def _load(kw: dict, vectors: bool = False):
     """Shared: labels, results; pops the input options out of `kw` and leaves the figure ones."""
+    from deltaspec.plots.save import figure_format
+
     inputs = kw.pop("inputs")
-    check_not_input(kw["out"], [*inputs, kw.get("base")])
+    figure_format(kw["out"])  # .pdf/.svg/.png, checked before any work
+    check_output(kw["out"], [*inputs, kw.get("base")])
     labels = input_labels(inputs, kw.pop("labels"))
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
     opts = {k: kw.pop(k) for k in keys if k in kw}  # --n-ref/--energy-k only where a metric is drawn
-    return dict(zip(labels, load_results(inputs, vectors=vectors, **opts))), opts
+    results = load_results(inputs, vectors=vectors, **opts)
+    warn(f"{lab}: {w}" for lab, res in zip(labels, results) for w in res.warnings)
+    return dict(zip(labels, results)), opts
 
 
 def _save(ax, kw: dict) -> None:

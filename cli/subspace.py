@@ -11,7 +11,7 @@ import click
 from .common import user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, load_results
 from .options import parse_ints
-from .output import check_not_input, emit, output_format, table_width
+from .output import check_output, emit, output_format, table_width, warn
 
 
 def base_weight(store, name: str, shape):
@@ -91,7 +91,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     from deltaspec.subspace import layer_subspace
 
     fmt = output_format(fmt, out)
-    check_not_input(out, [*inputs, base])
+    check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
     if len(inputs) < 2 and not base:
         raise DeltaspecError("give two or more inputs (φ similarity) and/or --base (amplification, intruders)")
@@ -100,6 +100,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
                            dtype=dtype, quiet=quiet)
     al = align(results, names)
+    warn(f"{lab}: {w}" for lab, res in zip(al.labels, al.results) for w in res.warnings)
     store = None
     if base:
         from deltaspec.io.tensors import open_model

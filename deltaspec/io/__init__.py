@@ -14,9 +14,10 @@ NonFiniteError on NaN/Inf. Nothing is ever written next to the inputs.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from ..errors import FormatError
+from ..errors import DeltaspecWarning, FormatError
 from ..updates import Updates
 from .detect import FORMATS, detect, resolve
 
@@ -69,7 +70,9 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         u = read_kohya(p, base, include_embeddings)
     u.path = str(path)
     if lora_alpha is not None and fmt != "mtl-multilora":
-        u.warnings.append(f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale")
+        msg = f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale (α), which is used"
+        u.warnings.append(msg)
+        warnings.warn(f"{path}: {msg}", DeltaspecWarning, stacklevel=3)
     return u
 
 
