@@ -21,7 +21,7 @@ def figure_options(fn):
                      help="Column width: single 3.3 in, double 6.9 in [default: single; hist with 2+ panels: double]."),
         click.option("--height", type=float, default=None, help="Figure height in inches [default: from the width]."),
         click.option("--dpi", type=int, default=300, show_default=True, help="Resolution of PNG output."),
-        click.option("--title", default=None, help="Axes title [default: what was plotted]."),
+        click.option("--title", default=None, help="Title [default: what was plotted; heatmaps: none, the colour bar names the metric]."),
     ]):
         fn = opt(fn)
     return fn
@@ -58,7 +58,7 @@ def plot():
     deltaspec plot hist     CKPT… --modules k_proj,v_proj -o fig2.pdf   # MultiLoRA paper, Figure 2
     deltaspec plot spectrum CKPT… -o spectra.svg      # sorted σ_i per method (log scale)
     deltaspec plot energy   CKPT… -o energy.png       # cumulative energy share vs k
-    deltaspec plot heatmap  CKPT --metric normalized_entropy -o heat.pdf
+    deltaspec plot heatmap  CKPT… --metric normalized_entropy -o heat.pdf   # one colour scale
     deltaspec plot similarity CKPT_A CKPT_B --modules v_proj -o phi.pdf
     deltaspec plot hist spectra.json …                # saved `analyze -o` output: nothing recomputed
     """
@@ -146,17 +146,21 @@ def energy(**kw):
 @click.option("--metric", default="normalized_entropy", show_default=True, help="Metric name, as in `analyze`.")
 @click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap (viridis, cividis: colour-blind safe).")
 @click.option("--annotate/--no-annotate", default=None, help="Values in the cells [default: when ≤ 120 cells].")
+@click.option("--vmin", type=float, default=None, help="Lowest value of the colour scale [default: smallest value shown].")
+@click.option("--vmax", type=float, default=None, help="Highest value of the colour scale [default: largest value shown].")
 @user_errors
 def heatmap(**kw):
-    """Layer × module heatmap of one metric of one checkpoint (or saved analysis)."""
-    from deltaspec.errors import DeltaspecError
+    """Layer × module heatmap of one metric; several inputs side by side on one colour scale.
+
+    \b
+    deltaspec plot heatmap sample_checkpoints/lora --metric top1_energy -o heat.pdf
+    deltaspec plot heatmap A B C --labels LoRA,MultiLoRA,FT --vmin 0 --vmax 1 -o heat.pdf
+    """
     from deltaspec.plots import heatmap as draw
 
-    if len(kw["inputs"]) != 1:
-        raise DeltaspecError(f"heatmap draws one input, got {len(kw['inputs'])}")
     data, opts = _load(kw)
     ax = draw(data, kw["metric"], modules=parse_list(opts["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
-              title=kw["title"], size=kw["size"], height=kw["height"])
+              vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
 
 

@@ -97,7 +97,7 @@ def test_plot_heatmap_and_similarity(ckpts, saved, tmp_path):
     r = invoke("plot", "heatmap", saved["full"], "--metric", "effective_rank", "-o", tmp_path / "h.pdf")
     assert r.exit_code == 0 and (tmp_path / "h.pdf").stat().st_size > 1000
     r = invoke("plot", "heatmap", saved["full"], saved["lora"], "-o", tmp_path / "h2.pdf")
-    assert r.exit_code == 2 and "one input" in r.output
+    assert r.exit_code == 0 and (tmp_path / "h2.pdf").stat().st_size > 1000  # side by side, one scale
     r = invoke("plot", "similarity", ckpts / "lora", ckpts / "lora2", "--modules", "v_proj", "-k", "4",
                "-o", tmp_path / "s.svg", "-q")
     assert r.exit_code == 0, r.output

@@ -40,8 +40,17 @@ def use_paper_style() -> None:
     mpl.rc_file(str(STYLE_PATH))
 
 
+# Line styles go with the colours, so methods stay apart in greyscale (Okabe–Ito's vermillion and
+# bluish green have nearly the same luminance).
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
+
+
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+def linestyle(i: int):
+    return LINESTYLES[i % len(LINESTYLES)]
 
 
 def figsize(size: str | float = "single", panels: int = 1, height: Optional[float] = None) -> tuple[float, float]:
@@ -94,6 +103,19 @@ def as_aligned(data, labels: Optional[Sequence[str]] = None) -> Aligned:
         return align(list(data), labels)
     raise TypeError("plot data must be an AnalysisResult, a list of them, a {label: AnalysisResult} mapping, "
                     f"or a compare.Aligned/Comparison; got {type(data).__name__}")
+
+
+_METRIC_LABELS = {"frobenius_norm": "Frobenius norm", "spectral_norm": "spectral norm σ$_1$",
+                  "spectral_entropy": "spectral entropy (nats)", "energy_entropy": "energy entropy (nats)"}
+
+
+def metric_label(name: str) -> str:
+    """A readable axis label for a metric name ('top4_energy' → 'top-4 energy share')."""
+    if name in _METRIC_LABELS:
+        return _METRIC_LABELS[name]
+    if name.startswith("top") and name.endswith("_energy") and name[3:-7].isdigit():
+        return f"top-{name[3:-7]} energy share"
+    return name.replace("_", " ")
 
 
 def pick(result: AnalysisResult, modules=None, layers=None) -> list[LayerResult]:
