@@ -1,6 +1,8 @@
 """Analysis results: per-layer spectra and metrics, per-module aggregates, JSON/CSV/table output.
 
-JSON schema (`AnalysisResult.to_dict`, documented in docs/OUTPUT.md):
+Presentation (terminal tables, HTML for notebooks) lives in tables.py and formatting.py.
+
+JSON schema (`AnalysisResult.to_dict`, documented in docs/METRICS.md, "JSON"):
     {"deltaspec_version", "source": {"path", "format", "base"},
      "settings": {"dtype", "device", "n_ref", "energy_k", "svd_top_k"}, "warnings": [...],
      "layers": [{"name", "module", "layer", "shape": [out, in], "kind", "rank",
