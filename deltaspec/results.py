@@ -22,7 +22,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .formatting import fmt_num, shape_str, tally, text_grid  # noqa: F401  (text_grid: the shared table helper)
+# The shared table helpers (for `info`, rank suggestions, …): text_grid(head, body, width), short_names,
+# hoist_constant, name_legend — see formatting.py.
+from .formatting import fmt_num, hoist_constant, name_legend, shape_str, short_names, tally, text_grid  # noqa: F401
 from .tables import TABLE_METRICS  # noqa: F401
 
 
