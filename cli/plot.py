@@ -72,18 +72,20 @@ def plot():
 @click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
 @click.option("--bins", type=int, default=20, show_default=True, help="Number of bins (shared by all inputs).")
 @click.option("--log-counts", is_flag=True, help="Log-scaled counts.")
-@click.option("--density", is_flag=True, help="Each histogram normalised to unit area (use with --top all).")
+@click.option("--density", is_flag=True, help="Each histogram normalised to unit area, per decade with --log-x "
+              "(use with --top all).")
 @click.option("--log-x", is_flag=True, help="Log-spaced bins and axis.")
 @user_errors
 def hist(**kw):
     """Figure 2: histograms of the singular values of ΔW, one panel per module, inputs overlaid.
 
     Panels are --modules (default k_proj,v_proj, the paper's choice); all --layers of a module are
-    pooled. By default each layer contributes σ_i / σ_1 for its top R singular values, R the smallest
-    rank among the inputs (16 for a rank-16 LoRA): LoRA has only R nonzero σ while full FT has
-    min(d_out, d_in), so comparing the top R of each is like with like, and dividing by σ_1 shows the
-    shape (how dominated by the top directions), not the scale set by α/r or the learning rate.
-    Bins are shared by all inputs in a panel.
+    pooled. By default each layer contributes σ_i / σ_1 for i = 2…R, R the smallest rank among the
+    inputs (16 for a rank-16 LoRA): LoRA has only R nonzero σ while full FT has min(d_out, d_in), so
+    comparing the top R of each is like with like, and dividing by σ_1 shows the shape (how dominated
+    by the top directions), not the scale set by α/r or the learning rate; σ_1/σ_1 = 1 itself is left
+    out (one meaningless bar per layer). Bins are shared by all inputs in a panel; inputs differ by
+    colour and line style (readable in greyscale).
     """
     from deltaspec.plots import hist as draw
 
