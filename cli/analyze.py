@@ -5,7 +5,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_not_input, emit, output_format
+from .output import check_output, emit, output_format, table_width, warn
 
 
 @click.command()
@@ -17,12 +17,17 @@ from .output import check_not_input, emit, output_format
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Output format [default: from -o's extension, else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
-@click.option("--top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
+@click.option("--svd-top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
               help="Truncated mode for full fine-tuning deltas: only the top K singular values, by randomized "
                    "SVD, each with a certified upper bound; metrics needing the whole spectrum are left empty.")
+@click.option("--top-k", "old_top_k", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Old name of --svd-top-k.")
+@click.option("--metrics", default=None,
+              help="Metrics to show, e.g. 'top1_energy,effective_rank', or 'all' [default: the table's six columns]. "
+                   "Table and CSV only: JSON keeps every metric (it is the saved analysis).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def analyze(ckpt, fmt, out, **opts):
+def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
     """Spectra and balance metrics of the weight update in CKPT.
 
     CKPT is a PEFT adapter dir, a deltaspec MultiLoRA adapter dir, a MultiLoRA .pt file, a kohya
@@ -32,12 +37,18 @@ def analyze(ckpt, fmt, out, **opts):
     from deltaspec import distributed
 
     fmt = output_format(fmt, out)
-    check_not_input(out, [ckpt, opts["base"], opts["initial"]])
+    check_output(out, [ckpt, opts["base"], opts["initial"]])
+    opts["svd_top_k"] = opts["svd_top_k"] or old_top_k
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
         result = _analyze(ckpt, **opts)
         if distributed.is_main():
-            emit({"json": result.to_json, "csv": result.to_csv, "table": result.format_table}[fmt](), out)
+            chosen = result.check_metrics(parse_list(metrics))
+            text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
+                    else result.format_table(chosen, width=table_width(out)))
+            emit(text, out)
+            if fmt != "table" or out:  # the table already lists them
+                warn(result.warnings)
     finally:
         distributed.finish()
 
@@ -50,9 +61,9 @@ def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     pick_device(device)  # a bad --device fails before any reading
     updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
                       initial=initial)
-    result = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
+    result = ds.analyze(updates, device=device, dtype=dtype, energy_k=parse_ints(energy_k, "--energy-k"),
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
                         progress=False if quiet else None, svd_top_k=svd_top_k)
     if not result.layers:
-        raise ds.DeltaspecError(f"{ckpt}: no layers match --modules {modules} --layers {layers}")
+        raise ds.DeltaspecError(f"{ckpt}: no weight updates found (nothing to analyse)")
     return result

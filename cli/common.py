@@ -1,23 +1,53 @@
 """Shared CLI pieces: error handling, option parsing helpers."""
 from __future__ import annotations
 
+import ast
 import functools
+import re
 import sys
+import warnings
 
 import click
 
-from deltaspec.errors import DeltaspecError
+from deltaspec.errors import DeltaspecError, DeltaspecWarning
+
+
+# The library's messages name Python arguments (`base=PATH`, `modules=['kproj']`); on the command line
+# the same words are flags. Python argument -> CLI option (None: a flag without a value).
+CLI_FLAGS = {"base": "--base", "device": "--device", "dtype": "--dtype", "lora_alpha": "--lora-alpha",
+             "n_ref": "--n-ref", "energy_k": "--energy-k", "svd_top_k": "--svd-top-k", "modules": "--modules",
+             "layers": "--layers", "labels": "--labels", "metrics": "--metrics", "include_embeddings": "--include-embeddings",
+             "initial": "--initial"}
+_PY_ARG = re.compile(r"(?<![\w./-])(" + "|".join(CLI_FLAGS) + r")=(\[[^\]]*\]|\([^)]*\)|'[^']*'|[^\s,;:)]*)")
+
+
+def cli_words(message: str) -> str:
+    """`pass base=PATH` → `pass --base PATH`, `modules=['kproj']` → `--modules kproj`, `x=True` → the flag."""
+    def sub(m):
+        flag, value = CLI_FLAGS[m.group(1)], m.group(2)
+        if value[:1] in "[('":
+            try:
+                v = ast.literal_eval(value)
+                value = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+            except (ValueError, SyntaxError):
+                pass
+        return flag if value in ("", "True") else f"{flag} {value}"
+
+    return _PY_ARG.sub(sub, message)
 
 
 def user_errors(fn):
-    """Turn a DeltaspecError (a user mistake) into one line on stderr and exit code 2; no traceback."""
+    """Turn a DeltaspecError (a user mistake) into one line on stderr and exit code 2; no traceback.
+    Python argument names in the message become the matching options (`cli_words`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # the commands print Updates.warnings themselves
+                warnings.simplefilter("ignore", DeltaspecWarning)
+                return fn(*args, **kwargs)
         except DeltaspecError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {cli_words(str(e))}", err=True)
             sys.exit(2)
 
     return wrapper

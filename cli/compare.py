@@ -11,7 +11,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_not_input, emit, output_format
+from .output import check_output, emit, output_format, table_width, warn
 
 INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
 JSON file written by `deltaspec analyze -o X.json` (read back, nothing recomputed). --base is used for
@@ -68,26 +68,31 @@ def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, includ
         if is_saved_analysis(path):
             if vectors:
                 raise DeltaspecError(f"{path}: saved analyses keep no singular vectors; give the checkpoint instead")
-            res = ds.AnalysisResult.from_json(path)
-            res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
+            res = ds.AnalysisResult.from_json(path).select(mods, lays)
         else:
             updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
-            res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, top_k=parse_ints(energy_k, "--energy-k"),
+            res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, energy_k=parse_ints(energy_k, "--energy-k"),
                              n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
         if not res.layers:
-            raise DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
+            raise DeltaspecError(f"{path}: no weight updates found (nothing to analyse)")
         out.append(res)
     return out
 
 
-def input_options(fn):
-    """INPUTS…, reading/selection/compute options and --labels, shared by compare and plot."""
-    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
-    fn = click.option("--labels", default=None, help="Comma-separated names, one per input [default: input names].")(fn)
-    fn = compute_options(fn)
-    fn = selection_options(fn)
-    fn = reader_options(fn)
-    return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+def input_options(fn=None, *, metrics: bool = True, **selection):
+    """INPUTS…, reading/selection/compute options and --labels, shared by compare, plot and subspace.
+
+    metrics=False leaves out --n-ref/--energy-k (for commands that use no metric); `selection`
+    goes to selection_options (e.g. modules_help for a command with another default)."""
+    def deco(fn):
+        fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
+        fn = click.option("--labels", default=None, help="Comma-separated names, one per input [default: input names].")(fn)
+        fn = compute_options(fn, metrics=metrics)
+        fn = selection_options(fn, **selection)
+        fn = reader_options(fn)
+        return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+
+    return deco(fn) if fn is not None else deco
 
 
 @click.command(epilog=INPUTS_HELP)
@@ -97,8 +102,9 @@ def input_options(fn):
               "[default: the analyze table's columns; JSON/CSV: all].")
 @click.option("--strict-n-ref", is_flag=True, help="Refuse inputs whose normalized_entropy uses different n_ref "
               "instead of recomputing it with n_ref = min(d_out, d_in).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
-              help="Output format [default: from -o's extension, else table].")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "latex", "markdown"]), default=None,
+              help="Output format; latex (booktabs) and markdown are paper tables of mean ± std [default: from -o's "
+                   "extension (.json .csv .tex .md), else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
 def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
@@ -118,8 +124,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     from deltaspec.compare import compare as run_compare
     from deltaspec.results import TABLE_METRICS
 
-    fmt = output_format(fmt, out)
-    check_not_input(out, [*inputs, base])
+    fmt = output_format(fmt, out, allowed=("table", "json", "csv", "latex", "markdown"))
+    check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
@@ -127,8 +133,10 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     chosen = parse_list(metrics)
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
                       on_n_ref_mismatch="error" if strict_n_ref else "recompute")
-    if fmt == "table":
-        text = cmp.format_table(chosen or [m for m in TABLE_METRICS if m in cmp.metrics])
-    else:
-        text = cmp.to_json() if fmt == "json" else cmp.to_csv().rstrip("\n")
+    shown = chosen or [m for m in TABLE_METRICS if m in cmp.metrics]
+    text = {"table": lambda: cmp.format_table(shown, width=table_width(out)), "json": cmp.to_json,
+            "csv": lambda: cmp.to_csv().rstrip("\n"), "latex": lambda: cmp.to_latex(shown),
+            "markdown": lambda: cmp.to_markdown(shown)}[fmt]()
     emit(text, out)
+    if fmt != "table" or out:  # the table already lists them
+        warn(f"{lab}: {w}" for lab, res in zip(cmp.labels, cmp.aligned.results) for w in res.warnings)

@@ -13,7 +13,8 @@ from .options import initial_option, reader_options
 @click.argument("ckpt", type=click.Path())
 @reader_options
 @initial_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="Output format.")
 @user_errors
 def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
     """Detected format, layers, shapes, ranks and dtypes of CKPT (reads headers only).

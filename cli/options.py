@@ -14,7 +14,8 @@ def reader_options(fn):
         click.option("--type", "ckpt_type", type=click.Choice(FORMATS), default="auto", show_default=True,
                      help="Checkpoint format; 'auto' detects it from the files."),
         click.option("--lora-alpha", type=float, default=None,
-                     help="LoRA alpha for formats that do not store it (MTL-LoRA MultiLoRA .pt files)."),
+                     help="LoRA alpha for formats that do not store it (MTL-LoRA MultiLoRA .pt files). Formats "
+                          "that store α keep theirs (PEFT's merge is the reference) and say so in a warning."),
         click.option("--include-embeddings", is_flag=True, help="Also analyse embedding / lm_head updates."),
     ]):
         fn = opt(fn)
@@ -28,25 +29,38 @@ def initial_option(fn):
                              "(DIR); gives the exact ΔW = s(BA − B0A0) relative to the original base.")(fn)
 
 
-def selection_options(fn):
+def selection_options(fn=None, *, modules_help="Module types, e.g. 'k_proj,v_proj' [default: all]."):
     """--modules, --layers: which layers to keep."""
-    fn = click.option("--layers", default=None, help="Layer indices, e.g. '0-3,8' (default: all).")(fn)
-    fn = click.option("--modules", default=None, help="Module types, e.g. 'k_proj,v_proj' (default: all).")(fn)
-    return fn
+    def deco(fn):
+        fn = click.option("--layers", default=None, help="Layer indices, e.g. '0-3,8' [default: all].")(fn)
+        return click.option("--modules", default=None, help=modules_help)(fn)
+
+    return deco(fn) if fn is not None else deco
 
 
-def compute_options(fn):
-    """--device, --dtype, --n-ref, --energy-k: how spectra and metrics are computed."""
-    for opt in reversed([
+def compute_options(fn=None, *, metrics: bool = True):
+    """--device, --dtype (how spectra are computed) and, with metrics=True, --n-ref, --energy-k (the
+    metrics that depend on them); commands that draw or compare only singular values/vectors leave
+    the last two out."""
+    opts = [
         click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
                      help="Precision of the SVD (bf16/fp16 checkpoints are always upcast)."),
-        click.option("--n-ref", default="shape", show_default=True,
-                     help="Reference size n of normalized_entropy = H/ln(n): 'shape' = min(d_out, d_in), 'rank', or an integer."),
-        click.option("--energy-k", default="1,4,16", show_default=True, help="k values for the topK_energy metrics."),
-    ]):
-        fn = opt(fn)
-    return fn
+    ]
+    if metrics:
+        opts += [
+            click.option("--n-ref", default="shape", show_default=True,
+                         help="Reference size n of normalized_entropy = H/ln(n): 'shape' = min(d_out, d_in), 'rank', "
+                              "or an integer."),
+            click.option("--energy-k", default="1,4,16", show_default=True, help="k values of the top{k}_energy metrics."),
+        ]
+
+    def deco(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return deco(fn) if fn is not None else deco
 
 
 def parse_n_ref(value: str):

@@ -1,35 +1,68 @@
-"""Writing reports: stdout or -o FILE, format from --format or the file extension; never into inputs."""
+"""Writing reports: stdout or -o FILE, format from --format or the file extension; never into inputs.
+
+`check_output` runs before any work: an -o that cannot be written, or that lies inside an input
+path, is a one-line error at once instead of a traceback after the whole analysis.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import click
 
-from deltaspec.errors import DeltaspecError
+from deltaspec.errors import DeltaspecError, reason
+
+EXTENSIONS = {".json": "json", ".csv": "csv", ".txt": "table", "": "table", ".tex": "latex", ".md": "markdown"}
 
 
-def output_format(fmt: str | None, out: str | None) -> str:
-    """--format wins; else .json/.csv from -o's extension; else the terminal table."""
+def output_format(fmt: str | None, out: str | None, allowed=("table", "json", "csv")) -> str:
+    """--format wins; else from -o's extension (.json .csv .txt, and .tex .md where allowed); else the
+    table. An unknown extension (x.xlsx) is refused: we will not write a text table into it."""
     if fmt:
         return fmt
-    ext = Path(out).suffix.lower() if out else ""
-    return {".json": "json", ".csv": "csv"}.get(ext, "table")
+    if not out:
+        return "table"
+    ext = Path(out).suffix.lower()
+    if EXTENSIONS.get(ext) not in allowed:
+        known = ", ".join(e for e, f in EXTENSIONS.items() if e and f in allowed)
+        raise DeltaspecError(f"{out}: unknown report extension '{ext}'; use {known} (or none for a table), "
+                             "or pass --format")
+    return EXTENSIONS[ext]
 
 
-def check_not_input(out: str | None, inputs) -> None:
-    """Refuse -o targets that would overwrite a file of an input checkpoint (we never write to inputs)."""
+def check_output(out: str | None, inputs) -> None:
+    """Before any work: refuse an -o inside (or equal to) an input path, a folder, or a place that
+    cannot be written (its parent is a file, a read-only folder, …). Creates nothing."""
     if not out:
         return
     target = Path(out).resolve()
-    if not target.exists():
-        return
     for p in inputs:
         if not p:
             continue
         src = Path(p).resolve()
-        if target == src or (src.is_dir() and src in target.parents):
-            raise DeltaspecError(f"{out}: refusing to overwrite a file of the input checkpoint {p}; choose another -o path")
+        if target == src:
+            raise DeltaspecError(f"{out}: refusing to overwrite the input {p}; choose another -o path")
+        if src.is_dir() and src in target.parents:
+            raise DeltaspecError(f"{out}: refusing to write inside the input directory {p} (deltaspec never "
+                                 "writes into its input paths); choose an -o path outside it")
+    if target.is_dir():
+        raise DeltaspecError(f"{out}: is a directory; give a file name")
+    if target.exists():
+        try:
+            open(target, "ab").close()  # neither truncates nor changes the file
+        except OSError as e:
+            raise DeltaspecError(f"{out}: cannot write this file ({reason(e)})") from None
+        return
+    folder = next(a for a in target.parents if a.exists())
+    if not folder.is_dir():
+        raise DeltaspecError(f"{out}: cannot create it: {folder} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()  # a probe without a name (O_TMPFILE where available)
+    except OSError as e:
+        raise DeltaspecError(f"{out}: cannot write in {folder} ({reason(e)})") from None
 
 
 def emit(text: str, out: str | None) -> None:
@@ -42,3 +75,22 @@ def emit(text: str, out: str | None) -> None:
     with open(out, "w") as f:
         f.write(text if text.endswith("\n") else text + "\n")
     click.echo(f"wrote {out}", err=True)
+
+
+def warn(messages) -> None:
+    """Each warning as one `warning: …` line on stderr (in the CLI's words)."""
+    from .common import cli_words
+
+    for w in messages:
+        click.echo(f"warning: {cli_words(w)}", err=True)
+
+
+def table_width(out: str | None) -> int | None:
+    """Width for terminal tables: $COLUMNS when set, else the terminal's width when stdout is one;
+    None (as wide as the content) when writing to a file or a pipe."""
+    if out:
+        return None
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None

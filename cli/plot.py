@@ -6,7 +6,7 @@ import click
 from .common import parse_list, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, load_results
 from .options import parse_ints
-from .output import check_not_input
+from .output import check_output, warn
 
 FIG_HELP = """Output: -o FILE.pdf / .svg (vector, fonts embedded) or .png (--dpi); the shipped paper style
 (8 pt sans-serif, Okabe-Ito colour-blind-safe colours); --size single (3.3 in) or double (6.9 in)
@@ -21,7 +21,7 @@ def figure_options(fn):
                      help="Column width: single 3.3 in, double 6.9 in [default: single; hist with 2+ panels: double]."),
         click.option("--height", type=float, default=None, help="Figure height in inches [default: from the width]."),
         click.option("--dpi", type=int, default=300, show_default=True, help="Resolution of PNG output."),
-        click.option("--title", default=None, help="Axes title [default: what was plotted]."),
+        click.option("--title", default=None, help="Title [default: what was plotted; heatmaps: none, the colour bar names the metric]."),
     ]):
         fn = opt(fn)
     return fn
@@ -29,13 +29,18 @@ def figure_options(fn):
 
 def _load(kw: dict, vectors: bool = False):
     """Shared: labels, results; pops the input options out of `kw` and leaves the figure ones."""
+    from deltaspec.plots.save import figure_format
+
     inputs = kw.pop("inputs")
-    check_not_input(kw["out"], [*inputs, kw.get("base")])
+    figure_format(kw["out"])  # .pdf/.svg/.png, checked before any work
+    check_output(kw["out"], [*inputs, kw.get("base")])
     labels = input_labels(inputs, kw.pop("labels"))
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
-    opts = {k: kw.pop(k) for k in keys}
-    return dict(zip(labels, load_results(inputs, vectors=vectors, **opts))), opts
+    opts = {k: kw.pop(k) for k in keys if k in kw}  # --n-ref/--energy-k only where a metric is drawn
+    results = load_results(inputs, vectors=vectors, **opts)
+    warn(f"{lab}: {w}" for lab, res in zip(labels, results) for w in res.warnings)
+    return dict(zip(labels, results)), opts
 
 
 def _save(ax, kw: dict) -> None:
@@ -53,32 +58,34 @@ def plot():
     deltaspec plot hist     CKPT… --modules k_proj,v_proj -o fig2.pdf   # MultiLoRA paper, Figure 2
     deltaspec plot spectrum CKPT… -o spectra.svg      # sorted σ_i per method (log scale)
     deltaspec plot energy   CKPT… -o energy.png       # cumulative energy share vs k
-    deltaspec plot heatmap  CKPT --metric normalized_entropy -o heat.pdf
+    deltaspec plot heatmap  CKPT… --metric normalized_entropy -o heat.pdf   # one colour scale
     deltaspec plot similarity CKPT_A CKPT_B --modules v_proj -o phi.pdf
     deltaspec plot hist spectra.json …                # saved `analyze -o` output: nothing recomputed
     """
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False, modules_help="Module types, one panel each [default: k_proj,v_proj, the paper's Figure 2].")
 @figure_options
 @click.option("--top", default="auto", show_default=True,
               help="σ per layer: 'auto' = top R, R the smallest rank among the inputs; N; or 'all'.")
 @click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
 @click.option("--bins", type=int, default=20, show_default=True, help="Number of bins (shared by all inputs).")
 @click.option("--log-counts", is_flag=True, help="Log-scaled counts.")
-@click.option("--density", is_flag=True, help="Each histogram normalised to unit area (use with --top all).")
+@click.option("--density", is_flag=True, help="Each histogram normalised to unit area, per decade with --log-x "
+              "(use with --top all).")
 @click.option("--log-x", is_flag=True, help="Log-spaced bins and axis.")
 @user_errors
 def hist(**kw):
     """Figure 2: histograms of the singular values of ΔW, one panel per module, inputs overlaid.
 
     Panels are --modules (default k_proj,v_proj, the paper's choice); all --layers of a module are
-    pooled. By default each layer contributes σ_i / σ_1 for its top R singular values, R the smallest
-    rank among the inputs (16 for a rank-16 LoRA): LoRA has only R nonzero σ while full FT has
-    min(d_out, d_in), so comparing the top R of each is like with like, and dividing by σ_1 shows the
-    shape (how dominated by the top directions), not the scale set by α/r or the learning rate.
-    Bins are shared by all inputs in a panel.
+    pooled. By default each layer contributes σ_i / σ_1 for i = 2…R, R the smallest rank among the
+    inputs (16 for a rank-16 LoRA): LoRA has only R nonzero σ while full FT has min(d_out, d_in), so
+    comparing the top R of each is like with like, and dividing by σ_1 shows the shape (how dominated
+    by the top directions), not the scale set by α/r or the learning rate; σ_1/σ_1 = 1 itself is left
+    out (one meaningless bar per layer). Bins are shared by all inputs in a panel; inputs differ by
+    colour and line style (readable in greyscale).
     """
     from deltaspec.plots import hist as draw
 
@@ -92,7 +99,7 @@ def hist(**kw):
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False)
 @figure_options
 @click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
 @click.option("--log-x", is_flag=True, help="Log-scaled index axis.")
@@ -114,7 +121,7 @@ def spectrum(**kw):
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False)
 @figure_options
 @click.option("--linear-x", is_flag=True, help="Linear k axis [default: log].")
 @click.option("--mark", default=None, help="Draw guides at these k, e.g. '16' (the adapter rank).")
@@ -141,24 +148,30 @@ def energy(**kw):
 @click.option("--metric", default="normalized_entropy", show_default=True, help="Metric name, as in `analyze`.")
 @click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap (viridis, cividis: colour-blind safe).")
 @click.option("--annotate/--no-annotate", default=None, help="Values in the cells [default: when ≤ 120 cells].")
+@click.option("--vmin", type=float, default=None, help="Lowest value of the colour scale [default: smallest value shown].")
+@click.option("--vmax", type=float, default=None, help="Highest value of the colour scale [default: largest value shown].")
 @user_errors
 def heatmap(**kw):
-    """Layer × module heatmap of one metric of one checkpoint (or saved analysis)."""
-    from deltaspec.errors import DeltaspecError
+    """Layer × module heatmap of one metric; several inputs side by side on one colour scale.
+
+    \b
+    deltaspec plot heatmap sample_checkpoints/lora --metric top1_energy -o heat.pdf
+    deltaspec plot heatmap A B C --labels LoRA,MultiLoRA,FT --vmin 0 --vmax 1 -o heat.pdf
+    """
     from deltaspec.plots import heatmap as draw
 
-    if len(kw["inputs"]) != 1:
-        raise DeltaspecError(f"heatmap draws one input, got {len(kw['inputs'])}")
     data, opts = _load(kw)
     ax = draw(data, kw["metric"], modules=parse_list(opts["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
-              title=kw["title"], size=kw["size"], height=kw["height"])
+              vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
 
 
 @plot.command(epilog=INPUTS_HELP + " Saved analyses carry no singular vectors: give checkpoints.\n\n" + FIG_HELP)
-@input_options
+@input_options(metrics=False)
 @figure_options
-@click.option("-k", "--top-k", "k", type=int, default=16, show_default=True, help="Grid size: top-i, top-j up to k.")
+@click.option("--grid", "k", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Grid size: φ(i, j) for the top-i, top-j singular vectors, i, j up to this.")
+@click.option("-k", "--top-k", "old_k", type=click.IntRange(min=1), default=None, hidden=True, help="Old name of --grid.")
 @click.option("--side", type=click.Choice(["left", "right"]), default="left", show_default=True,
               help="Left (output space, U) or right (input space, V) singular vectors.")
 @user_errors
@@ -175,6 +188,6 @@ def similarity(**kw):
     if len(kw["inputs"]) != 2:
         raise DeltaspecError(f"similarity compares two inputs, got {len(kw['inputs'])}")
     data, opts = _load(kw, vectors=True)
-    grid = mean_similarity(data, modules=parse_list(opts["modules"]), k=kw["k"], side=kw["side"])
+    grid = mean_similarity(data, modules=parse_list(opts["modules"]), k=kw["old_k"] or kw["k"], side=kw["side"])
     ax = draw(grid, labels=list(data), title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)

@@ -11,7 +11,7 @@ import click
 from .common import user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, load_results
 from .options import parse_ints
-from .output import check_not_input, emit, output_format
+from .output import check_output, emit, output_format, table_width, warn
 
 
 def base_weight(store, name: str, shape):
@@ -47,15 +47,16 @@ def _rows(reports, labels, ks):
 
 
 def _fmt(v) -> str:
-    from deltaspec.results import _fmt as fmt
+    from deltaspec.formatting import fmt_num as fmt
 
     return "-" if v is None else (v if isinstance(v, str) else fmt(v))
 
 
 @click.command(epilog=INPUTS_HELP + " Saved analyses carry no singular vectors: give checkpoints.")
-@input_options
-@click.option("-k", "--top-k", "ks", default="1,4,16", show_default=True,
+@input_options(metrics=False)
+@click.option("--phi-k", "ks", default="1,4,16", show_default=True,
               help="φ(k, k) columns: similarity of the top-k left singular vectors with the first input's.")
+@click.option("-k", "--top-k", "old_ks", default=None, hidden=True, help="Old name of --phi-k.")
 @click.option("--amp-r", type=int, default=None,
               help="r of the amplification factor [default: the smallest rank among the inputs].")
 @click.option("--intruder-k", type=int, default=10, show_default=True, help="Top singular vectors of W0+ΔW examined.")
@@ -64,8 +65,8 @@ def _fmt(v) -> str:
               help="Output format [default: from -o's extension, else table].")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
-def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-             quiet, labels, ks, amp_r, intruder_k, eps, fmt, out):
+def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, quiet, labels, ks,
+             old_ks, amp_r, intruder_k, eps, fmt, out):
     """Subspace metrics per layer: φ similarity, amplification factor, intruder dimensions.
 
     \b
@@ -90,15 +91,16 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     from deltaspec.subspace import layer_subspace
 
     fmt = output_format(fmt, out)
-    check_not_input(out, [*inputs, base])
+    check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
     if len(inputs) < 2 and not base:
         raise DeltaspecError("give two or more inputs (φ similarity) and/or --base (amplification, intruders)")
-    kk = parse_ints(ks, "--top-k")
+    kk = parse_ints(old_ks or ks, "--phi-k")
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
-                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
+                           dtype=dtype, quiet=quiet)
     al = align(results, names)
+    warn(f"{lab}: {w}" for lab, res in zip(al.labels, al.results) for w in res.warnings)
     store = None
     if base:
         from deltaspec.io.tensors import open_model
@@ -113,7 +115,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     notes = al.notes + [f"phi@k against {al.labels[0]}" if len(al.labels) > 1 else "one input: no phi"]
     if fmt == "json":
         emit(json.dumps({"labels": al.labels, "reference": al.labels[0], "inputs": list(inputs), "base": base,
-                         "settings": {"top_k": list(kk), "amp_r": amp_r, "intruder_k": intruder_k, "eps": eps},
+                         "settings": {"phi_k": list(kk), "amp_r": amp_r, "intruder_k": intruder_k, "eps": eps},
                          "notes": notes, "rows": [{k: _json(v) for k, v in r.items()} for r in rows],
                          "phi_grids": {rep.name: {lab: g.tolist() for lab, g in rep.similarity.items()}
                                        for rep in reports}}, indent=1), out)
@@ -126,10 +128,29 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
         w.writerows({h: "" if r.get(h) is None else r[h] for h in head} for r in rows)
         emit(buf.getvalue().rstrip("\n"), out)
         return
-    from deltaspec.results import text_grid
+    emit(_table(rows, head, notes, table_width(out)), out)
 
-    body = [[_fmt(r.get(h)) if h != "intruder_idx" else (r.get(h) or "-") for h in head] for r in rows]
-    emit("\n".join(text_grid(head, body) + [""] + [f"note: {n}" for n in notes]), out)
+
+def _table(rows, head, notes, width) -> str:
+    """One heading line per layer (short name), one row per input; constant amp_r said once above."""
+    from deltaspec.formatting import hoist_constant, name_legend, short_names, text_grid, wrap
+
+    cols = [h for h in head if h != "layer"]
+    cols = [h for h in cols if h not in ("proj_norm", "delta_norm", "w0_norm", "amp_r")] + \
+        [h for h in ("proj_norm", "delta_norm", "w0_norm", "amp_r") if h in cols]  # most telling first
+    short = short_names([r["layer"] for r in rows])
+    body, last = [], None
+    for r in rows:
+        if r["layer"] != last:
+            body.append(short[r["layer"]])
+            last = r["layer"]
+        body.append([_fmt(r.get(h)) if h != "intruder_idx" else (r.get(h) or "-") for h in cols])
+    cols, body, same = hoist_constant(cols, body, ["amp_r"])
+    lines = ([f"every row: {same}"] if same else []) + text_grid(cols, body, width)
+    lines += name_legend(short, width)
+    for n in notes:
+        lines += wrap(f"note: {n}", width)
+    return "\n".join(lines)
 
 
 def _json(v):

@@ -23,10 +23,10 @@ from .common import parse_list, user_errors
 @click.option("--alpha", type=float, default=None, help="LoRA alpha (ΔW carries alpha/r, r per head) [default: 2·r].")
 @click.option("--targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True,
               help="Module name patterns to adapt (nn.Linear only), e.g. q_proj,v_proj,gate_proj.")
-@click.option("--steps", type=int, default=400, show_default=True)
+@click.option("--steps", type=int, default=400, show_default=True, help="Optimizer steps.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [default: full 3e-4, lora/multilora 2e-3, pretrain 3e-3].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and data order.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="JSONL with {\"prompt\",\"response\"} or {\"text\"} lines [default: the built-in task mixture].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda.")

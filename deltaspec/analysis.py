@@ -16,8 +16,10 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 import torch
 
 from . import metrics as M
+from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
+from .errors import DeltaspecError
 from .spectra import pick_device, pick_dtype, spectra_of
 from .updates import LayerUpdate, Updates
 
@@ -29,7 +31,7 @@ class AnalysisSettings:
     device: str = "auto"
     dtype: str = "float32"
     vectors: bool = False
-    top_k: Sequence[int] = M.DEFAULT_TOP_K
+    energy_k: Sequence[int] = M.DEFAULT_TOP_K  # k of the top{k}_energy metrics
     n_ref: Union[str, int] = "shape"  # "shape": min(d_out, d_in); "rank": the update's rank bound; or an int
     svd_top_k: Optional[int] = None  # truncated mode for dense updates (randomized top-k SVD)
 
@@ -41,7 +43,8 @@ class AnalysisSettings:
         return int(self.n_ref)
 
 
-def _loaded(layers: Sequence[LayerUpdate], device: torch.device) -> Iterator[tuple[int, object]]:
+def _loaded(layers: Sequence[LayerUpdate], device: torch.device,
+            on_start=None) -> Iterator[tuple[int, object]]:
     """Yield (index, loaded update). Dense updates headed for a GPU are loaded one layer ahead in a
     thread, so disk reads and subtraction overlap the (fast) GPU SVD. Otherwise loading is serial:
     adapter loads are tiny (a thread only adds hand-offs), and on a CPU loading a dense layer costs
@@ -50,6 +53,8 @@ def _loaded(layers: Sequence[LayerUpdate], device: torch.device) -> Iterator[tup
         yield from _prefetched(layers)
         return
     for i, u in enumerate(layers):
+        if on_start:
+            on_start(i)
         yield i, u.load()  # no local name: the previous update is not kept alive while loading the next
 
 
@@ -66,25 +71,66 @@ def _prefetched(layers: Sequence[LayerUpdate]) -> Iterator[tuple[int, object]]:
             yield i, update
 
 
+def _announced(items, on_next):
+    for i, update in items:
+        on_next(i)
+        yield i, update
+
+
 def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
                    progress: Optional[Progress] = None) -> list[LayerResult]:
     """Spectra and metrics of `layers`, returned in the same order."""
     dtype = pick_dtype(settings.dtype)
     eps = torch.finfo(dtype).eps
     out: list[Optional[LayerResult]] = [None] * len(layers)
-    done = (lambda i: progress.update(1, layers[i].name)) if progress else None
     device = pick_device(settings.device)
-    for i, spec in spectra_of(_loaded(layers, device), device, dtype, settings.vectors, on_done=done,
-                              top_k=settings.svd_top_k):
+    items = _loaded(layers, device)
+    done = None
+    if progress is not None and progress.enabled:
+        short = short_names([u.name for u in layers])
+        items = _announced(_loaded(layers, device, lambda i: progress.status(f"reading {short[layers[i].name]}")),
+                           lambda i: progress.status(f"SVD {short[layers[i].name]}"))
+        done = lambda i: progress.update(1)
+    for i, spec in spectra_of(items, device, dtype, settings.vectors, on_done=done, top_k=settings.svd_top_k):
         u = layers[i]
         n_ref = settings.n_ref_for(u)
         if spec.frobenius is None:
-            metrics = M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.top_k)
+            metrics = M.all_metrics(spec.sigma, u.shape, eps, n_ref, settings.energy_k)
         else:
-            metrics = M.truncated_metrics(spec.sigma, spec.frobenius, len(spec.sigma), settings.top_k)
+            metrics = M.truncated_metrics(spec.sigma, spec.frobenius, len(spec.sigma), settings.energy_k)
         out[i] = LayerResult(
             name=u.name, module=u.module, layer=u.layer, shape=tuple(u.shape), kind=u.kind, rank=u.rank_bound,
             n_ref=n_ref, singular_values=spec.sigma, metrics=metrics, U=spec.U, V=spec.V, upper=spec.upper)
+    return out
+
+
+def check_n_ref(n_ref) -> Union[str, int]:
+    """'shape', 'rank' or an integer >= 2 (also as a string, as the CLI passes it)."""
+    if n_ref in ("shape", "rank"):
+        return n_ref
+    try:
+        n = int(n_ref)
+        ok = n >= 2 and not isinstance(n_ref, bool) and float(n_ref) == n
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DeltaspecError(f"n_ref={n_ref!r}: expected 'shape' (min(d_out, d_in)), 'rank' (the update's rank "
+                             "bound) or an integer >= 2")
+    return n
+
+
+def check_ks(ks, name: str) -> tuple[int, ...]:
+    """Positive integers (the k of top{k}_energy, or svd_top_k), also as strings."""
+    items = [ks] if isinstance(ks, (int, float, str)) else ks
+    try:
+        items = list(items)
+        out = tuple(int(k) for k in items)
+        ok = bool(out) and all(k >= 1 and not isinstance(x, bool) and float(x) == k for x, k in zip(items, out))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise DeltaspecError(f"{name}={ks!r}: expected positive integers, e.g. {name}=(1, 4, 16)"
+                             if name == "energy_k" else f"{name}={ks!r}: expected a positive integer")
     return out
 
 
@@ -95,18 +141,20 @@ def analyze(
     device: str = "auto",
     dtype: str = "float32",
     vectors: bool = False,
-    top_k: Iterable[int] = M.DEFAULT_TOP_K,
+    energy_k: Iterable[int] = M.DEFAULT_TOP_K,
     n_ref: Union[str, int] = "shape",
     modules: Optional[Sequence[str]] = None,
     layers: Optional[Sequence[int]] = None,
     progress: Optional[bool] = None,
     svd_top_k: Optional[int] = None,
+    top_k: Optional[Iterable[int]] = None,
 ) -> AnalysisResult:
     """Singular values and balance metrics of every layer's update.
 
     `updates` is what `deltaspec.load` returns, or a checkpoint path (then `base` is passed to load).
     device: "auto" (CUDA when present) | "cpu" | "cuda"; dtype: "float32" | "float64".
     vectors=True keeps singular vectors (LayerResult.U/V) for subspace analysis.
+    energy_k: the k of the `top{k}_energy` metrics (default 1, 4, 16); `top_k` is its old name.
     n_ref: reference size of `normalized_entropy` ("shape" = min(d_out, d_in), "rank", or an int).
     progress: None shows a bar on stderr only when it is a terminal.
     svd_top_k: truncated mode: dense updates get only their top-k singular values by randomized SVD,
@@ -114,16 +162,21 @@ def analyze(
     """
     from . import distributed
 
+    if top_k is not None:  # the old name of energy_k
+        energy_k = top_k
+    settings = AnalysisSettings(device, dtype, vectors, check_ks(energy_k, "energy_k"), check_n_ref(n_ref),
+                                None if svd_top_k is None else check_ks(svd_top_k, "svd_top_k")[0])
+    pick_device(device)  # fail early on a bad device or dtype, before any reading
+    pick_dtype(dtype)
     if not isinstance(updates, Updates):
         from .io import load
 
         updates = load(updates, base=base)
+    elif base is not None:
+        raise DeltaspecError("base= is for a checkpoint path; these updates were already loaded: "
+                             "pass base= to deltaspec.load instead")
     if modules or layers is not None:
         updates = updates.select(modules, layers)
-    if isinstance(n_ref, str) and n_ref not in ("shape", "rank"):
-        n_ref = int(n_ref)
-    settings = AnalysisSettings(device, dtype, vectors, tuple(top_k), n_ref, svd_top_k)
-    pick_device(device)  # fail early on a bad device, before any reading
     todo = list(updates)
     mine = distributed.my_share(todo)
     bar = Progress(len(mine), "layers", enabled=progress if progress is not None else None)
@@ -136,7 +189,7 @@ def analyze(
     return AnalysisResult(
         layers=results,
         source={"path": updates.path, "format": updates.format, "base": updates.base},
-        settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "top_k": list(settings.top_k),
+        settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "energy_k": list(settings.energy_k),
                   "vectors": vectors, "svd_top_k": svd_top_k},
         warnings=list(updates.warnings),
     )

@@ -1,7 +1,8 @@
 """Compare several analyses (LoRA vs MultiLoRA vs full FT) fairly: same layers, same n_ref, same names.
 
     cmp = compare([lora, multilora, ft], labels=["LoRA", "MultiLoRA", "FT"])
-    print(cmp.format_table())       # per module type: each method's mean, then method − first method
+    print(cmp.format_table())       # per module type: each method's mean ± std, then Δ to the first method
+    cmp.to_latex(), cmp.to_markdown()   # paper tables (booktabs / GitHub), mean ± std over the layers
 
 Fairness rules (stated in every output):
 - only layers present in every input are compared (the others are dropped with a warning);
@@ -28,7 +29,8 @@ import numpy as np
 from . import __version__
 from . import metrics as M
 from .errors import DeltaspecError, ShapeMismatchError
-from .results import AnalysisResult, Table, _fmt, _json_num, text_grid
+from .tables import by_module
+from .results import AnalysisResult, Table, _json_num
 
 
 def default_label(path) -> str:
@@ -47,6 +49,10 @@ class Aligned:
     dropped: dict = field(default_factory=dict)  # label -> layer names not in every input
     notes: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        left = "; left out: " + ", ".join(f"{lab} {len(d)}" for lab, d in self.dropped.items()) if self.dropped else ""
+        return f"<Aligned {', '.join(self.labels)}: {len(self.names)} common layers{left}>"
+
 
 def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None,
           on_n_ref_mismatch: str = "recompute") -> Aligned:
@@ -58,13 +64,14 @@ def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = N
     if len(labels) != len(results):
         raise DeltaspecError(f"{len(labels)} labels for {len(results)} inputs; give one label per input")
     if len(set(labels)) != len(labels):
-        raise DeltaspecError(f"labels must be distinct, got {labels}; pass --labels")
+        raise DeltaspecError(f"labels must be distinct, got {labels}; pass labels=")
     common = set.intersection(*({r.name for r in res.layers} for res in results))
     names = [r.name for r in results[0].layers if r.name in common]
     if not names:
         raise DeltaspecError(f"the inputs share no layer names ({', '.join(labels)}); nothing to compare")
     dropped = {lab: [r.name for r in res.layers if r.name not in common] for lab, res in zip(labels, results)}
-    notes = [f"{lab}: {len(d)} layer(s) not in every input dropped ({_short(d)})" for lab, d in dropped.items() if d]
+    notes = [f"{lab}: {len(d)} layer{'s' if len(d) > 1 else ''} not in every input left out ({by_module(d)})"
+             for lab, d in dropped.items() if d]
     by_name = [{r.name: r for r in res.layers} for res in results]
     out = [AnalysisResult([idx[n] for n in names], dict(res.source), dict(res.settings), list(res.warnings))
            for idx, res in zip(by_name, results)]
@@ -76,10 +83,6 @@ def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = N
     return Aligned(labels, out, names, {k: v for k, v in dropped.items() if v}, notes)
 
 
-def _short(names: list[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f", … +{len(names) - n}" if len(names) > n else "")
-
-
 def _common_n_ref(results: list[AnalysisResult], labels, names, policy: str, notes: list[str]) -> None:
     """Per layer, make every method's normalized_entropy use one n_ref (copying, never mutating inputs)."""
     fixed = []
@@ -89,7 +92,7 @@ def _common_n_ref(results: list[AnalysisResult], labels, names, policy: str, not
         if policy == "error":
             raise DeltaspecError(f"layer {n}: normalized_entropy uses different n_ref across inputs ("
                                  + ", ".join(f"{lab}: {res.layers[k].n_ref}" for lab, res in zip(labels, results))
-                                 + "); re-run analyze with the same --n-ref")
+                                 + "); re-run analyze with the same n_ref=")
         fixed.append(n)
         for res in results:
             lr = copy.copy(res.layers[k])
@@ -106,7 +109,8 @@ class Comparison:
     """Metrics of several methods side by side, per module type (or per layer), with differences.
 
     `values[group][metric][label]` is the mean over the group's layers (NaNs ignored), or the layer's
-    value in per-layer mode; differences are `label − first label`.
+    value in per-layer mode; `spread[group][metric][label]` the standard deviation over those layers
+    (population, ddof=0; 0 for one layer); differences are `label − first label` of the means.
     """
 
     aligned: Aligned
@@ -114,10 +118,21 @@ class Comparison:
     metrics: list[str]
     values: dict  # group -> metric -> label -> value
     n_layers: dict  # group -> number of layers averaged
+    spread: dict = field(default_factory=dict)  # group -> metric -> label -> std over the layers
 
     @property
     def labels(self) -> list[str]:
         return self.aligned.labels
+
+    def __repr__(self) -> str:
+        groups = f"{len(self.values)} layers" if self.per_layer else f"{len(self.values)} module types"
+        return (f"<Comparison {', '.join(self.labels)}: {groups} × {len(self.metrics)} metrics over "
+                f"{len(self.aligned.names)} common layers>")
+
+    def _repr_html_(self) -> str:
+        from .tables import comparison_html
+
+        return comparison_html(self)
 
     def differences(self, group: str, metric: str) -> dict:
         v = self.values[group][metric]
@@ -131,7 +146,8 @@ class Comparison:
                 f"{'one' if same else 'DIFFERENT'} n_ref per layer for every method (n_ref: {', '.join(map(str, refs))})")
 
     def rows(self) -> list[dict]:
-        """One row per (group, metric): each method's value, then `label-first` differences."""
+        """One row per (group, metric): each method's value, `label-first` differences, then (per module
+        type) each method's std over the layers as `label_std`."""
         key = "layer" if self.per_layer else "module"
         first = self.labels[0]
         out = []
@@ -139,6 +155,8 @@ class Comparison:
             for m in self.metrics:
                 row = {key: g, "n_layers": self.n_layers[g], "metric": m, **per_metric[m]}
                 row.update({f"{lab}-{first}": d for lab, d in self.differences(g, m).items()})
+                if not self.per_layer:
+                    row.update({f"{lab}_std": v for lab, v in self.spread[g][m].items()})
                 out.append(row)
         return out
 
@@ -165,10 +183,13 @@ class Comparison:
         groups = {g: {"n_layers": self.n_layers[g],
                       "metrics": {m: {lab: _json_num(v) for lab, v in per[m].items()} for m in self.metrics},
                       "differences": {m: {lab: _json_num(v) for lab, v in self.differences(g, m).items()}
-                                      for m in self.metrics}}
+                                      for m in self.metrics},
+                      **({} if self.per_layer else {"std": {m: {lab: _json_num(v) for lab, v in self.spread[g][m].items()}
+                                                            for m in self.metrics}})}
                   for g, per in self.values.items()}
         return {"deltaspec_version": __version__, "labels": a.labels, "reference": a.labels[0],
                 "group_by": "layer" if self.per_layer else "module",
+                "spread": None if self.per_layer else "std: population standard deviation over the layers of the group",
                 "inputs": [{"label": lab, **{k: res.source.get(k) for k in ("path", "format", "base")},
                             "settings": res.settings} for lab, res in zip(a.labels, a.results)],
                 "layers": a.names, "n_ref": {r.name: r.n_ref for r in a.results[0].layers},
@@ -179,33 +200,26 @@ class Comparison:
     def to_json(self, indent: Optional[int] = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def format_table(self, metrics: Optional[Sequence[str]] = None) -> str:
-        """Terminal report: per group and metric, each method's value and the difference to the first."""
-        metrics = [m for m in (metrics or self.metrics) if m in self.metrics]
-        first = self.labels[0]
-        key = "layer" if self.per_layer else "module"
-        head = [key, "metric"] + self.labels + [f"{lab}-{first}" for lab in self.labels[1:]]
-        body = []
-        for g, per in self.values.items():
-            for i, m in enumerate(metrics):
-                label = (f"{g} ({self.n_layers[g]})" if not self.per_layer else g) if i == 0 else ""
-                diffs = self.differences(g, m)
-                body.append([label, m] + [_fmt(per[m][lab]) for lab in self.labels]
-                            + [_signed(diffs[lab]) for lab in self.labels[1:]])
-        a = self.aligned
-        src = [f"{lab}: {res.source.get('path')} [{res.source.get('format')}]" for lab, res in zip(a.labels, a.results)]
-        what = "per layer" if self.per_layer else "mean over layers per module type (number of layers)"
-        lines = src + ["", f"{what}; differences are method − {first}"] + text_grid(head, body)
-        lines += ["", self.n_ref_note()] + [f"note: {x}" for x in a.notes]
-        lines += [f"warning: {lab}: {w}" for lab, res in zip(a.labels, a.results) for w in res.warnings]
-        return "\n".join(lines)
+    def format_table(self, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
+        """Terminal report: per group and metric, each method's mean ± std and Δ to the first method.
 
+        metrics: the rows to show (default: all compared metrics); width: fit that many characters.
+        """
+        from .tables import comparison_table
 
-def _signed(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    s = _fmt(float(v))
-    return s if s.startswith("-") or float(v) == 0 else "+" + s
+        return comparison_table(self, metrics, width)
+
+    def to_latex(self, metrics: Optional[Sequence[str]] = None) -> str:
+        """A booktabs LaTeX tabular of `mean ± std` per method (rows: module type × metric)."""
+        from .tables import comparison_latex
+
+        return comparison_latex(self, metrics)
+
+    def to_markdown(self, metrics: Optional[Sequence[str]] = None) -> str:
+        """A GitHub Markdown table of `mean ± std` per method (rows: module type × metric)."""
+        from .tables import comparison_markdown
+
+        return comparison_markdown(self, metrics)
 
 
 def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None, *, per_layer: bool = False,
@@ -231,9 +245,15 @@ def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] =
     groups: dict[str, list[int]] = {}
     for k, r in enumerate(a.results[0].layers):
         groups.setdefault(r.name if per_layer else r.module, []).append(k)
-    values = {g: {m: {lab: _mean([res.layers[k].metrics[m] for k in ks]) for lab, res in zip(a.labels, a.results)}
-                  for m in chosen} for g, ks in groups.items()}
-    return Comparison(a, per_layer, chosen, values, {g: len(ks) for g, ks in groups.items()})
+    per = lambda f: {g: {m: {lab: f([res.layers[k].metrics[m] for k in ks]) for lab, res in zip(a.labels, a.results)}
+                         for m in chosen} for g, ks in groups.items()}
+    return Comparison(a, per_layer, chosen, per(_mean), {g: len(ks) for g, ks in groups.items()}, per(_std))
+
+
+def _std(vals) -> float:
+    a = np.asarray(vals, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.std()) if a.size else math.nan
 
 
 def _mean(vals) -> float:

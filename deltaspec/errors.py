@@ -34,3 +34,8 @@ class CorruptFileError(DeltaspecError):
 
 class NonFiniteError(DeltaspecError):
     """A tensor holds NaN or Inf values."""
+
+
+class DeltaspecWarning(UserWarning):
+    """Something the user asked for was not done as asked (e.g. a lora_alpha the checkpoint overrides).
+    Also kept in `Updates.warnings`; the CLI prints those itself as `warning: …` lines."""

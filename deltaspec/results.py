@@ -1,8 +1,10 @@
 """Analysis results: per-layer spectra and metrics, per-module aggregates, JSON/CSV/table output.
 
-JSON schema (`AnalysisResult.to_dict`, documented in docs/OUTPUT.md):
+Presentation (terminal tables, HTML for notebooks) lives in tables.py and formatting.py.
+
+JSON schema (`AnalysisResult.to_dict`, documented in docs/METRICS.md, "JSON"):
     {"deltaspec_version", "source": {"path", "format", "base"},
-     "settings": {"dtype", "device", "n_ref", "top_k"}, "warnings": [...],
+     "settings": {"dtype", "device", "n_ref", "energy_k", "svd_top_k"}, "warnings": [...],
      "layers": [{"name", "module", "layer", "shape": [out, in], "kind", "rank",
                  "n_ref", "singular_values": [...descending...], "metrics": {...}}],
      "aggregates": {module: {"n_layers", "mean": {...}, "std": {...}}}}
@@ -15,15 +17,15 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from . import __version__
-
-# Columns of the default terminal table (all metrics are in JSON/CSV).
-TABLE_METRICS = ("frobenius_norm", "spectral_norm", "top1_energy", "top4_energy", "effective_rank",
-                 "normalized_entropy", "stable_rank", "numerical_rank")
+# The shared table helpers (for `info`, rank suggestions, …): text_grid(head, body, width), short_names,
+# hoist_constant, name_legend — see formatting.py.
+from .formatting import fmt_num, hoist_constant, name_legend, shape_str, short_names, tally, text_grid  # noqa: F401
+from .tables import TABLE_METRICS  # noqa: F401
 
 
 @dataclass
@@ -42,6 +44,17 @@ class LayerResult:
     U: object = field(default=None, repr=False)
     V: object = field(default=None, repr=False)
     upper: Optional[np.ndarray] = field(default=None, repr=False)  # truncated mode: bounds σ_i ≤ upper_i
+
+    def __repr__(self) -> str:
+        top = f"σ_1 {fmt_num(float(self.singular_values[0]))}" if len(self.singular_values) else "no σ"
+        shown = ", ".join(f"{m} {fmt_num(self.metrics[m])}" for m in ("effective_rank", "top1_energy") if m in self.metrics)
+        return (f"<LayerResult {self.name} {shape_str(self.shape)} {self.kind} rank {self.rank}: {top}"
+                + (f", {shown}" if shown else "") + ">")
+
+    def _repr_html_(self) -> str:
+        from .tables import layer_html
+
+        return layer_html(self)
 
     def to_dict(self) -> dict:
         extra = {} if self.upper is None else {"singular_values_upper_bound": [float(x) for x in self.upper]}
@@ -79,6 +92,18 @@ class AnalysisResult:
     def __len__(self) -> int:
         return len(self.layers)
 
+    def __repr__(self) -> str:
+        s, st = self.source, self.settings
+        warn = f", {len(self.warnings)} warning{'s' if len(self.warnings) != 1 else ''}" if self.warnings else ""
+        return (f"<AnalysisResult {s.get('format')} {s.get('path')!r}: {len(self.layers)} layers "
+                f"({', '.join(self.modules())}), {tally(r.kind for r in self.layers) or 'empty'}, "
+                f"{st.get('dtype', '?')} on {st.get('device', '?')}{warn}>")
+
+    def _repr_html_(self) -> str:
+        from .tables import analysis_html
+
+        return analysis_html(self)
+
     def __getitem__(self, key):
         """By position or by layer name."""
         if isinstance(key, str):
@@ -87,6 +112,13 @@ class AnalysisResult:
                     return r
             raise KeyError(key)
         return self.layers[key]
+
+    def select(self, modules: Optional[Sequence[str]] = None, layers: Optional[Sequence[int]] = None) -> "AnalysisResult":
+        """The same result restricted to `modules` / `layers` (see `deltaspec.selection.select`)."""
+        from .selection import select
+
+        keep = select(self.layers, modules, layers, where=str(self.source.get("path", "")))
+        return AnalysisResult(keep, dict(self.source), dict(self.settings), list(self.warnings))
 
     @property
     def metric_names(self) -> list[str]:
@@ -143,13 +175,29 @@ class AnalysisResult:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FormatError(f"{path}: not a deltaspec analysis JSON file ({type(e).__name__}: {e})") from None
 
-    def rows(self) -> list[dict]:
-        """One flat dict per layer: identity columns then every metric."""
-        return [{"name": r.name, "module": r.module, "layer": r.layer, "shape": f"{r.shape[0]}x{r.shape[1]}",
-                 "kind": r.kind, "rank": r.rank, "n_ref": r.n_ref, **r.metrics} for r in self.layers]
+    def check_metrics(self, metrics: Optional[Sequence[str]]) -> Optional[list[str]]:
+        """`metrics` if every name is a metric of this result ("all": every metric), else a clear error."""
+        if metrics is None:
+            return None
+        if list(metrics) == ["all"]:
+            return self.metric_names
+        unknown = [m for m in metrics if m not in self.metric_names]
+        if unknown:
+            from .errors import DeltaspecError
 
-    def to_csv(self) -> str:
-        rows = self.rows()
+            raise DeltaspecError(f"unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                                 f"available: {', '.join(self.metric_names)}")
+        return list(metrics)
+
+    def rows(self, metrics: Optional[Sequence[str]] = None) -> list[dict]:
+        """One flat dict per layer: identity columns then every metric (or those in `metrics`)."""
+        names = self.check_metrics(metrics) or self.metric_names
+        return [{"name": r.name, "module": r.module, "layer": r.layer, "shape": f"{r.shape[0]}x{r.shape[1]}",
+                 "kind": r.kind, "rank": r.rank, "n_ref": r.n_ref, **{m: r.metrics[m] for m in names}}
+                for r in self.layers]
+
+    def to_csv(self, metrics: Optional[Sequence[str]] = None) -> str:
+        rows = self.rows(metrics)
         buf = io.StringIO()
         if rows:
             w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -166,44 +214,15 @@ class AnalysisResult:
             return Table(self.rows())
         return pd.DataFrame(self.rows()).set_index("name")
 
-    def format_table(self, metrics=TABLE_METRICS, aggregates: bool = True) -> str:
-        """The terminal report: one line per layer, then the per-module means."""
-        cols = [m for m in metrics if m in self.metric_names]
-        head = ["layer", "shape", "kind", "rank"] + cols
-        body = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.kind, str(r.rank)] + [_fmt(r.metrics[c]) for c in cols]
-                for r in self.layers]
-        lines = [_fmt_source(self), ""] + text_grid(head, body)
-        if aggregates and self.layers:
-            agg = self.aggregates()
-            rows = [[m, str(a["n_layers"])] + [_fmt(a["mean"][c]) for c in cols] for m, a in agg.items()]
-            lines += ["", "mean per module type:"] + text_grid(["module", "layers"] + cols, rows)
-        n_refs = sorted({r.n_ref for r in self.layers})
-        lines += ["", f"normalized_entropy = spectral_entropy / ln(n_ref), n_ref = {self.settings.get('n_ref', 'shape')}"
-                  f" ({', '.join(map(str, n_refs))})"]
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+    def format_table(self, metrics: Optional[Sequence[str]] = None, aggregates: bool = True,
+                     width: Optional[int] = None) -> str:
+        """The terminal report: one line per layer (short names), then the per-module means.
 
+        metrics: the metric columns (default TABLE_METRICS); width: fit that many characters.
+        """
+        from .tables import analysis_table
 
-def _fmt(v) -> str:
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if v == 0 or 1e-3 <= abs(v) < 1e5:
-        return f"{v:.4g}"
-    return f"{v:.3e}"
-
-
-def _fmt_source(res: AnalysisResult) -> str:
-    s = res.source
-    base = f"  base: {s['base']}" if s.get("base") else ""
-    return f"{s.get('path')}  [{s.get('format')}]{base}  {len(res.layers)} layers, {res.settings.get('dtype', '')}"
-
-
-def text_grid(head: list[str], body: list[list[str]]) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda row: "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
-    return [line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in body]
+        return analysis_table(self, self.check_metrics(metrics), aggregates, width)
 
 
 class Table(list):
@@ -213,6 +232,12 @@ class Table(list):
         if not self:
             return "(empty)"
         head = list(self[0])
-        return "\n".join(text_grid(head, [[_fmt(r[h]) if isinstance(r[h], float) else str(r[h]) for h in head] for r in self]))
+        return "\n".join(text_grid(head, [[fmt_num(r[h]) if isinstance(r[h], float) else str(r[h]) for h in head] for r in self]))
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from .formatting import html_table
+
+        head = list(self[0]) if self else []
+        return html_table(head, [[fmt_num(r[h]) if isinstance(r[h], float) else r[h] for h in head] for r in self])

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from .errors import DeltaspecError
+from .errors import DeltaspecError, reason
 from .updates import Dense, Kronecker, Update
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -41,6 +41,11 @@ class Spectrum:
     upper: Optional[np.ndarray] = None
     frobenius: Optional[float] = None
 
+    def __repr__(self) -> str:
+        top = f", σ_1={float(self.sigma[0]):.4g}" if len(self.sigma) else ""
+        extra = (", vectors" if self.U is not None else "") + (", truncated" if self.upper is not None else "")
+        return f"Spectrum({len(self.sigma)} values{top}{extra})"
+
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' → the current CUDA device when one is present, else CPU; 'cuda' without one is an error."""
@@ -49,11 +54,12 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeltaspecError(f"device '{device}' requested but torch sees no CUDA device (torch {torch.__version__}); use --device cpu")
+        raise DeltaspecError(f"device '{device}' requested but torch sees no CUDA device (torch {torch.__version__}); use device='cpu'")
     try:
         return torch.device(device)
     except RuntimeError as e:
-        raise DeltaspecError(f"unknown device '{device}': {e}") from None
+        raise DeltaspecError(f"device={device!r}: unknown device; expected 'auto', 'cpu', 'cuda' or 'cuda:N' "
+                             f"({reason(e)})") from None
 
 
 def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -63,7 +69,8 @@ def pick_dtype(dtype: str | torch.dtype) -> torch.dtype:
     else:
         name = dtype
     if name not in DTYPES:
-        raise DeltaspecError(f"dtype must be float32 or float64, got '{name}'")
+        raise DeltaspecError(f"dtype={name!r}: expected 'float32' or 'float64' (half precisions are upcast, never used "
+                             "for the SVD)")
     return DTYPES[name]
 
 

@@ -115,6 +115,10 @@ class Intruders:
     def count(self) -> int:
         return int(len(self.indices))
 
+    def __repr__(self) -> str:
+        return (f"Intruders({self.count} of the top {self.k} below eps={self.eps:g}: "
+                f"positions {[int(i) for i in self.indices]})")
+
     @property
     def intruder_similarity(self) -> np.ndarray:
         return self.max_similarity[self.indices]
@@ -165,6 +169,11 @@ class LayerSubspace:
     amplification: list[Optional[Amplification]]
     intruders: list[Optional[Intruders]]
     similarity: dict = field(default_factory=dict)  # label -> grid of φ(first, label) (top-i, top-j)
+
+    def __repr__(self) -> str:
+        amp = ", ".join(f"{lab} {a.factor:.3g}" for lab, a in zip(self.labels, self.amplification) if a is not None)
+        return (f"<LayerSubspace {self.name}: {', '.join(self.labels)}; φ grids vs {self.labels[0]}"
+                + (f"; amplification {amp}" if amp else "") + ">")
 
 
 def layer_subspace(name: str, labels: Sequence[str], layers: Sequence, W0=None, *, grid: int = 16,

@@ -64,6 +64,9 @@ class TruncatedSpectrum:
     residual: Tensor
     frobenius: Tensor
 
+    def __repr__(self) -> str:
+        return f"TruncatedSpectrum(k={self.sigma.shape[-1]}, batch {tuple(self.sigma.shape[:-1])})"
+
     @property
     def energy_captured(self) -> Tensor:
         """Share of ‖M‖_F² inside the sketch: 1 − δ²/‖M‖_F² (1 for a zero matrix)."""

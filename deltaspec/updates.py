@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Callable, Sequence, Union
 if TYPE_CHECKING:
     from torch import Tensor
 
+from .formatting import shape_str, tally
+
 
 @dataclass
 class Dense:
@@ -38,6 +40,9 @@ class Dense:
 
     def materialize(self) -> Tensor:
         return self.delta
+
+    def __repr__(self) -> str:
+        return f"Dense({shape_str(self.shape)}, {_dt(self.delta)})"
 
 
 @dataclass
@@ -67,6 +72,9 @@ class LowRank:
     def materialize(self) -> Tensor:
         L, R = self.factors()
         return L @ R
+
+    def __repr__(self) -> str:
+        return f"LowRank({shape_str(self.shape)}, r={self.A.shape[0]}, scale={self.scale:.4g}, {_dt(self.B)})"
 
 
 @dataclass
@@ -111,6 +119,14 @@ class SumOfLowRank:
     def materialize(self) -> Tensor:
         L, R = self.factors()
         return L @ R
+
+    def __repr__(self) -> str:
+        return (f"SumOfLowRank({shape_str(self.shape)}, {len(self.terms)} terms, rank <= {self.rank_bound}, "
+                f"{_dt(self.terms[0][1])})")
+
+
+def _dt(t) -> str:
+    return str(t.dtype).replace("torch.", "")
 
 
 def hadamard_lowrank(B1, A1, B2, A2, scale: float = 1.0) -> LowRank:
@@ -164,6 +180,9 @@ class Kronecker:
         import torch
 
         return self.scale * torch.kron(self.W1.materialize(), self.W2.materialize())
+
+    def __repr__(self) -> str:
+        return f"Kronecker({shape_str(self.shape)} = {shape_str(self.W1.shape)} ⊗ {shape_str(self.W2.shape)}, scale {self.scale:.4g})"
 
 
 Update = Union[Dense, LowRank, SumOfLowRank, Kronecker]
@@ -219,6 +238,9 @@ class LayerUpdate:
     def load(self) -> Update:
         return self.loader()
 
+    def __repr__(self) -> str:
+        return f"<LayerUpdate {self.name} {shape_str(self.shape)} {self.kind} rank <= {self.rank_bound}, {self.dtype}>"
+
 
 @dataclass
 class Updates(Sequence):
@@ -236,10 +258,22 @@ class Updates(Sequence):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def __repr__(self) -> str:
+        mods = ", ".join(dict.fromkeys(u.module for u in self.layers))
+        kinds = tally(u.kind for u in self.layers) or "empty"
+        base = f", base {self.base!r}" if self.base else ""
+        warn = f", {len(self.warnings)} warning{'s' if len(self.warnings) != 1 else ''}" if self.warnings else ""
+        return f"<Updates {self.format} {self.path!r}: {len(self.layers)} layers ({mods}), {kinds}{base}{warn}>"
+
+    def _repr_html_(self) -> str:
+        from .tables import updates_html
+
+        return updates_html(self)
+
     def select(self, modules: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> "Updates":
-        """Keep layers whose module type is in `modules` and whose layer index is in `layers`."""
-        keep = [
-            u for u in self.layers
-            if (not modules or u.module in modules) and (layers is None or u.layer in layers)
-        ]
+        """Keep layers whose module type is in `modules` and whose layer index is in `layers`;
+        a module type or index that matches nothing is an error listing what there is."""
+        from .selection import select
+
+        keep = select(self.layers, modules, layers, where=self.path)
         return Updates(keep, self.path, self.format, self.base, list(self.warnings))

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from deltaspec_cli.common import parse_layers
 from deltaspec_cli.main import COMMANDS, cli
-from deltaspec_cli.output import check_not_input, output_format
+from deltaspec_cli.output import check_output, output_format
 from deltaspec.errors import DeltaspecError
 
 
@@ -54,9 +54,10 @@ def test_refuses_to_overwrite_input_files(tmp_path):
     ckpt.mkdir()
     (ckpt / "adapter_model.safetensors").write_bytes(b"x")
     with pytest.raises(DeltaspecError, match="refusing"):
-        check_not_input(str(ckpt / "adapter_model.safetensors"), [str(ckpt)])
-    check_not_input(str(tmp_path / "out.json"), [str(ckpt)])  # elsewhere: fine
-    check_not_input(str(ckpt / "new.json"), [str(ckpt)])  # a new file next to the inputs: fine
+        check_output(str(ckpt / "adapter_model.safetensors"), [str(ckpt)])
+    check_output(str(tmp_path / "out.json"), [str(ckpt)])  # elsewhere: fine
+    with pytest.raises(DeltaspecError, match="never writes into its input paths"):
+        check_output(str(ckpt / "new.json"), [str(ckpt)])  # a new file inside an input: refused too
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU message")

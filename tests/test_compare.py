@@ -47,7 +47,7 @@ def test_common_layers_only_and_dropped_ones_reported(three):
     a = align(three, ["LoRA", "MultiLoRA", "FT"])
     assert len(a.names) == 8 and "model.layers.0.mlp.up_proj" not in a.names
     assert a.dropped == {"FT": ["model.layers.0.mlp.up_proj"]}
-    assert any("FT: 1 layer(s) not in every input dropped" in n for n in a.notes)
+    assert "FT: 1 layer not in every input left out (up_proj)" in a.notes
     assert [r.name for r in a.results[2].layers] == [r.name for r in a.results[0].layers]
 
 
@@ -92,7 +92,7 @@ def test_outputs(three, tmp_path):
     assert csv[0].startswith("module,n_layers,metric,LoRA,MultiLoRA,FT,MultiLoRA-LoRA,FT-LoRA")
     assert len(csv) == 1 + 4 * len(c.metrics)
     text = c.format_table(["top1_energy", "effective_rank"])
-    assert "k_proj (2)" in text and "FT-LoRA" in text and "differences are method − LoRA" in text
+    assert "k_proj (2 layers)" in text and "Δ FT" in text and "Δ = method − LoRA" in text
     assert len(c.rows()) == 4 * len(c.metrics)
 
 

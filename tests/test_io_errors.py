@@ -112,7 +112,7 @@ def test_corrupt_bin_and_index(tmp_path):
 
 def test_missing_base_and_shape_mismatch(tmp_path):
     ft = model_dir(tmp_path / "ft")
-    raises(MissingBaseError, ft, "needs the base weights: pass --base PATH", call=lambda: load(ft))
+    raises(MissingBaseError, ft, "needs the base weights: pass base=PATH", call=lambda: load(ft))
     other = random_state(LLAMA_LIKE, 1)
     other[Q + ".weight"] = torch.randn(32, 16)
     base = model_dir(tmp_path / "base", sd=other)
@@ -129,7 +129,7 @@ def test_dora_needs_base(tmp_path):
     sd = {f"{Q}.lora_A.weight": torch.randn(4, 32, generator=g), f"{Q}.lora_B.weight": torch.randn(32, 4, generator=g),
           f"{Q}.lora_magnitude_vector": torch.rand(32, generator=g)}
     d = lora_dir(tmp_path / "dora", sd=sd, cfg={"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True})
-    raises(MissingBaseError, d / "adapter_model.safetensors", "DoRA adapter needs --base", call=lambda: load(d))
+    raises(MissingBaseError, d / "adapter_model.safetensors", "DoRA adapter needs base=", call=lambda: load(d))
     base = model_dir(tmp_path / "base")
     assert load(d, base=base)[0].load().materialize().shape == (32, 32)
 
@@ -153,7 +153,7 @@ def test_mtl_needs_alpha(tmp_path):
     p = tmp_path / "final_checkpoint.pt"
     torch.save({f"{Q}.lora_A": torch.randn(2, 2, 32), f"{Q}.lora_B": torch.randn(2, 32, 2),
                 f"{Q}.lora_scaling": torch.zeros(2, 32)}, p)
-    raises(FormatError, p, "pass --lora-alpha", call=lambda: load(p))
+    raises(FormatError, p, "pass lora_alpha=ALPHA", call=lambda: load(p))
 
 
 def test_inputs_unchanged(tmp_path):

@@ -153,7 +153,7 @@ def test_extra_missing_and_mismatch(tmp_path):
     msg = str(e.value)
     assert "model.layers.0.self_attn.k_proj.weight" in msg and str(tmp_path / "ft2") in msg
     assert str(tmp_path / "base") in msg
-    with pytest.raises(MissingBaseError, match="--base"):
+    with pytest.raises(MissingBaseError, match="base="):
         load(tmp_path / "ft")
 
 

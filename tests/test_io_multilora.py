@@ -38,7 +38,7 @@ def test_mtl_multilora(tmp_path):
     raw = write_mtl(tmp_path / "run" / "checkpoint" / "final_checkpoint.pt")
     for p in (tmp_path / "run", tmp_path / "run" / "checkpoint" / "final_checkpoint.pt"):
         assert detect(p) == "mtl-multilora"
-        with pytest.raises(FormatError, match="do not store lora_alpha: pass --lora-alpha") as e:
+        with pytest.raises(FormatError, match="do not store lora_alpha: pass lora_alpha=ALPHA") as e:
             load(p)
         assert "final_checkpoint.pt" in str(e.value)
     u = load(tmp_path / "run", lora_alpha=16)

@@ -95,7 +95,7 @@ def test_embedding_lora(bases, tmp_path):
     want = make_peft_adapter("llama", cfg, tmp_path / "a")
     default = load(tmp_path / "a")
     assert "model.embed_tokens" not in [x.name for x in default]
-    assert any("--include-embeddings" in w for w in default.warnings)
+    assert any("include_embeddings=True" in w for w in default.warnings)
     u = load(tmp_path / "a", include_embeddings=True)
     emb = u[0]
     assert emb.name == "model.embed_tokens" and emb.shape == (100, 32)
@@ -108,7 +108,7 @@ def test_dora_perturbed_magnitude(bases, tmp_path, kind):
     targets = ["q_proj", "v_proj"] if kind == "llama" else ["c_attn", "c_proj"]
     cfg = LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=targets, fan_in_fan_out=kind == "gpt2")
     want = make_peft_adapter(kind, cfg, tmp_path / "a")
-    with pytest.raises(MissingBaseError, match="DoRA adapter needs --base") as e:
+    with pytest.raises(MissingBaseError, match="DoRA adapter needs base=") as e:
         load(tmp_path / "a")
     assert str(tmp_path / "a" / "adapter_model.safetensors") in str(e.value)
     u = load(tmp_path / "a", base=base_dir)

@@ -163,7 +163,7 @@ def test_device_selection(monkeypatch):
 
 
 def test_bad_dtype_is_refused(rng):
-    with pytest.raises(DeltaspecError, match="float32 or float64"):
+    with pytest.raises(DeltaspecError, match="dtype='float16': expected 'float32' or 'float64'"):
         spectrum(lowrank(rng, 4, 4, 1), dtype="float16")
 
 

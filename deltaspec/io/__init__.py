@@ -19,9 +19,10 @@ here imports torch until a tensor is read, and nothing is ever written next to t
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from ..errors import FormatError
+from ..errors import DeltaspecWarning, FormatError
 from ..updates import Updates
 from .detect import DIFFUSERS_FILES, FORMATS, adapter_subdir, detect, locate, resolve
 
@@ -62,9 +63,9 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     else:
         raise FormatError(f"unknown checkpoint format {format!r}: expected one of auto, {', '.join(FORMATS)}")
     if base is not None:
-        base = locate(base, " (the --base model)")
+        base = locate(base, " (base=, the base model)")
     if initial is not None and fmt != "peft":
-        raise FormatError(f"{path}: --initial applies to PEFT LoRA adapters (PiSSA/OLoRA-style inits), "
+        raise FormatError(f"{path}: initial= applies to PEFT LoRA adapters (PiSSA/OLoRA-style inits), "
                           f"not to {fmt} checkpoints")
     if fmt == "full":
         u = read_full(p, base, include_embeddings, require_base)
@@ -73,7 +74,7 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         cfg = read_json(p / "adapter_config.json", "adapter config (adapter_config.json)")
         if str(cfg.get("peft_type") or "LORA").upper() in TUNERS:
             if initial is not None:
-                raise FormatError(f"{path}: --initial applies to LoRA adapters, not peft_type {cfg.get('peft_type')}")
+                raise FormatError(f"{path}: initial= applies to LoRA adapters, not peft_type {cfg.get('peft_type')}")
             u = read_peft_tuner(p, cfg, base, include_embeddings)
         else:
             u = read_peft(p, base, include_embeddings, require_base)
@@ -98,7 +99,9 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     if p.parent == Path(path) and p.name != Path(path).name and p.is_dir():
         u.warnings.insert(0, f"{path}: holds one adapter, in the subfolder {p.name}/ (a named PEFT adapter): read that")
     if lora_alpha is not None and fmt != "mtl-multilora":
-        u.warnings.append(f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale")
+        msg = f"lora_alpha={lora_alpha} ignored: {fmt} checkpoints store their own scale (α), which is used"
+        u.warnings.append(msg)
+        warnings.warn(f"{path}: {msg}", DeltaspecWarning, stacklevel=3)
     return u
 
 
@@ -123,7 +126,7 @@ def _with_initial(u: Updates, initial, cfg: dict, include_embeddings: bool) -> U
 
     fmt, d = resolve(initial)
     if fmt != "peft":
-        raise FormatError(f"{initial}: --initial must be a PEFT LoRA adapter directory (the adapter saved before "
+        raise FormatError(f"{initial}: initial= must be a PEFT LoRA adapter directory (the adapter saved before "
                           f"training), found a {fmt} checkpoint")
     return with_initial(u, read_peft(d, None, include_embeddings), initial, cfg)
 

@@ -50,10 +50,10 @@ class BaseLookup:
         index = self._underscored.setdefault(id(store), _underscore_index(store))
         keys = index.get(path) or [k for stem, ks in index.items() if stem.endswith("_" + path) for k in ks]
         if len(keys) > 1:
-            raise FormatError(f"{self.adapter}: '{name}': several weights of --base {self.base} match it "
+            raise FormatError(f"{self.adapter}: '{name}': several weights of base={self.base} match it "
                               f"({', '.join(keys[:3])}); kohya names are not reversible")
         if not keys:
-            raise FormatError(f"{self.adapter}: '{name}': no weight in --base {self.base} matches it ({why} needs "
+            raise FormatError(f"{self.adapter}: '{name}': no weight in base={self.base} matches it ({why} needs "
                               "it); kohya/LyCORIS names follow the diffusers module names: pass the diffusers "
                               "pipeline folder or the component's folder (e.g. unet/)")
         return store, self._check(store, keys[0], name, shape)
@@ -62,8 +62,8 @@ class BaseLookup:
         store = self.store((component,) if component else ())
         key = store.find(module)
         if key is None:
-            raise FormatError(f"{self.adapter}: '{module}': no weight for it in --base {self.base} ({why} needs it); "
-                              "is --base the model this adapter was trained on?")
+            raise FormatError(f"{self.adapter}: '{module}': no weight for it in base={self.base} ({why} needs it); "
+                              "is base= the model this adapter was trained on?")
         return store, self._check(store, key, module, shape)
 
     def _check(self, store: TensorStore, key: str, name: str, shape: Optional[tuple]) -> str:

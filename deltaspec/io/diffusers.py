@@ -82,7 +82,7 @@ def read_diffusers(path, base=None, include_embeddings: bool = False) -> Updates
     if len(kept) < len(layers):
         skipped = [u.name for u in layers if u not in kept]
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
-                        "pass --include-embeddings to analyse them")
+                        "pass include_embeddings=True to analyse them")
     if not layers:
         raise FormatError(f"{path}: no diffusers LoRA tensors (lora_A/lora_B or lora.down/lora.up) found"
                           + (f"; it holds {summarize(other, 3)}" if other else ""))
@@ -153,7 +153,7 @@ def _layer(f, comp, mod, parts, cfg, kalpha, lookup) -> LayerUpdate:
     if km is None:
         return LayerUpdate(name, shape, "lowrank", min(r, *shape), build, f.path, f.dtype(ka), meta)
     if lookup is None:
-        raise MissingBaseError(f"{f.path}: '{name}': DoRA (lora_magnitude_vector) needs --base (the diffusers "
+        raise MissingBaseError(f"{f.path}: '{name}': DoRA (lora_magnitude_vector) needs base=PATH (the diffusers "
                                "pipeline folder or the component's folder)")
     if math.prod(f.shape(km)) != shape[0]:
         raise ShapeMismatchError(f"{f.path}: '{km}': {math.prod(f.shape(km))} magnitudes for {shape[0]} output rows")

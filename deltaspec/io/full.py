@@ -29,7 +29,7 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     """require_base=False (`deltaspec info`): without a base, list the layers from the headers; their
     loaders raise MissingBaseError."""
     if base is None and require_base:
-        raise MissingBaseError(f"{path}: full fine-tuning checkpoint needs the base weights: pass --base PATH")
+        raise MissingBaseError(f"{path}: full fine-tuning checkpoint needs the base weights: pass base=PATH")
     ft = open_model(path)
     b0 = open_model(base) if base is not None else ft
     layout = Layout.of(ft.config or b0.config)
@@ -38,7 +38,7 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     pairs = _pairs(ft, b0)
     if not pairs:
         raise FormatError(f"{path}: none of its {len(ft.keys())} tensor names match the {len(b0.keys())} of the "
-                          f"base (e.g. '{ft.keys()[0]}' vs '{b0.keys()[0]}'); is --base the model it was "
+                          f"base (e.g. '{ft.keys()[0]}' vs '{b0.keys()[0]}'); is base= the model it was "
                           "fine-tuned from?")
     warnings: list[str] = []
     if base is not None:
@@ -56,7 +56,7 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     warnings += r.warnings + r.skipped.messages(path)
     if r.embeddings:
         warnings.append(f"{path}: {len(r.embeddings)} embedding update(s) skipped ({summarize(r.embeddings)}): "
-                        "pass --include-embeddings to analyse them")
+                        "pass include_embeddings=True to analyse them")
     if r.unknown_stacks:
         warnings.append(f"{path}: {len(r.unknown_stacks)} MoE expert stack(s) read per expert as stored "
                         f"({summarize(r.unknown_stacks)}): the architecture ({layout.describe()}) does not say which "
@@ -121,7 +121,7 @@ class _Reader:
         def load() -> Dense:
             if not has_base:
                 raise MissingBaseError(f"{ft.path}: '{name}': full fine-tuning needs the base weights: "
-                                       "pass --base PATH")
+                                       "pass base=PATH")
             d = subtract_upcast(ft, k, b0, bk, index)
             return Dense(view(d).contiguous() if view else d.reshape(shape))
 

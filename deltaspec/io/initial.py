@@ -37,7 +37,7 @@ def with_initial(trained: Updates, initial: Updates, initial_path, cfg: dict) ->
 
 def _pair(u: LayerUpdate, u0: LayerUpdate, initial_path) -> LayerUpdate:
     if u.kind != "lowrank" or u0.kind != "lowrank":
-        raise FormatError(f"{initial_path}: '{u.name}': --initial needs plain LoRA factors on both sides "
+        raise FormatError(f"{initial_path}: '{u.name}': initial= needs plain LoRA factors on both sides "
                           f"(found {u.meta.get('variant', u.kind)} / {u0.meta.get('variant', u0.kind)})")
     if tuple(u.shape) != tuple(u0.shape):
         raise FormatError(f"{initial_path}: '{u.name}': initial adapter shape {list(u0.shape)} differs from the "

@@ -46,7 +46,7 @@ def read_kohya(path, base=None, include_embeddings: bool = False) -> Updates:
         (layers if include_embeddings or not is_embedding(name) else skipped).append(u)
     if skipped:
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize([u.name for u in skipped])}): "
-                        "pass --include-embeddings to analyse them")
+                        "pass include_embeddings=True to analyse them")
     return Updates(sorted_layers(layers), str(path), "kohya", str(base) if base is not None else None, warnings)
 
 

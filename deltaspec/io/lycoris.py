@@ -65,7 +65,7 @@ def read_lycoris(path, base=None, include_embeddings: bool = False) -> Updates:
                             f"{summarize(ctx.norms)}")
     if skipped:
         ctx.warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize([u.name for u in skipped])}): "
-                            "pass --include-embeddings to analyse them")
+                            "pass include_embeddings=True to analyse them")
     if not layers and not skipped:
         raise FormatError(f"{path}: no LoRA/LyCORIS module with an update deltaspec can analyse")
     return Updates(sorted_layers(layers), str(path), "lycoris", str(base) if base is not None else None, ctx.warnings)
@@ -92,7 +92,7 @@ class _Ctx:
 
     def need_base(self, name: str, what: str) -> BaseLookup:
         if self.base is None:
-            raise MissingBaseError(f"{self.f.path}: '{name}': {what} depends on the base weights: pass --base "
+            raise MissingBaseError(f"{self.f.path}: '{name}': {what} depends on the base weights: pass base=PATH "
                                    "(the model the file was trained on, e.g. its diffusers folder)")
         return self.base
 

@@ -54,8 +54,8 @@ def find_mtl_file(path) -> Path:
 def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_alpha=None) -> Updates:
     file = find_mtl_file(path)
     if lora_alpha is None:
-        raise FormatError(f"{file}: MTL-LoRA MultiLoRA checkpoints do not store lora_alpha: pass --lora-alpha")
-    lora_alpha = number(lora_alpha, file, "--lora-alpha")
+        raise FormatError(f"{file}: MTL-LoRA MultiLoRA checkpoints do not store lora_alpha: pass lora_alpha=ALPHA")
+    lora_alpha = number(lora_alpha, file, "lora_alpha")
     f = TorchFile(file)
     modules: dict[str, dict[str, str]] = {}
     ignored = []
@@ -75,7 +75,7 @@ def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_a
         if ignored else []
     if not modules:
         raise FormatError(f"{file}: no MultiLoRA tensors (lora_A, lora_B, lora_scaling) found")
-    layers = [_layer(mod, parts, f, lora_alpha, False, (file, "--lora-alpha")) for mod, parts in modules.items()]
+    layers = [_layer(mod, parts, f, lora_alpha, False, (file, "lora_alpha")) for mod, parts in modules.items()]
     return _finish(layers, path, "mtl-multilora", base, warnings, include_embeddings)
 
 
@@ -84,7 +84,7 @@ def _finish(layers, path, fmt, base, warnings, include_embeddings) -> Updates:
     if len(kept) < len(layers):
         skipped = [u.name for u in layers if u not in kept]
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
-                        "pass --include-embeddings to analyse them")
+                        "pass include_embeddings=True to analyse them")
     return Updates(sorted_layers(kept), str(path), fmt, str(base) if base is not None else None, warnings)
 
 

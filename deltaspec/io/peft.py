@@ -72,7 +72,7 @@ class _Ctx:
         key = self.base.find(mod)
         if key is None:
             raise FormatError(f"{self.base_path}: no weight for '{mod}' ({why} needs it); "
-                              "is --base the model this adapter was trained on?")
+                              "is base= the model this adapter was trained on?")
         if tuple(self.base.shape(key)) != tuple(stored_shape):
             raise ShapeMismatchError(f"'{mod}': {self.f.path} implies weight shape {list(stored_shape)} but "
                                      f"{self.base.source(key)} has '{key}' {list(self.base.shape(key))}")
@@ -104,7 +104,7 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         ctx.warnings.append(f"{cfg_path}: init_lora_weights={init!r}: PiSSA/OLoRA/LoftQ-style adapters are relative "
                             "to a modified base unless converted; ΔW is reported as the plain adapter product"
                             + ("" if cfg.get("loftq_config") or str(init).lower().startswith("loftq") else
-                               "; pass --initial DIR (the adapter saved before training) for the exact "
+                               "; pass initial=DIR (the adapter saved before training) for the exact "
                                "ΔW = s(BA − B0A0) relative to the original base"))
     if get_flag(cfg, "lora_bias", cfg_path):
         ctx.warnings.append(f"{cfg_path}: lora_bias is set: bias updates are not analysed")
@@ -130,11 +130,11 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
             kept.append(u)
     if skipped:
         ctx.warnings.append(f"{d}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
-                            "pass --include-embeddings to analyse them")
+                            "pass include_embeddings=True to analyse them")
     if ctx.unsplit:
         ctx.warnings.append(f"{d}: {len(ctx.unsplit)} fused expert parameter(s) analysed whole per expert, not split "
                             f"into gate/up halves ({summarize(ctx.unsplit)}): the base architecture is unknown "
-                            "(pass --base with its config.json)")
+                            "(pass base= with its config.json)")
     ctx.warnings += ctx.skipped.messages(f.path)
     if not kept:
         raise FormatError(f"{d}: nothing to analyse: " + "; ".join(w.partition(": ")[2] for w in ctx.warnings))
@@ -218,7 +218,7 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
     if tuple(f.shape(km)) not in ((d_out,), (1, d_out), (d_out, 1)) and math.prod(f.shape(km)) != d_out:
         raise ShapeMismatchError(f"{f.path}: '{mod}' lora_magnitude_vector {list(f.shape(km))} does not match "
                                  f"the {d_out} output rows")
-    need = (f"{f.path}: DoRA adapter needs --base (the base model weights) to form "
+    need = (f"{f.path}: DoRA adapter needs base=PATH (the base model weights) to form "
             f"ΔW = m·V/‖V‖ − W0 (module '{mod}')")
     if ctx.base_path is None:
         if ctx.require_base:

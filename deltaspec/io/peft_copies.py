@@ -19,7 +19,7 @@ def copy_layer(mod: str, key: str, ctx):
         ctx.skipped.add("modules_to_save copies that are not 2-D weights", mod)
         return None
     if ctx.base_path is None:
-        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass --base to analyse its "
+        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass base=PATH to analyse its "
                             "update, skipped")
         return None
     base = ctx.base

@@ -88,7 +88,7 @@ def _param_layers(mod, param, parts, ctx, layout: Layout, get) -> list[LayerUpda
     if base_shape is not None and (len(base_shape) != 3 or base_shape[0] != n_exp
                                    or sorted(base_shape[1:]) != sorted((d_in, d_out))):
         raise ShapeMismatchError(f"{f.path}: '{name}': {n_exp} experts of ({d_out}, {d_in}) do not fit the base's "
-                                 f"{list(base_shape)}; is --base the model this adapter was trained on?")
+                                 f"{list(base_shape)}; is base= the model this adapter was trained on?")
     rs = ctx.use_rslora
     scale = check_scale(alpha / math.sqrt(r) if rs else alpha / r, ctx.cfg_path, "lora_alpha",
                         "α/√r" if rs else "α/r")

@@ -67,7 +67,7 @@ def read_peft_tuner(path, cfg: dict, base=None, include_embeddings: bool = False
         ctx.warnings.append(f"{f.path}: {len(other)} tensor(s) not analysed (biases or unknown keys): {summarize(other)}")
     if skipped:
         ctx.warnings.append(f"{d}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
-                            "pass --include-embeddings to analyse them")
+                            "pass include_embeddings=True to analyse them")
     if not layers:
         raise FormatError(f"{ctx.cfg_path}: peft_type {peft_type}, but {f.path} holds no {peft_type} tensors "
                           f"({'found ' + summarize(other, 3) if other else 'it is empty'})")
@@ -90,12 +90,12 @@ class _Ctx:
     def base_weight(self, mod: str, why: str):
         """(store, key) of the base weight of `mod`; MissingBaseError without --base."""
         if self.base_path is None:
-            raise MissingBaseError(f"{self.f.path}: '{mod}': {why} needs --base (the base model weights)")
+            raise MissingBaseError(f"{self.f.path}: '{mod}': {why} needs base=PATH (the base model weights)")
         if self._base is None:
             self._base = open_model(self.base_path)
         key = self._base.find(mod)
         if key is None:
-            raise FormatError(f"{self.base_path}: no weight for '{mod}' ({why} needs it); is --base the model this "
+            raise FormatError(f"{self.base_path}: no weight for '{mod}' ({why} needs it); is base= the model this "
                               "adapter was trained on?")
         return self._base, key
 
@@ -259,7 +259,7 @@ def _boft(mod, parts, ctx) -> LayerUpdate:
 def _copy(mod, key, ctx):
     f = ctx.f
     if ctx.base_path is None:
-        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass --base to analyse its update, "
+        ctx.warnings.append(f"{f.path}: '{mod}' is a full copy (modules_to_save); pass base=PATH to analyse its update, "
                             "skipped")
         return None
     store, bkey = ctx.base_weight(mod, "modules_to_save")

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .spectrum import _what, band, stack
-from .style import as_aligned, color, legend, new_axes, picked, plain_log_ticks, styled
+from .style import as_aligned, color, legend, linestyle, new_axes, picked, plain_log_ticks, styled
 
 
 def energy_curves(data, *, modules=None, layers=None, labels=None) -> dict:
@@ -38,13 +38,14 @@ def energy_curves(data, *, modules=None, layers=None, labels=None) -> dict:
 def energy(data, *, modules=None, layers: Optional[Sequence[int]] = None, iqr: bool = True, log_x: bool = True,
            mark: Sequence[int] = (), labels=None, title: Optional[str] = None, ax=None, size=None, height=None):
     """One line per method: cumulative energy share vs k (log-x by default); `mark` draws k guides."""
-    if ax is None:
+    own = ax is None  # a default title only on our own figure: never over the caller's subplots
+    if own:
         _, (ax,) = new_axes(1, size, height)
     al = as_aligned(data, labels)
     for n, (lab, (k, med, lo, hi)) in enumerate(energy_curves(al, modules=modules, layers=layers).items()):
         if iqr and len(k) > 0:
             ax.fill_between(k, lo, hi, color=color(n), alpha=0.18, lw=0, label="_nolegend_", step=None)
-        ax.plot(k, med, color=color(n), label=lab)
+        ax.plot(k, med, color=color(n), ls=linestyle(n), label=lab)
     for m in mark:
         ax.axvline(m, color="0.5", lw=0.6, ls=":", label="_nolegend_")
     if log_x:
@@ -54,6 +55,7 @@ def energy(data, *, modules=None, layers: Optional[Sequence[int]] = None, iqr: b
     ax.set_xlabel("k (top singular directions)")
     ax.set_ylabel("cumulative energy share")
     n_layers = len(picked(al, modules, layers)[0])
-    ax.set_title(title if title is not None else f"{_what(modules)}: median over {n_layers} layers (IQR band)")
+    if title is not None or own:
+        ax.set_title(title if title is not None else f"{_what(modules)}: median over {n_layers} layers (IQR band)")
     legend(ax, loc="lower right")
     return ax

@@ -5,6 +5,7 @@ Date) and PNG's Software text are removed, so the same input gives the same file
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,15 @@ def save(fig, path, *, dpi: int = 300, fmt: Optional[str] = None) -> Path:
     fmt = figure_format(path, fmt)
     path = Path(path)
     os.makedirs(path.resolve().parent, exist_ok=True)
-    with paper_style():
-        fig.savefig(path, format=fmt, dpi=dpi, metadata=METADATA[fmt])
+    data = render(fig, fmt, dpi)
+    with open(path, "wb") as f:
+        f.write(data)
     return path
+
+
+def render(fig, fmt: str = "png", dpi: int = 300) -> bytes:
+    """The bytes `save` would write (also what notebooks display): deterministic, in the paper style."""
+    buf = io.BytesIO()
+    with paper_style():
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=METADATA[fmt])
+    return buf.getvalue()

@@ -40,7 +40,8 @@ def similarity(grid, *, labels: Sequence[str] = ("A", "B"), title: Optional[str]
                annotate: Optional[bool] = None, ax=None, size=None, height=None):
     """Heatmap of a φ grid (from `subspace.similarity_grid` or `mean_similarity`); returns the Axes."""
     grid = np.asarray(grid, dtype=np.float64)
-    if ax is None:
+    own = ax is None  # a default title only on our own figure: never over the caller's subplots
+    if own:
         _, (ax,) = new_axes(1, size, height=height or 2.7)
     I, J = grid.shape
     im = ax.imshow(grid, origin="upper", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest",
@@ -64,5 +65,6 @@ def similarity(grid, *, labels: Sequence[str] = ("A", "B"), title: Optional[str]
         for (y, x), v in np.ndenumerate(grid):
             ax.text(x + 1, y + 1, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
                     color="white" if v < 0.55 else "black")
-    ax.set_title(title if title is not None else f"subspace similarity {labels[0]} vs {labels[1]}")
+    if title is not None or own:
+        ax.set_title(title if title is not None else f"subspace similarity {labels[0]} vs {labels[1]}")
     return ax

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .style import as_aligned, color, legend, new_axes, picked, plain_log_ticks, styled
+from .style import as_aligned, color, legend, linestyle, new_axes, picked, plain_log_ticks, styled
 
 
 def stack(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -59,14 +59,15 @@ def _what(modules) -> str:
 def spectrum(data, *, modules=None, layers: Optional[Sequence[int]] = None, normalize: bool = True,
              iqr: bool = True, log_x: bool = False, labels=None, title: Optional[str] = None, ax=None, size=None, height=None):
     """One line per method: median σ_i (or σ_i/σ_1) over the selected layers vs i; IQR band. Returns Axes."""
-    if ax is None:
+    own = ax is None  # a default title only on our own figure: never over the caller's subplots
+    if own:
         _, (ax,) = new_axes(1, size, height)
     al = as_aligned(data, labels)
     curves = spectrum_curves(al, modules=modules, layers=layers, normalize=normalize)
     for n, (lab, (i, med, lo, hi)) in enumerate(curves.items()):
         if iqr and len(i) > 0:
             ax.fill_between(i, lo, hi, color=color(n), alpha=0.18, lw=0, label="_nolegend_")
-        ax.plot(i, med, color=color(n), label=lab)
+        ax.plot(i, med, color=color(n), ls=linestyle(n), label=lab)
         if len(i) > 0:
             ax.plot(i[-1:], med[-1:], "o", color=color(n), ms=2.5, label="_nolegend_")
     ax.set_yscale("log")
@@ -76,6 +77,7 @@ def spectrum(data, *, modules=None, layers: Optional[Sequence[int]] = None, norm
     ax.set_xlabel("index i (descending σ)")
     ax.set_ylabel("σ$_i$ / σ$_1$" if normalize else "singular value σ$_i$")
     n_layers = len(picked(al, modules, layers)[0])
-    ax.set_title(title if title is not None else f"{_what(modules)}: median over {n_layers} layers (IQR band)")
+    if title is not None or own:
+        ax.set_title(title if title is not None else f"{_what(modules)}: median over {n_layers} layers (IQR band)")
     legend(ax)
     return ax

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from ..compare import Aligned, Comparison, align
 from ..errors import DeltaspecError
 from ..results import AnalysisResult, LayerResult
+from .notebook import show_later
 
 STYLE_PATH = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.3  # inches
@@ -39,8 +40,17 @@ def use_paper_style() -> None:
     mpl.rc_file(str(STYLE_PATH))
 
 
+# Line styles go with the colours, so methods stay apart in greyscale (Okabe–Ito's vermillion and
+# bluish green have nearly the same luminance).
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
+
+
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+def linestyle(i: int):
+    return LINESTYLES[i % len(LINESTYLES)]
 
 
 def figsize(size: str | float = "single", panels: int = 1, height: Optional[float] = None) -> tuple[float, float]:
@@ -60,17 +70,21 @@ def new_axes(panels: int = 1, size: Optional[str | float] = None, height: Option
 
 
 def styled(fn):
-    """Run a plot function under `paper_style()` when it creates its own figure (`ax` is None).
+    """Run a plot function under `paper_style()` when it creates its own figure (`ax` is None), and
+    show that figure inline when running in Jupyter (see notebook.py).
 
     With an axes from the caller, the caller's style applies (only the method colours are fixed).
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if kwargs.get("ax") is None:
-            with paper_style():
-                return fn(*args, **kwargs)
-        return fn(*args, **kwargs)
+        if kwargs.get("ax") is not None:
+            return fn(*args, **kwargs)
+        with paper_style():
+            out = fn(*args, **kwargs)
+        first = out[0] if isinstance(out, (list, tuple)) else out
+        show_later(first.figure)
+        return out
 
     return wrapper
 
@@ -89,6 +103,19 @@ def as_aligned(data, labels: Optional[Sequence[str]] = None) -> Aligned:
         return align(list(data), labels)
     raise TypeError("plot data must be an AnalysisResult, a list of them, a {label: AnalysisResult} mapping, "
                     f"or a compare.Aligned/Comparison; got {type(data).__name__}")
+
+
+_METRIC_LABELS = {"frobenius_norm": "Frobenius norm", "spectral_norm": "spectral norm σ$_1$",
+                  "spectral_entropy": "spectral entropy (nats)", "energy_entropy": "energy entropy (nats)"}
+
+
+def metric_label(name: str) -> str:
+    """A readable axis label for a metric name ('top4_energy' → 'top-4 energy share')."""
+    if name in _METRIC_LABELS:
+        return _METRIC_LABELS[name]
+    if name.startswith("top") and name.endswith("_energy") and name[3:-7].isdigit():
+        return f"top-{name[3:-7]} energy share"
+    return name.replace("_", " ")
 
 
 def pick(result: AnalysisResult, modules=None, layers=None) -> list[LayerResult]:

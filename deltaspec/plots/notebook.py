@@ -1,0 +1,61 @@
+"""Plots show inline in Jupyter, without pyplot.
+
+deltaspec's figures are plain `matplotlib.figure.Figure`s that pyplot never sees, so scripts have no
+global state to clean up and nothing pops up. Under a Jupyter kernel (an IPython shell with a
+kernel), a figure a plot function made itself (`ax=None`) is queued and shown as a PNG when the
+cell finishes, like pyplot's inline backend does — after any changes the cell made to the axes.
+Figures drawn into the caller's own `ax=` are the caller's to show (pyplot shows its own).
+Anywhere else this module does nothing. `deltaspec.plots.inline(False)` turns it off.
+"""
+from __future__ import annotations
+
+import sys
+
+_pending: list = []  # figures made by deltaspec.plots in the running cell
+_hooked: set = set()  # ids of the shells our post_execute hook is registered with
+_enabled = True
+DPI = 150  # notebook PNGs: sharp on high-density screens, shown at 100 dpi size
+
+
+def inline(enabled: bool = True) -> None:
+    """Show deltaspec's own figures inline in Jupyter (default) or not."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def kernel_shell():
+    """The IPython shell when running under a Jupyter kernel, else None (IPython is never imported)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return None
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # a half-imported or stub IPython
+        return None
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
+
+
+def show_later(fig) -> None:
+    """Queue `fig` to be shown when the current cell finishes (only under a Jupyter kernel)."""
+    if not _enabled:
+        return
+    shell = kernel_shell()
+    if shell is None:
+        return
+    if id(shell) not in _hooked:
+        shell.events.register("post_execute", flush)
+        _hooked.add(id(shell))
+    if not any(f is fig for f in _pending):
+        _pending.append(fig)
+
+
+def flush() -> None:
+    """Show the queued figures as PNG (IPython's post_execute hook)."""
+    from IPython.display import Image, display
+
+    from .save import render
+
+    figs = list(_pending)
+    _pending.clear()
+    for fig in figs:
+        display(Image(data=render(fig, "png", DPI), format="png", width=int(round(fig.get_figwidth() * 100))))

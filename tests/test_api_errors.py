@@ -1,0 +1,80 @@
+"""Python errors name Python arguments and list the valid values; the CLI says the same with its flags."""
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import deltaspec as ds
+from deltaspec.errors import DeltaspecError
+from deltaspec_cli.main import cli
+
+S = Path(__file__).resolve().parent.parent / "sample_checkpoints"
+LORA = str(S / "lora")
+
+
+@pytest.fixture(scope="module")
+def updates():
+    return ds.load(LORA)
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(n_ref="foo"), ["n_ref='foo'", "'shape'", "'rank'", "integer >= 2"]),
+    (dict(n_ref=1), ["n_ref=1"]),
+    (dict(n_ref=2.5), ["n_ref=2.5"]),
+    (dict(modules=["kproj"]), ["modules=['kproj']", "no such module type", "available: q_proj, k_proj, v_proj, o_proj"]),
+    (dict(modules=["k_proj", "kproj"]), ["modules=['kproj']"]),
+    (dict(layers=[2, 9]), ["layers=[9]", "no such layer index", "available: 0-3"]),
+    (dict(energy_k=[0, 4]), ["energy_k=[0, 4]", "positive integers"]),
+    (dict(top_k="x"), ["energy_k='x'"]),
+    (dict(svd_top_k=0), ["svd_top_k=0"]),
+    (dict(device="gpu"), ["device='gpu'", "'auto', 'cpu', 'cuda' or 'cuda:N'"]),
+    (dict(dtype="float16"), ["dtype='float16'", "'float32' or 'float64'"]),
+], ids=lambda x: str(x) if isinstance(x, dict) else "")
+def test_bad_arguments_are_named_with_valid_values(updates, kw, words):
+    with pytest.raises(DeltaspecError) as e:
+        ds.analyze(updates, **kw)
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, (w, msg)
+    assert "--" not in msg  # Python names, not CLI flags
+
+
+def test_valid_spellings_still_work(updates):
+    assert ds.analyze(updates, n_ref="64", modules=["k_proj"], layers=[1]).layers[0].n_ref == 64
+    assert len(ds.analyze(updates, modules="v_proj", energy_k=2)) == 4
+
+
+def test_base_with_loaded_updates_and_missing_base_name_the_argument(updates):
+    with pytest.raises(DeltaspecError, match="base= is for a checkpoint path"):
+        ds.analyze(updates, base=str(S / "base"))
+    with pytest.raises(DeltaspecError, match=r"pass base=PATH$"):
+        ds.load(str(S / "full"))
+
+
+def test_compare_and_saved_results_list_valid_names(tmp_path):
+    res = ds.analyze(updates=ds.load(LORA), modules=["q_proj"])
+    with pytest.raises(DeltaspecError, match="unknown or not shared metric.*available: frobenius_norm"):
+        ds.compare([res, res], ["a", "b"], metrics=["frob"])
+    with pytest.raises(DeltaspecError, match=r"modules=\['k_proj'\]: no such module type; available: q_proj"):
+        res.select(["k_proj"])
+    with pytest.raises(DeltaspecError, match="unknown metric 'x'; available"):
+        res.format_table(["x"])
+
+
+def cli_error(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args] + ["-q"])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and r.output.count("\n") == 1 and "Traceback" not in r.output
+    return r.output
+
+
+def test_cli_says_the_same_with_its_flags(tmp_path):
+    out = cli_error("analyze", LORA, "--modules", "kproj")
+    assert "--modules kproj: no such module type; available: q_proj, k_proj, v_proj, o_proj" in out
+    assert "--layers 7: no such layer index" in cli_error("analyze", LORA, "--layers", "0,7")
+    assert "pass --base PATH" in cli_error("analyze", S / "full")
+    assert "--device gpu: unknown device" in cli_error("analyze", LORA, "--device", "gpu")
+    saved = tmp_path / "lora.json"
+    assert CliRunner().invoke(cli, ["analyze", LORA, "-q", "-o", str(saved)]).exit_code == 0
+    assert "--modules kproj" in cli_error("compare", saved, saved, "--labels", "a,b", "--modules", "kproj")
+    assert "unknown or not shared metric" in cli_error("compare", saved, saved, "--labels", "a,b", "--metrics", "x")

@@ -1,0 +1,93 @@
+"""-o and warnings: an -o that cannot be written fails at once (before any work) with one line, an -o
+inside an input is refused, unknown extensions need --format, and an ignored --lora-alpha says so."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import deltaspec as ds
+from deltaspec.errors import DeltaspecError, DeltaspecWarning
+from deltaspec_cli.main import cli
+from deltaspec_cli.output import output_format
+
+S = Path(__file__).resolve().parent.parent / "sample_checkpoints"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args] + ["-q"])
+
+
+def one_line_error(r, *words):
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and r.output.count("\n") == 1 and "Traceback" not in r.output, r.output
+    for w in words:
+        assert w in r.output, (w, r.output)
+
+
+def test_unknown_extension_needs_format(tmp_path):
+    with pytest.raises(DeltaspecError, match=r"x.xlsx: unknown report extension '.xlsx'; use .json, .csv, .txt"):
+        output_format(None, "x.xlsx")
+    assert output_format("csv", "x.xlsx") == "csv" and output_format(None, "report") == "table"
+    assert output_format(None, "t.tex", allowed=("table", "latex")) == "latex"
+    with pytest.raises(DeltaspecError, match="'.tex'"):
+        output_format(None, "t.tex")  # analyze has no LaTeX output
+    out = tmp_path / "x.xlsx"
+    one_line_error(invoke("analyze", S / "lora", "-o", out), "unknown report extension", "--format")
+    assert not out.exists()
+    assert invoke("analyze", S / "lora", "-o", out, "--format", "csv").exit_code == 0
+    assert out.read_text().startswith("name,module,layer")
+    one_line_error(invoke("plot", "energy", S / "lora", "-o", tmp_path / "e.jpg"), "unsupported figure format 'jpg'")
+
+
+@pytest.mark.parametrize("cmd", [["analyze"], ["compare"], ["subspace", "--base", S / "base"], ["plot", "spectrum"]])
+def test_unwritable_output_fails_before_any_work(tmp_path, cmd):
+    (tmp_path / "file").write_text("x")
+    missing_input = tmp_path / "does-not-exist"  # would fail later, when read: the -o error must come first
+    one_line_error(invoke(*cmd, missing_input if cmd == ["analyze"] else S / "lora", "-o", tmp_path / "file" / "x.json"
+                          if cmd[0] != "plot" else tmp_path / "file" / "x.png"), "is a file, not a folder")
+    r = invoke("analyze", missing_input, "-o", tmp_path)  # click's own check (a usage error)
+    assert r.exit_code == 2 and "is a directory" in r.output
+
+
+def test_read_only_place(tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere chmod says; /sys refuses even root
+        if not sys.platform.startswith("linux"):
+            pytest.skip("needs a read-only place")
+        target = "/sys/deltaspec-test/report.json"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        target = ro / "report.json"
+    one_line_error(invoke("analyze", tmp_path / "does-not-exist", "-o", target), "cannot write in")
+
+
+def test_new_output_inside_an_input_directory_is_refused(tmp_path):
+    before = sorted(p.name for p in (S / "lora").iterdir())
+    one_line_error(invoke("analyze", S / "lora", "-o", S / "lora" / "spectra.json"), "never writes into its input paths")
+    one_line_error(invoke("compare", S / "lora", S / "full", "--base", S / "base", "-o", S / "base" / "sub" / "c.csv"),
+                   "input directory")
+    assert sorted(p.name for p in (S / "lora").iterdir()) == before and not (S / "base" / "sub").exists()
+    saved = tmp_path / "lora.json"
+    assert invoke("analyze", S / "lora", "-o", saved).exit_code == 0
+    one_line_error(invoke("compare", saved, saved, "--labels", "a,b", "-o", saved), "refusing to overwrite the input")
+
+
+def test_lora_alpha_that_the_checkpoint_overrides_is_not_silent(tmp_path):
+    with pytest.warns(DeltaspecWarning, match="lora_alpha=8.0 ignored: peft checkpoints store their own scale"):
+        u = ds.load(str(S / "lora"), lora_alpha=8.0)
+    assert any("lora_alpha=8.0 ignored" in w for w in u.warnings)
+    plain = ds.analyze(str(S / "lora"), modules=["q_proj"], layers=[0])
+    assert ds.analyze(u, modules=["q_proj"], layers=[0])[0].singular_values.tolist() == plain[0].singular_values.tolist()
+    r = CliRunner().invoke(cli, ["analyze", str(S / "lora"), "-q", "--lora-alpha", "8", "--format", "json"])
+    assert r.exit_code == 0
+    assert "warning: --lora-alpha 8.0 ignored: peft checkpoints store their own scale (α), which is used" in r.stderr
+    assert "UserWarning" not in r.stderr and "DeltaspecWarning" not in r.stderr  # one clean line, not Python's
+    assert json.loads(r.stdout)["warnings"] == ["lora_alpha=8.0 ignored: peft checkpoints store their own scale (α), "
+                                                "which is used"]
+    r = CliRunner().invoke(cli, ["plot", "spectrum", str(S / "lora"), "-q", "--lora-alpha", "8", "-o",
+                                 str(tmp_path / "s.png")])
+    assert r.exit_code == 0 and "warning: lora: --lora-alpha 8.0 ignored" in r.stderr
