@@ -22,8 +22,10 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
     Needs no --base: a full fine-tune or DoRA adapter lists its layers from the headers (analyze needs
     --base to form ΔW). Never imports torch for safetensors checkpoints.
     """
+    from deltaspec.formatting import hoist_constant, name_legend, short_names, text_grid, wrap
     from deltaspec.io import load
-    from deltaspec.results import text_grid
+
+    from .output import table_width, warn
 
     u = load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
              initial=initial, require_base=False)
@@ -33,15 +35,18 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
         click.echo(json.dumps({"path": u.path, "format": u.format, "base": u.base, "warnings": u.warnings,
                                "layers": rows}, indent=1))
         return
+    width = table_width(None)
     modules = list(dict.fromkeys(x.module for x in u))
-    click.echo(f"{u.path}: format {u.format}, {len(u)} layers, modules {', '.join(modules)}"
-               + (f", base {u.base}" if u.base else ""))
+    lines = wrap(f"{u.path}: format {u.format}, {len(u)} layers, modules {', '.join(modules)}"
+                 + (f", base {u.base}" if u.base else ""), width)
     extra = sorted({k for r in rows for k in r} - {"name", "shape", "kind", "rank", "dtype"})
     head = ["name", "shape", "kind", "rank", "dtype"] + extra
-    body = [[r["name"], "x".join(map(str, r["shape"])), r["kind"], str(r["rank"]), r["dtype"]]
+    short = short_names([r["name"] for r in rows])
+    body = [[short[r["name"]], "x".join(map(str, r["shape"])), r["kind"], str(r["rank"]), r["dtype"]]
             + [str(r.get(k, "")) for k in extra] for r in rows]
-    click.echo("\n".join(text_grid(head, body)))
+    head, body, same = hoist_constant(head, body, ["shape", "kind", "rank", "dtype", *extra])
+    lines += (wrap(f"every layer: {same}", width) if same else []) + name_legend(short, width)
+    click.echo("\n".join(lines + text_grid(head, body, width)))
     if u.base is None and (u.format == "full" or any(x.meta.get("variant") == "dora" for x in u)):
         click.echo("note: no --base given: listed from the headers; analyze needs --base to form ΔW", err=True)
-    for w in u.warnings:
-        click.echo(f"warning: {w}", err=True)
+    warn(u.warnings)

@@ -81,8 +81,12 @@ def warn(messages) -> None:
     """Each warning as one `warning: …` line on stderr (in the CLI's words)."""
     from .common import cli_words
 
+    from deltaspec.formatting import wrap
+
+    width = table_width(None)
     for w in messages:
-        click.echo(f"warning: {cli_words(w)}", err=True)
+        for line in wrap(f"warning: {cli_words(w)}", width):
+            click.echo(line, err=True)
 
 
 def table_width(out: str | None) -> int | None:

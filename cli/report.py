@@ -9,7 +9,7 @@ import click
 
 from .common import user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis
-from .output import check_not_input
+from .output import check_output
 from .suggest_rank import chosen_policy, policy_value_options
 
 
@@ -52,7 +52,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     from .compare import load_checkpoint
     from .options import parse_ints, parse_n_ref
 
-    check_not_input(out, [*inputs, base])
+    check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
     chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
     mods, lays = parse_list(modules), parse_layers(layers)
@@ -64,7 +64,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
             scales, used_base = None, res.source.get("base")
         else:
             updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
-            res = ds.analyze(updates, device=device, dtype=dtype, top_k=parse_ints(energy_k, "--energy-k"),
+            res = ds.analyze(updates, device=device, dtype=dtype, energy_k=parse_ints(energy_k, "--energy-k"),
                              n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
             scales, used_base = source_scales(updates), updates.base
         if not res.layers:

@@ -8,6 +8,7 @@ import click
 
 from .common import user_errors
 from .options import reader_options
+from .output import table_width, warn
 from .suggest_rank import POLICY_HELP, device_options
 
 RESIZE_HELP = """Output: OUT/adapter_config.json + OUT/adapter_model.safetensors (PEFT LoRA; per-layer r and α
@@ -101,9 +102,8 @@ def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, 
         total = sum(x.rank for x in res.layers)
         click.echo(f"{ckpt} [{updates.format}] → {out}: {len(res.factors())} LoRA layers, {policy.label}"
                    + (f", at most {max_rank}" if max_rank else "") + f", total rank {total}")
-        click.echo(res.format_table())
-    for w in res.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(res.format_table(width=table_width(None)))
+    warn(res.warnings)
     click.echo(f"wrote {out}", err=True)
 
 

@@ -5,7 +5,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import reader_options, selection_options
-from .output import check_not_input, emit
+from .output import check_output, emit, table_width, warn
 
 POLICY_HELP = """Policies (deltaspec/ranks.py; E(k) = Σ_{i≤k} σ_i² / Σ σ_i², the energy a rank-k
 truncation keeps, and sqrt(1 − E(k)) its relative Frobenius error, Eckart–Young):
@@ -109,8 +109,8 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
     from deltaspec.errors import DeltaspecError
 
     fmt = fmt or ("json" if out and out.lower().endswith(".json") else "table")
-    check_not_input(out, [ckpt, kw["base"]])
-    check_not_input(plot_out, [ckpt, kw["base"]])
+    check_output(out, [ckpt, kw["base"]])
+    check_output(plot_out, [ckpt, kw["base"]])
     try:
         lv = tuple(float(x) for x in levels.split(",") if x.strip())
     except ValueError:
@@ -123,7 +123,7 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
 
     s = res.suggest_ranks(chosen, policies=default_policies(energy, fro_error, sv_ratio), max_rank=max_rank,
                           keep_scale=keep_scale, scales=scales, levels=lv)
-    text = s.to_json() if fmt == "json" else s.format_table()
+    text = s.to_json() if fmt == "json" else s.format_table(width=table_width(out))
     if fmt == "table" and scales is None:
         text += "\nnote: a saved analysis does not record the source's α: new α assume scale 1 (α = r)"
     emit(text, out)
@@ -132,5 +132,4 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
 
         dp.save(dp.rank_needed(res, energy=lv), plot_out)
         click.echo(f"wrote {plot_out}", err=True)
-    for w in res.warnings:
-        click.echo(f"warning: {w}", err=True)
+    warn(res.warnings)

@@ -67,15 +67,15 @@ class ResizeResult:
         return {"policy": self.policy.label, "keep_scale": self.keep_scale, "fan_in_fan_out": self.fan_in_fan_out,
                 "warnings": list(self.warnings), "layers": [x.to_dict() for x in self.layers]}
 
-    def format_table(self) -> str:
-        from .results import text_grid
-        from .suggest import short_names
+    def format_table(self, width: Optional[int] = None) -> str:
+        from .formatting import short_names, text_grid
 
-        names = short_names([x.name for x in self.layers])
+        short = short_names([x.name for x in self.layers])
+        names = [short[x.name] for x in self.layers]
         body = [[n, "x".join(map(str, x.shape)), x.kind, str(x.rank_before), str(x.rank), _pct(x.kept_energy),
                  _err(x.rel_error)] for n, x in zip(names, self.layers)]
         head = ["layer", "shape", "kind", "from", "to", "kept", "rel.err"]
-        return "\n".join(text_grid(head, body))
+        return "\n".join(text_grid(head, body, width))
 
 
 def _pct(v: float) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from . import ranks as R
+from .formatting import short_names
 from .errors import DeltaspecError
 from .io.write_peft import exact_key, lora_config_fields  # noqa: F401  (re-exported)
 
@@ -32,14 +33,6 @@ def default_policies(energy=None, fro_error=None, sv_ratio=None) -> list[R.Polic
     """energy, fro_error, sv_ratio (with their defaults), knee, effective_rank."""
     return [R.policy("energy", energy), R.policy("fro_error", fro_error), R.policy("sv_ratio", sv_ratio),
             R.policy("knee"), R.policy("effective_rank")]
-
-
-def short_names(names: Sequence[str]) -> list[str]:
-    """`model.layers.3.self_attn.q_proj` → `L3.q_proj` when that is unambiguous, else the full names."""
-    from .updates import layer_index, module_type
-
-    out = [f"L{i}.{module_type(n)}" if (i := layer_index(n)) is not None else n for n in names]
-    return out if len(set(out)) == len(out) else list(names)
 
 
 def _short_label(p: R.Policy) -> str:
@@ -139,7 +132,8 @@ class RankSuggestions:
         """(head, body) of the per-layer table; the chosen policy's column is marked with '*'."""
         head = ["layer", "r"] + [("*" if p == self.chosen else "") + _short_label(p) for p in self.policies]
         head += ["kept", "err"]
-        names = short_names([x.name for x in self.layers])
+        short = short_names([x.name for x in self.layers])
+        names = [short[x.name] for x in self.layers]
         body = [[n, str(x.rank)] + [str(x.ranks[p.label]) for p in self.policies] + [_pct(x.kept_energy),
                                                                                      _pct(x.rel_error)]
                 for n, x in zip(names, self.layers)]
@@ -152,8 +146,9 @@ class RankSuggestions:
                 for r in self.module_table()]
         return head, body
 
-    def format_table(self, pattern: bool = True) -> str:
-        from .results import text_grid
+    def format_table(self, pattern: bool = True, width: Optional[int] = None) -> str:
+        """The terminal report; `width` limits the tables (None: as wide as their content)."""
+        from .formatting import text_grid
 
         s = self.source
         scale = "keep α/r per layer" if self.keep_scale == "ratio" else "keep α"
@@ -161,9 +156,9 @@ class RankSuggestions:
         lines = [f"{s.get('path')} [{s.get('format')}]: {len(self.layers)} layers",
                  f"rank per layer by policy (* = chosen: {self.chosen.label}{cap}); kept = energy kept,",
                  "err = relative Frobenius error of the chosen truncation, r = current rank", ""]
-        lines += text_grid(*self.layer_grid())
+        lines += text_grid(*self.layer_grid(), width)
         lines += ["", "rank needed to capture x % of ΔW's energy, per module type: median (max)", ""]
-        lines += text_grid(*self.module_grid())
+        lines += text_grid(*self.module_grid(), width)
         if pattern and self.ranks():
             lines += ["", f"PEFT config for {self.chosen.label} ({scale}; keys match one module exactly):", "",
                       self.lora_config_snippet()]

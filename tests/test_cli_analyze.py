@@ -79,7 +79,7 @@ def test_full_finetune_and_info(tmp_path):
     assert r.exit_code == 0, r.output
     assert len(list(csv.DictReader(open(tmp_path / "x.csv")))) == 6
     r = run("info", f, "--base", b)
-    assert r.exit_code == 0 and "format full" in r.output and "model.layers.1.mlp.down_proj" in r.output
+    assert r.exit_code == 0 and "format full" in r.output and "L1.down_proj" in r.output
     r = run("info", f, "--base", b, "--include-embeddings", "--format", "json")
     assert {x["name"] for x in json.loads(r.output)["layers"]} >= {"model.embed_tokens", "lm_head"}
 

@@ -137,9 +137,9 @@ def test_multilora_and_mtl_alpha(tmp_path):
         load(tmp_path / "ml")
     write_mtl(tmp_path / "mtl" / "final_checkpoint.pt")
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(FormatError, match="--lora-alpha: expected a finite number"):
+        with pytest.raises(FormatError, match="lora_alpha: expected a finite number"):
             load(tmp_path / "mtl", lora_alpha=bad)
-    with pytest.raises(FormatError, match="--lora-alpha: gives scale"):
+    with pytest.raises(FormatError, match="lora_alpha: gives scale"):
         load(tmp_path / "mtl", lora_alpha=1e30)
 
 

@@ -193,7 +193,7 @@ def test_dora_needs_the_base_folder(tmp_path):
         sd[k] = sd[k] * (1 + 0.3 * torch.randn(sd[k].shape, generator=g))  # an untouched magnitude is plain LoRA
     save_file(sd, path, metadata={"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 8, "unet.r": 4,
                                                                          "text_encoder.lora_alpha": 2, "text_encoder.r": 2})})
-    with pytest.raises(MissingBaseError, match="DoRA .* needs --base"):
+    with pytest.raises(MissingBaseError, match="DoRA .* needs base="):
         load(path)
     # reference: PEFT's DoRA merge with the perturbed magnitudes, recomputed on a fresh copy
     unet2 = tiny_unet()

@@ -46,7 +46,7 @@ def pissa_run(tmp_path, init, **kw):
 def test_initial_gives_the_exact_update(tmp_path, init, kw):
     want = pissa_run(tmp_path, init, **kw)
     plain = load(tmp_path / "trained")
-    assert len(plain.warnings) == 1 and "pass --initial DIR" in plain.warnings[0]
+    assert len(plain.warnings) == 1 and "pass initial=DIR" in plain.warnings[0]
     off = max(float((x.load().materialize().double() - want[x.name + ".weight"]).norm()
                     / want[x.name + ".weight"].norm()) for x in plain)
     assert off > 0.1  # the plain product is far off
@@ -77,7 +77,7 @@ def test_cli_initial(tmp_path):
 def test_initial_errors(tmp_path):
     pissa_run(tmp_path, "pissa")
     tiny_model("llama").save_pretrained(tmp_path / "model")
-    with pytest.raises(FormatError, match="--initial must be a PEFT LoRA adapter directory .* found a full checkpoint"):
+    with pytest.raises(FormatError, match="initial= must be a PEFT LoRA adapter directory .* found a full checkpoint"):
         load(tmp_path / "trained", initial=tmp_path / "model")
     other = tmp_path / "other"
     pm = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))

@@ -78,7 +78,7 @@ def test_llama_matches_peft_merge(bases, tmp_path, case):
     before = snapshot(tmp_path)
     assert detect(tmp_path / "a") == "peft"
     if kind == "dense" or case == "vera":
-        with pytest.raises(MissingBaseError, match="needs --base") as e:
+        with pytest.raises(MissingBaseError, match="needs base=") as e:
             load(tmp_path / "a")
         assert "adapter_model.safetensors" in str(e.value)
     u = load(tmp_path / "a", base=base_dir)

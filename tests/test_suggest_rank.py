@@ -8,15 +8,15 @@ import pytest
 from click.testing import CliRunner
 
 import deltaspec as ds
-from deltaspec.suggest import exact_key, lora_config_fields, short_names, source_scales
+from deltaspec.suggest import exact_key, lora_config_fields, source_scales
 from deltaspec_cli.main import cli
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "sample_checkpoints")
 LORA, FULL, BASE = (os.path.join(SAMPLES, n) for n in ("lora", "full", "base"))
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+def run(*args, columns="80"):
+    return CliRunner().invoke(cli, [str(a) for a in args], env={"COLUMNS": columns})
 
 
 def numpy_sigma(update) -> np.ndarray:
@@ -105,12 +105,6 @@ def test_exact_keys_do_not_match_prefixes():
     for n in names:
         key = get_pattern_key(list(f["rank_pattern"]), n)
         assert f["rank_pattern"].get(key, f["r"]) == (3 if n == names[0] else 5)
-
-
-def test_short_names():
-    assert short_names(["model.layers.3.self_attn.q_proj", "lm_head"]) == ["L3.q_proj", "lm_head"]
-    clash = ["encoder.layers.0.q", "decoder.layers.0.q"]
-    assert short_names(clash) == clash
 
 
 def test_cli_table_fits_80_columns_and_json():

@@ -41,8 +41,17 @@ def sorted_layers(layers: list) -> list:
 
 
 def summarize(names: list[str], k: int = 5) -> str:
-    shown = ", ".join(names[:k])
-    return shown + (f", … ({len(names) - k} more)" if len(names) > k else "")
+    """A short list for messages: names that differ only in their layer index are said once
+    (`model.layers.*.input_layernorm.weight ×4`), at most `k` entries, then how many more."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(_LAYER_INDEX.sub(".*.", n, count=1), []).append(n)
+    items = [f"{pattern} ×{len(g)}" if len(g) > 1 else g[0] for pattern, g in groups.items()]
+    shown = ", ".join(items[:k])
+    return shown + (f", … ({len(items) - k} more)" if len(items) > k else "")
+
+
+_LAYER_INDEX = re.compile(r"\.\d+\.")
 
 
 class Skipped:

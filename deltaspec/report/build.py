@@ -152,12 +152,13 @@ def rank_section(suggestions: Mapping) -> str:
 
 
 def per_layer(results: Mapping) -> str:
-    from ..suggest import short_names
+    from ..formatting import short_names
 
     out = []
     for lab, res in results.items():
         cols = [m for m in TABLE_METRICS if m in res.metric_names]
-        names = short_names([r.name for r in res.layers])
+        short = short_names([r.name for r in res.layers])
+        names = [short[r.name] for r in res.layers]
         rows = [[n, f"{r.shape[0]}×{r.shape[1]}", r.kind, r.rank] + [r.metrics[c] for c in cols]
                 for n, r in zip(names, res.layers)]
         out.append(H.details(f"{lab}: {len(rows)} layers", H.table(["layer", "shape", "kind", "rank"] + cols, rows,

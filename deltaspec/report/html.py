@@ -51,7 +51,7 @@ def esc(x) -> str:
 
 def num(v, signed: bool = False) -> tuple[str, str]:
     """(text, css class) of a table value: numbers formatted like the terminal tables, NaN as '–'."""
-    from ..results import _fmt
+    from ..formatting import fmt_num as _fmt
 
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–", ""
