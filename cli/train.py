@@ -6,7 +6,7 @@ import click
 
 from .common import parse_list, user_errors
 
-DEFAULT_SCALING_LR_MULT = 10.0  # = deltaspec.train.trainer.DEFAULT_SCALING_LR_MULT (not imported: torch-free --help)
+DEFAULT_SCALING_LR_MULT = 30.0  # = deltaspec.train.trainer.DEFAULT_SCALING_LR_MULT (not imported: torch-free --help)
 TARGETS = "q_proj,k_proj,v_proj,o_proj"
 
 

@@ -139,8 +139,19 @@ def main() -> None:
     p.add_argument("--base", default=str(Path(__file__).resolve().parent / "base"))
     p.add_argument("--scalings-only", default=None, metavar="OUT", help="also train the scalings-only null model here")
     p.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    p.add_argument("--over-training", action="store_true",
+                   help="also decompose every RUN/checkpoint-<step>/ (from --save-every)")
     a = p.parse_args()
     result = {"decomposition": decompose(a.run, a.base), "ablation": ablation_accuracy(a.run, a.base)}
+    if a.over_training:
+        ckpts = sorted(a.run.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+        result["over_training"] = {}
+        print("| step | top-1 energy ΔW | top-1 energy ΔW_0 | init factors' share of ‖ΔW‖² |\n|---|---|---|---|")
+        for c in [*ckpts, a.run]:
+            d, step = decompose(c, a.base), json.loads((c / "train_info.json").read_text())["step"]
+            result["over_training"][step] = d
+            print(f"| {step} | {d['trained']['top1_energy']:.3f} | {d['init factors']['top1_energy']:.3f} | "
+                  f"{d['trained']['init_energy_share']:.3f} |")
     if a.scalings_only:
         info = train_scalings_only(a.run, a.base, a.scalings_only)
         result["scalings_only"] = {**decompose(Path(a.scalings_only), a.base)["trained"],

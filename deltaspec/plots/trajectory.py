@@ -172,8 +172,6 @@ def trajectory(data, *, metrics: Sequence[str] = METRICS, modules=None, layers: 
             a.set_xscale("log")
         a.set_xlabel("training step")
         a.set_ylabel(YLABELS.get(m, m))
-        if m in ("top1_energy", "normalized_entropy"):
-            a.set_ylim(0, 1.02 if m == "top1_energy" else max(1.0, a.get_ylim()[1]))
     if own and len(axes) > 1:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(d), frameon=False)
     else:
