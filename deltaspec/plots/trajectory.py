@@ -181,7 +181,7 @@ def trajectory(data, *, metrics: Sequence[str] = METRICS, modules=None, layers: 
         a.set_xlabel("training step")
         a.set_ylabel(YLABELS.get(m, m))
     if own and len(axes) > 1:
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(d), frameon=False)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(d), frameon=False)
     else:
         legend(axes[0])
     if title:
