@@ -81,7 +81,7 @@ def test_merged_model_equals_base_plus_analysed_delta(tmp_path):
         wrap(m, ["q_proj", "k_proj", "v_proj"], method, rank=8, alpha=16, heads=4)
         randomize(m)
         out = tmp_path / method
-        cfg = TrainConfig(method=method, out=str(out), rank=8, heads=4, alpha=16)
+        cfg = TrainConfig(method=method, out=str(out), rank=8, heads=4, lora_alpha=16)
         (save_lora if method == "lora" else save_multilora)(m, str(out), cfg, "base")
         updates = {u.name: u.load().materialize() for u in ds.load(out)}
         merged = merge_all(m).state_dict()
@@ -94,7 +94,7 @@ def test_saved_multilora_follows_the_documented_layout(tmp_path):
     m = tiny_gpt()
     wrap(m, ["v_proj"], "multilora", rank=8, alpha=16, heads=4)
     randomize(m)
-    save_multilora(m, str(tmp_path), TrainConfig(method="multilora", out=str(tmp_path), rank=8, heads=4, alpha=16), "b")
+    save_multilora(m, str(tmp_path), TrainConfig(method="multilora", out=str(tmp_path), rank=8, heads=4, lora_alpha=16), "b")
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (cfg["peft_type"], cfg["n_heads"], cfg["r"], cfg["scaling"]) == ("MULTILORA", 4, 2, "vector")
     sd = load_file(tmp_path / "adapter_model.safetensors")

@@ -21,7 +21,7 @@ def test_peft_loads_our_lora(tmp_path):
         for n, p in ours.named_parameters():
             if "lora_" in n:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    save_lora(ours, str(tmp_path), TrainConfig(method="lora", out=str(tmp_path), rank=4, alpha=8), "base")
+    save_lora(ours, str(tmp_path), TrainConfig(method="lora", out=str(tmp_path), rank=4, lora_alpha=8), "base")
 
     fresh = GPT(cfg)
     fresh.load_state_dict(base_state)

@@ -125,7 +125,7 @@ def wrap(model: nn.Module, targets: Iterable[str], method: str, rank: int, alpha
 
 
 def _linear_hint(model: nn.Module, n: int = 4) -> str:
-    """What --targets could name: a few nn.Linear module names (and why GPT-2-style layers are missing)."""
+    """What --target-modules could name: a few nn.Linear module names (and why GPT-2-style layers are missing)."""
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
     hint = "the model has no nn.Linear module"
     if linear:

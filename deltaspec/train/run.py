@@ -12,7 +12,8 @@ from .. import __version__
 from . import hf
 from .save import file_sha256, save_run
 from ..spectra import pick_device
-from .trainer import TrainConfig, batches, build, check, evaluate, tokenizer_and_len, train_loop
+from .trainer import (TrainConfig, batches, build, check, describe_groups, evaluate, param_groups, tokenizer_and_len,
+                      train_loop)
 
 REPO_BASE = os.path.join(os.path.dirname(__file__), "..", "..", "sample_checkpoints", "base")
 
@@ -34,24 +35,34 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{cfg.method}: {n_train:,} trainable parameters"
         + (f" in {len(wrapped)} adapted modules" if wrapped else "") + f", {cfg.steps} steps on {device}")
+    adapted = cfg.method in ("lora", "multilora")
+    info = {
+        "deltaspec_version": __version__, "method": cfg.method, "rank": cfg.rank if adapted else None,
+        "heads": cfg.heads if cfg.method == "multilora" else None,
+        "per_head_rank": cfg.per_head_rank if adapted else None,
+        "lora_alpha": cfg.resolved_alpha() if adapted else None, "lora_dropout": cfg.dropout if adapted else None,
+        "target_modules": list(cfg.target_modules) if wrapped else None, "steps": cfg.steps, "lr": cfg.resolved_lr(),
+        "scaling_lr_mult": cfg.scaling_lr_mult if cfg.method == "multilora" else None,
+        "optimizer": {"name": "AdamW", "schedule": f"linear warmup {cfg.warmup:g} of steps, cosine decay to 0",
+                      "grad_clip": cfg.clip, "param_groups": describe_groups(param_groups(model, cfg))},
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "device": str(device),
+        "data": cfg.data or ("generated pretraining corpus" if cfg.method == "pretrain" else "built-in task mixture"),
+        "save_every": cfg.save_every or None, "trainable_parameters": n_train, **facts,
+    }
+
+    def checkpoint(step: int, losses: list[float]) -> None:  # OUT/checkpoint-<step>/: OUT's layout, earlier
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            save_run(model, cfg, {**info, "step": step, "loss": sum(losses[-20:]) / len(losses[-20:])},
+                     os.path.join(cfg.out, f"checkpoint-{step}"))
+
     t0 = time.perf_counter()
-    losses = train_loop(model, batches(cfg, max_len, tok), cfg, device)
+    losses = train_loop(model, batches(cfg, max_len, tok), cfg, device, on_step=checkpoint)
     train_s = time.perf_counter() - t0
     acc = {} if cfg.method == "pretrain" or cfg.data else evaluate(model, cfg.seed, cfg.eval_per_task, max_len, device, tok)
     if acc:
         log("held-out exact match: " + ", ".join(f"{t} {a:.0%}" for t, a in acc.items()))
-    info = {
-        "deltaspec_version": __version__, "method": cfg.method, "rank": cfg.rank if cfg.method in ("lora", "multilora") else None,
-        "heads": cfg.heads if cfg.method == "multilora" else None,
-        "per_head_rank": cfg.per_head_rank if cfg.method in ("lora", "multilora") else None,
-        "alpha": cfg.resolved_alpha() if cfg.method in ("lora", "multilora") else None,
-        "targets": list(cfg.targets) if wrapped else None, "steps": cfg.steps, "lr": cfg.resolved_lr(),
-        "batch_size": cfg.batch_size, "seed": cfg.seed, "device": str(device),
-        "data": cfg.data or ("generated pretraining corpus" if cfg.method == "pretrain" else "built-in task mixture"),
-        "per_task_accuracy": acc, "final_loss": sum(losses[-20:]) / len(losses[-20:]), "train_seconds": round(train_s, 1),
-        "trainable_parameters": n_train,
-        **facts,
-    }
+    info.update({"step": cfg.steps, "per_task_accuracy": acc, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+                 "train_seconds": round(train_s, 1)})
     save_run(model.cpu(), cfg, info)
     log(f"wrote {cfg.out} ({train_s:.0f} s of training)")
     return info

@@ -63,19 +63,21 @@ def _write(out: str, config: dict, tensors: dict) -> None:
     save_file(tensors, os.path.join(out, "adapter_model.safetensors"))
 
 
-def save_run(model, cfg, info: dict) -> None:
-    """Write the checkpoint for cfg.method into cfg.out, then train_info.json."""
+def save_run(model, cfg, info: dict, out: str | None = None) -> None:
+    """Write the checkpoint for cfg.method into `out` (default cfg.out; a step checkpoint passes its
+    own folder), then train_info.json. The model may still be on its training device."""
+    out = out or cfg.out
     is_hf = isinstance(model, HFCausalLM)
     base = cfg.hf_model if is_hf else cfg.base  # as the user gave it (a relative path stays portable)
     if cfg.method in ("full", "pretrain") and is_hf:
-        model.save_full(cfg.out)
+        model.save_full(out)
     elif cfg.method in ("full", "pretrain"):
-        save_model(model, cfg.out)
+        save_model(model, out)
     elif cfg.method == "lora":
-        save_lora(named(model), cfg.out, cfg, base, "CAUSAL_LM" if is_hf else None)
+        save_lora(named(model), out, cfg, base, "CAUSAL_LM" if is_hf else None)
     else:
-        save_multilora(named(model), cfg.out, cfg, base)
-    with open(os.path.join(cfg.out, "train_info.json"), "w") as f:
+        save_multilora(named(model), out, cfg, base)
+    with open(os.path.join(out, "train_info.json"), "w") as f:
         json.dump(info, f, indent=1)
 
 

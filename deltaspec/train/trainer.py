@@ -27,6 +27,7 @@ from .model import GPT, GPTConfig, load_model
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 DEFAULT_LR = {"pretrain": 3e-3, "full": 3e-4, "lora": 2e-3, "multilora": 2e-3}
+DEFAULT_SCALING_LR_MULT = 30.0  # docs/TRAINING.md: zero-initialised scalings at 1x lr barely move
 
 
 @dataclass
@@ -38,9 +39,11 @@ class TrainConfig:
     max_len: Optional[int] = None  # tokens per sequence, hf_model only [default: min(128, its positions)]
     rank: int = 16  # total rank (MultiLoRA: heads × per-head rank)
     heads: int = 4
-    alpha: Optional[float] = None  # default: 2 × per-head rank
-    targets: tuple = DEFAULT_TARGETS
+    lora_alpha: Optional[float] = None  # default: 2 × per-head rank
+    target_modules: tuple = DEFAULT_TARGETS
+    scaling_lr_mult: float = DEFAULT_SCALING_LR_MULT  # MultiLoRA: the scalings' lr = this × lr
     steps: int = 400
+    save_every: int = 0  # keep OUT/checkpoint-<step>/ every N steps (0: only the final checkpoint)
     lr: Optional[float] = None
     batch_size: int = 32
     warmup: float = 0.05  # fraction of steps
@@ -58,7 +61,7 @@ class TrainConfig:
         return self.rank // self.heads if self.method == "multilora" else self.rank
 
     def resolved_alpha(self) -> float:
-        return self.alpha if self.alpha is not None else 2.0 * self.per_head_rank
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.per_head_rank
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
@@ -73,6 +76,10 @@ def check(cfg: TrainConfig) -> None:
     """Settings that cannot go together: raised before anything is loaded."""
     if cfg.method not in ("pretrain", "full", "lora", "multilora"):
         raise ValueError(f"unknown method {cfg.method!r}")
+    if not cfg.scaling_lr_mult > 0:
+        raise DeltaspecError(f"--scaling-lr-mult must be positive, got {cfg.scaling_lr_mult}")
+    if cfg.save_every < 0:
+        raise DeltaspecError(f"--save-every must be 0 (off) or a number of steps, got {cfg.save_every}")
     if cfg.hf_model and cfg.base:
         raise DeltaspecError(f"--model {cfg.hf_model} and --base {cfg.base} both name the model to fine-tune; pass one")
     if cfg.hf_model and cfg.method == "pretrain":
@@ -96,7 +103,7 @@ def build(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
     model = hf.load(cfg.hf_model, cfg.max_len, cfg.progress) if cfg.hf_model else load_model(cfg.base)
     if cfg.method == "full":
         return model, []
-    names = wrap(hf.named(model), cfg.targets, cfg.method, cfg.rank, cfg.resolved_alpha(), cfg.heads, cfg.dropout)
+    names = wrap(hf.named(model), cfg.target_modules, cfg.method, cfg.rank, cfg.resolved_alpha(), cfg.heads, cfg.dropout)
     return model, names
 
 
@@ -121,10 +128,31 @@ def lr_lambda(steps: int, warmup: float):
     return lambda s: (s + 1) / w if s < w else 0.5 * (1 + math.cos(math.pi * (s - w) / max(1, steps - w)))
 
 
-def train_loop(model, stream, cfg: TrainConfig, device: torch.device) -> list[float]:
-    """Returns the loss per step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.resolved_lr(), weight_decay=0.0)
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters: MultiLoRA's scalings (`lora_scaling`) in their
+    own group at scaling_lr_mult × lr, everything else at lr; no weight decay (as the MTL-LoRA reference).
+    Each group has a "name", recorded in train_info.json with its lr, weight decay and size."""
+    lr, named = cfg.resolved_lr(), [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scal = [p for n, p in named if n.endswith("lora_scaling")]
+    rest = [p for n, p in named if not n.endswith("lora_scaling")]
+    groups = [{"name": "adapter" if cfg.method in ("lora", "multilora") else "weights", "params": rest, "lr": lr,
+               "weight_decay": 0.0}]
+    if scal:
+        groups.append({"name": "scaling", "params": scal, "lr": lr * cfg.scaling_lr_mult, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def describe_groups(groups: list[dict]) -> list[dict]:
+    """JSON-ready summary of optimizer groups (peak lr, weight decay, number of parameters)."""
+    return [{"name": g["name"], "lr": g["lr"], "weight_decay": g["weight_decay"],
+             "parameters": sum(p.numel() for p in g["params"])} for g in groups]
+
+
+def train_loop(model, stream, cfg: TrainConfig, device: torch.device, on_step=None) -> list[float]:
+    """Returns the loss per step. on_step(step, losses) runs after optimizer step `step` (1-based), e.g. to save."""
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.resolved_lr(), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup))
     bar = Progress(cfg.steps, "steps", enabled=cfg.progress)
     model.to(device).train()
@@ -140,6 +168,8 @@ def train_loop(model, stream, cfg: TrainConfig, device: torch.device) -> list[fl
         losses.append(loss.item())
         tokens += x.numel()
         bar.update(1, f"loss {losses[-1]:.3f}  {tokens / (time.perf_counter() - t0):,.0f} tok/s")
+        if on_step is not None:
+            on_step(len(losses), losses)
     bar.close()
     model.eval()
     return losses
