@@ -222,7 +222,7 @@ def trajectory(**kw):
     from deltaspec.plots.trajectory import collect, trajectory as draw
 
     inputs = kw.pop("inputs")
-    check_not_input(kw["out"], [*inputs, kw.get("base")])
+    check_output(kw["out"], [*inputs, kw.get("base")])
     series = collect(inputs)
     labels = parse_list(kw.pop("labels"))
     if labels and len(labels) != len(series):

@@ -42,7 +42,7 @@ def objs():
     ("SumOfLowRank", ["128x128", "4 terms", "rank <= 16"]),
     ("Dense", ["Dense(128x128, float32)"]),
     ("AnalysisResult", ["full", "28 layers", "gate_proj", "dense ×28", "float32 on cpu"]),
-    ("LayerResult", ["model.layers.0.self_attn.q_proj", "σ_1 3.541", "effective_rank"]),
+    ("LayerResult", ["model.layers.0.self_attn.q_proj", "σ_1 ", "effective_rank"]),
     ("Comparison", ["LoRA, FT", "4 module types", "16 common layers"]),
     ("Aligned", ["16 common layers", "left out: FT 12"]),
     ("Spectrum", ["16 values", "vectors"]),
@@ -56,6 +56,13 @@ def test_one_line_reprs(objs, name, words):
     assert "tensor(" not in r and "array(" not in r, r
     for w in words:
         assert w in r, (w, r)
+
+
+def test_layer_result_repr_states_sigma_1(objs):
+    """The σ_1 in the one-line repr is the update's largest singular value (numpy float64 reference)."""
+    lora = ds.load(str(S / "lora"))
+    want = np.linalg.svd(lora[0].load().materialize().double().numpy(), compute_uv=False)[0]
+    assert f"σ_1 {want:.4g}," in repr(objs["LayerResult"])
 
 
 @pytest.mark.parametrize("name", ["Updates", "AnalysisResult", "LayerResult", "Comparison", "Table"])
