@@ -48,7 +48,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     from deltaspec import report as R
     from deltaspec.suggest import default_policies, source_scales
 
-    from .common import parse_layers, parse_list
+    from .common import cli_words, parse_layers, parse_list
     from .compare import load_checkpoint
     from .options import parse_ints, parse_n_ref
 
@@ -69,6 +69,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
             scales, used_base = source_scales(updates), updates.base
         if not res.layers:
             raise ds.DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
+        res.warnings = [cli_words(w) for w in res.warnings]  # the report is made on the command line: its words
         results[lab] = res
         if all(r.upper is None for r in res.layers):
             suggestions[lab] = res.suggest_ranks(chosen, policies=default_policies(energy, fro_error, sv_ratio),
