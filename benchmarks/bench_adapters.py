@@ -37,12 +37,7 @@ HERE = os.path.abspath(__file__)
 
 # --------------------------------------------------------------------------- worker tasks (fresh process)
 
-def _setup(threads):
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    return torch
+_setup = harness.set_threads  # the worker's torch, with its thread count set
 
 
 def task_baseline(threads=None):

@@ -35,12 +35,7 @@ HERE = os.path.abspath(__file__)
 SHAPES = {"q_proj": 4, "gate_proj": 2, "down_proj": 1}  # measured module -> modules of its shape per layer
 
 
-def _setup(threads):
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    return torch
+_setup = harness.set_threads  # the worker's torch, with its thread count set
 
 
 def task_baseline(threads=None):

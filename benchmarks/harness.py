@@ -14,6 +14,13 @@ import time
 import torch
 
 
+def set_threads(threads=None):
+    """torch with `threads` intra-op threads (None: torch's default); for worker tasks."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch
+
+
 def vmhwm_bytes() -> int:
     """Peak resident set size of this process so far (VmHWM, includes file-backed mmap pages)."""
     with open("/proc/self/status") as f:

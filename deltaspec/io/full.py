@@ -21,7 +21,7 @@ import math
 from ..errors import FormatError, MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, Updates, layer_index
 from .experts import Layout, expert_matrix, expert_names, expert_shape, is_expert_stack
-from .names import Skipped, is_embedding, sorted_layers, strip_wrappers, summarize
+from .names import Skipped, is_embedding, resized_vocab, sorted_layers, strip_wrappers, summarize
 from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
 
 
@@ -142,20 +142,9 @@ class _Reader:
     def _resized(self, name, k, rows) -> dict:
         """Meta for an embedding whose row count changed: rows added (their norms) or removed."""
         n_base, n_ft = rows
-        meta = {"vocab_rows": f"{n_base}->{n_ft}"}
-        if n_ft > n_base:
-            added = check_finite(upcast(self.ft.raw(k, slice(n_base, n_ft))), self.ft.source(k), k)
-            norms = added.double().norm(dim=1)
-            meta.update(added_rows=n_ft - n_base, added_row_norm_mean=float(norms.mean()),
-                        added_row_norm_max=float(norms.max()))
-            self.warnings.append(f"{self.ft.path}: '{name}' has {n_ft - n_base} added row(s) (vocabulary {n_base} → "
-                                 f"{n_ft}; row norms mean {norms.mean():.4g}, max {norms.max():.4g}): ΔW covers the "
-                                 f"{n_base} shared rows, the added ones are in the layer's meta (added_rows, "
-                                 "added_row_norm_mean/max)")
-        else:
-            meta["removed_rows"] = n_base - n_ft
-            self.warnings.append(f"{self.ft.path}: '{name}' has {n_base - n_ft} row(s) fewer than the base (vocabulary "
-                                 f"{n_base} → {n_ft}): ΔW covers the {n_ft} shared rows")
+        added = lambda: check_finite(upcast(self.ft.raw(k, slice(n_base, n_ft))), self.ft.source(k), k)  # noqa: E731
+        meta, warning = resized_vocab(self.ft.path, name, n_base, n_ft, added)
+        self.warnings.append(warning)
         return meta
 
 

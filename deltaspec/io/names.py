@@ -54,6 +54,22 @@ def summarize(names: list[str], k: int = 5) -> str:
 _LAYER_INDEX = re.compile(r"\.\d+\.")
 
 
+def resized_vocab(where, name: str, n_base: int, n_ft: int, added_rows) -> tuple[dict, str]:
+    """(layer meta, warning) for an embedding/lm_head whose row count changed from the base's
+    (added tokens): ΔW covers the shared rows; the added rows' count and norms go into the meta.
+    `added_rows()` returns the added rows (float, checked finite) when there are any."""
+    meta = {"vocab_rows": f"{n_base}->{n_ft}"}
+    if n_ft <= n_base:
+        meta["removed_rows"] = n_base - n_ft
+        return meta, (f"{where}: '{name}' has {n_base - n_ft} row(s) fewer than the base (vocabulary {n_base} → "
+                      f"{n_ft}): ΔW covers the {n_ft} shared rows")
+    norms = added_rows().double().norm(dim=1)
+    meta.update(added_rows=n_ft - n_base, added_row_norm_mean=float(norms.mean()), added_row_norm_max=float(norms.max()))
+    return meta, (f"{where}: '{name}' has {n_ft - n_base} added row(s) (vocabulary {n_base} → {n_ft}; row norms "
+                  f"mean {norms.mean():.4g}, max {norms.max():.4g}): ΔW covers the {n_base} shared rows, the added "
+                  "ones are in the layer's meta (added_rows, added_row_norm_mean/max)")
+
+
 class Skipped:
     """Tensors a reader does not analyse, grouped by reason, so every skip reaches `Updates.warnings`."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ShapeMismatchError
 from ..updates import Dense, LayerUpdate, layer_index
-from .names import is_embedding
+from .names import is_embedding, resized_vocab
 
 
 def copy_layer(mod: str, key: str, ctx):
@@ -52,18 +52,8 @@ def copy_layer(mod: str, key: str, ctx):
 
 def _resized(mod, key, rows, ctx) -> dict:
     n_base, n_ft = rows
-    meta = {"vocab_rows": f"{n_base}->{n_ft}"}
-    if n_ft > n_base:
-        norms = ctx.f.get(key)[n_base:].double().norm(dim=1)
-        meta.update(added_rows=n_ft - n_base, added_row_norm_mean=float(norms.mean()),
-                    added_row_norm_max=float(norms.max()))
-        ctx.warnings.append(f"{ctx.f.path}: '{mod}' has {n_ft - n_base} added row(s) (vocabulary {n_base} → {n_ft}; "
-                            f"row norms mean {norms.mean():.4g}, max {norms.max():.4g}): ΔW covers the {n_base} "
-                            "shared rows, the added ones are in the layer's meta (added_rows, added_row_norm_mean/max)")
-    else:
-        meta["removed_rows"] = n_base - n_ft
-        ctx.warnings.append(f"{ctx.f.path}: '{mod}' has {n_base - n_ft} row(s) fewer than the base (vocabulary "
-                            f"{n_base} → {n_ft}): ΔW covers the {n_ft} shared rows")
+    meta, warning = resized_vocab(ctx.f.path, mod, n_base, n_ft, lambda: ctx.f.get(key)[n_base:])
+    ctx.warnings.append(warning)
     return meta
 
 
