@@ -178,3 +178,51 @@ def similarity(**kw):
     grid = mean_similarity(data, modules=parse_list(opts["modules"]), k=kw["k"], side=kw["side"])
     ax = draw(grid, labels=list(data), title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
+
+
+TRAJECTORY_INPUTS = """Each INPUT is a training run folder holding checkpoint-<step>/ folders (`deltaspec train
+--save-every N`, or a HF Trainer / PEFT output_dir): one line, labelled with the folder's name, with
+the run folder itself as the last step when its train_info.json says which. Single checkpoint-<step>
+folders and saved analyses (`analyze -o …/checkpoint-<step>.json`, or any analysis of such a folder)
+are points of the run they belong to. The step comes from the name, else trainer_state.json's
+global_step, else train_info.json's step. --base is used for full fine-tuning checkpoints."""
+
+
+@plot.command(epilog=TRAJECTORY_INPUTS + "\n\n" + FIG_HELP)
+@input_options
+@figure_options
+@click.option("--metrics", "traj_metrics", default="top1_energy,normalized_entropy,effective_rank,frobenius_norm",
+              show_default=True, help="Metrics to draw, one panel each (names as in `analyze`).")
+@click.option("--log-x", is_flag=True, help="Log-scaled step axis.")
+@user_errors
+def trajectory(**kw):
+    """Spectra over training: metrics of ΔW against the training step, methods overlaid.
+
+    \b
+    deltaspec train --method lora --save-every 150 -o runs/lora   # (and multilora, full)
+    deltaspec plot trajectory runs/lora runs/multilora runs/full --base BASE \\
+        --modules k_proj,v_proj -o trajectory.pdf
+
+    Each point is the mean over the selected layers (--modules, --layers) of one checkpoint.
+    """
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.plots.trajectory import collect, trajectory as draw
+
+    inputs = kw.pop("inputs")
+    check_not_input(kw["out"], [*inputs, kw.get("base")])
+    series = collect(inputs)
+    labels = parse_list(kw.pop("labels"))
+    if labels and len(labels) != len(series):
+        raise DeltaspecError(f"--labels has {len(labels)} names for {len(series)} runs ({', '.join(series)}); "
+                             "give one per run")
+    keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
+            "energy_k", "quiet")
+    opts = {k: kw.pop(k) for k in keys}
+    data = {}
+    for label, (name, points) in zip(labels or list(series), series.items()):
+        results = load_results([p for _, p in points], **opts)
+        data[label] = [(step, res) for (step, _), res in zip(points, results)]
+        click.echo(f"{label}: {len(points)} checkpoints, steps {points[0][0]}–{points[-1][0]} ({name})", err=True)
+    axes = draw(data, metrics=parse_list(kw["traj_metrics"]), log_x=kw["log_x"], title=kw["title"], size=kw["size"],
+                height=kw["height"])
+    _save(axes, kw)

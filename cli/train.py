@@ -6,7 +6,7 @@ import click
 
 from .common import parse_list, user_errors
 
-DEFAULT_SCALING_LR_MULT = 10.0  # = deltaspec.train.trainer.DEFAULT_SCALING_LR_MULT (not imported: torch-free --help)
+DEFAULT_SCALING_LR_MULT = 30.0  # = deltaspec.train.trainer.DEFAULT_SCALING_LR_MULT (not imported: torch-free --help)
 TARGETS = "q_proj,k_proj,v_proj,o_proj"
 
 
@@ -32,6 +32,8 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
                    f"[default: {TARGETS}]. --method full: given, only these modules are trained "
                    "(the projections an adapter gets); not given, every parameter.")
 @click.option("--targets", "old_targets", default=None, hidden=True)  # old spelling of --target-modules
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True,
+              help="Dropout on the adapters' input (LoRA/MultiLoRA), as PEFT's lora_dropout.")
 @click.option("--scaling-lr-mult", type=float, default=DEFAULT_SCALING_LR_MULT, show_default=True,
               help="MultiLoRA: learning rate of the zero-initialised scalings, as a multiple of --lr "
                    "(docs/TRAINING.md says why it is not 1).")
@@ -51,7 +53,7 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alpha, target_modules, old_targets,
-          scaling_lr_mult, steps, save_every, lr, batch_size, seed, data, device, preset, quiet):
+          lora_dropout, scaling_lr_mult, steps, save_every, lr, batch_size, seed, data, device, preset, quiet):
     """Train and save a checkpoint that `deltaspec analyze` reads without extra flags.
 
     Same base, data stream, steps and seed for every method, so LoRA, MultiLoRA and full
@@ -73,8 +75,9 @@ def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alp
     model = GPTConfig() if preset == "sample" else GPTConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=48)
     cfg = TrainConfig(method=method, out=out, base=base, hf_model=hf_model, max_len=max_len, rank=rank, heads=heads,
                       lora_alpha=lora_alpha, target_modules=tuple(parse_list(target_modules) or ()),
-                      full_targets=full_targets, scaling_lr_mult=scaling_lr_mult, steps=steps, save_every=save_every,
-                      lr=lr, batch_size=batch_size, seed=seed, device=device, data=data, model=model, progress=False if quiet else None)
+                      full_targets=full_targets, dropout=lora_dropout, scaling_lr_mult=scaling_lr_mult, steps=steps,
+                      save_every=save_every, lr=lr, batch_size=batch_size, seed=seed, device=device, data=data,
+                      model=model, progress=False if quiet else None)
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as e:

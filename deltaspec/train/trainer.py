@@ -27,7 +27,7 @@ from .model import GPT, GPTConfig, load_model
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 DEFAULT_LR = {"pretrain": 3e-3, "full": 3e-4, "lora": 2e-3, "multilora": 2e-3}
-DEFAULT_SCALING_LR_MULT = 10.0  # docs/TRAINING.md: zero-initialised scalings at 1x lr barely move
+DEFAULT_SCALING_LR_MULT = 30.0  # docs/TRAINING.md: zero-initialised scalings at 1x lr barely move
 
 
 @dataclass

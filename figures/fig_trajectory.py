@@ -1,0 +1,50 @@
+"""Spectra over training of the samples: k/v top-1 energy, normalized entropy, effective rank and ‖ΔW‖_F
+against the step, LoRA / MultiLoRA / FT (seed 0, the shipped samples' runs).
+
+    python figures/fig_trajectory.py [--runs runs/samples/seed0]   # → figures/trajectory.png
+The step checkpoints are not shipped (a full-FT one is 3.2 MB): `bash sample_checkpoints/make.sh` writes
+them to runs/samples/seed0/{lora,multilora,full}/checkpoint-<step>/. With them, the numbers are
+recomputed and saved to figures/trajectory.json; without them, the figure is drawn from that JSON.
+Same as: deltaspec plot trajectory runs/samples/seed0/{lora,multilora,full} --base sample_checkpoints/base
+         --modules k_proj,v_proj --labels LoRA,MultiLoRA,FT -o figures/trajectory.png
+"""
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import deltaspec as ds  # noqa: E402
+import deltaspec.plots as dp  # noqa: E402
+from deltaspec.plots.trajectory import collect, trajectory, trajectory_data  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+LABELS = {"lora": "LoRA", "multilora": "MultiLoRA", "full": "FT"}
+MODULES = ["k_proj", "v_proj"]
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--runs", default=str(HERE.parent / "runs" / "samples" / "seed0"),
+               help="folder with lora/, multilora/, full/ holding checkpoint-<step>/ [default: runs/samples/seed0]")
+p.add_argument("--base", default=str(HERE.parent / "sample_checkpoints" / "base"))
+p.add_argument("--data", default=str(HERE / "trajectory.json"), help="saved numbers (written when --runs exists)")
+p.add_argument("-o", "--out", default=str(HERE / "trajectory.png"))
+p.add_argument("--dpi", type=int, default=200)
+a = p.parse_args()
+
+runs = Path(a.runs)
+if all((runs / m).is_dir() for m in LABELS):
+    series = collect([runs / m for m in LABELS])
+    results = {LABELS[m]: [(step, ds.analyze(path, base=a.base if m == "full" else None, modules=MODULES, device="cpu",
+                                             progress=False)) for step, path in pts] for m, pts in series.items()}
+    data = {lab: {k: [round(float(x), 6) for x in v] for k, v in t.items()}
+            for lab, t in trajectory_data(results).items()}
+    Path(a.data).write_text(json.dumps({"modules": MODULES, "runs": str(a.runs), "trajectories": data}, indent=1) + "\n")
+    print(f"wrote {a.data}")
+else:
+    print(f"{runs}: no lora/ multilora/ full/ step checkpoints; drawing the saved numbers in {a.data}")
+    data = json.loads(Path(a.data).read_text())["trajectories"]
+axes = trajectory(data, height=1.9, title="k_proj and v_proj of the samples (mean over 4 layers each), seed 0")
+dp.save(axes, a.out, dpi=a.dpi)
+print(f"wrote {a.out}")
