@@ -22,12 +22,12 @@ import numpy as np  # noqa: E402
 import deltaspec as ds  # noqa: E402
 import deltaspec.plots as dp  # noqa: E402
 from deltaspec.plots.style import color, legend, new_axes, paper_style  # noqa: E402
+from deltaspec.plots.trajectory import trajectory as draw_trajectory  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LABELS = {"lora": "LoRA", "multilora": "MultiLoRA", "full": "FT"}
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
-TRAJ = [("top1_energy", "top-1 energy share"), ("normalized_entropy", "normalized entropy"),
-        ("effective_rank", "effective rank"), ("frobenius_norm", "‖ΔW‖$_F$")]
+TRAJ = ["top1_energy", "normalized_entropy", "effective_rank", "frobenius_norm"]
 
 
 def results(data: Path, seed: int) -> dict:
@@ -35,18 +35,14 @@ def results(data: Path, seed: int) -> dict:
 
 
 def trajectory(runs: list[dict], seed: int):
-    with paper_style():
-        fig, axes = new_axes(len(TRAJ), "double", 1.9)
-        for n, (method, label) in enumerate(LABELS.items()):
-            pts = next((r["trajectory"] for r in runs if r["method"] == method and r["seed"] == seed), [])
-            for ax, (key, title) in zip(axes, TRAJ):
-                ax.plot([p["step"] for p in pts], [p[key] for p in pts], "o-", ms=2.5, color=color(n), label=label)
-                ax.set_title(title)
-                ax.set_xlabel("step")
-        axes[0].set_ylabel(f"k/v mean over 60 layers (seed {seed})")
-        axes[3].set_yscale("log")
-        legend(axes[0])
-    return fig
+    """k/v metric means against the step (dp.trajectory, from summary.json's per-checkpoint means)."""
+    data = {}
+    for method, label in LABELS.items():
+        pts = next((r["trajectory"] for r in runs if r["method"] == method and r["seed"] == seed), [])
+        data[label] = {"step": [p["step"] for p in pts], **{k: [p[k] for p in pts] for k in TRAJ}}
+    axes = draw_trajectory(data, metrics=TRAJ, title=f"SmolLM2-135M k/v projections, mean over 60 layers, seed {seed}")
+    axes[-1].set_yscale("log")
+    return axes
 
 
 def intruders(runs: list[dict]):

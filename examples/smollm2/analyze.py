@@ -5,13 +5,14 @@
 For every finished run WORK/<method>_s<seed>/ (train_info.json present) it writes to the output folder:
   <method>_s<seed>.json     `deltaspec analyze` of the q/k/v/o projections (σ + metrics, compact; any
                             `deltaspec plot`/`compare` command reads it like a checkpoint)
-  trajectory/<method>_s<seed>_step<N>.json   the same for k/v of each step checkpoint and the final step
+  trajectory/<method>_s<seed>/checkpoint-<N>.json   k/v of each step checkpoint and of the final step
+                            (`deltaspec plot trajectory trajectory/lora_s0/*.json …` reads them)
   summary.json              per run: accuracy, loss, seconds per step, per-module metric means, and the
                             W0-based results: intruder dimensions (Shuttleworth et al.: top-10 left
                             singular vectors of W0 + ΔW with max |cos| < 0.5 against all of W0's),
                             amplification factor at r = 16, ‖ΔW‖_F / ‖W0‖_F; and a control: the
                             intruders that noise of the size of the Q4_1 rounding error alone creates.
-W0 is the base directory WORK/base (the dequantized GGUF). CPU, a few minutes for nine runs.
+W0 is the base directory (--model, default WORK/base: the dequantized GGUF). CPU, a few minutes for nine runs.
 """
 from __future__ import annotations
 
@@ -110,17 +111,19 @@ def quantization_control(base: Base, names: list[str], noise: dict, seed: int = 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("work", help="the folder examples/smollm2/run.py trained into (base/, <method>_s<seed>/)")
+    p.add_argument("--model", default=None, help="the base model directory [default: WORK/base]")
     p.add_argument("-o", "--out", default=str(Path(__file__).resolve().parents[2] / "figures" / "smollm2_data"))
     a = p.parse_args()
     work, out = Path(a.work), Path(a.out)
-    base = Base(work / "base")
-    gguf = json.loads((work / "base" / "gguf_source.json").read_text())
+    model = Path(a.model) if a.model else work / "base"
+    base = Base(model)
+    gguf = json.loads((model / "gguf_source.json").read_text())
     summary = {"base": {k: gguf.get(k) for k in ("gguf_sha256", "rounding_noise")},
                "settings": {"intruder_k": INTRUDER_K, "eps": EPS, "amp_r": AMP_R, "n_ref": "shape"}, "runs": []}
     for run in sorted(r for r in work.iterdir() if (r / "train_info.json").exists() and "_s" in r.name):
         info = json.loads((run / "train_info.json").read_text())
         print(f"analysing {run.name}", flush=True)
-        res = analyse(run, work / "base", ATTN, vectors=True)
+        res = analyse(run, model, ATTN, vectors=True)
         w0 = w0_results(res, base)
         for layer in res.layers:
             layer.U = layer.V = None
@@ -133,7 +136,7 @@ def main() -> None:
             "per_task_accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))),
             "final_loss": info["final_loss"], "train_seconds": info["train_seconds"],
             "seconds_per_step": info["train_seconds"] / info["steps"], "means": means(res, w0),
-            "trajectory": trajectory(run, work / "base", out, res, info["steps"])})
+            "trajectory": trajectory(run, model, out, res, info["steps"])})
     names = [k[: -len(".weight")] for k in base.f.keys() if k.endswith(tuple(f"self_attn.{m}.weight" for m in ATTN))]
     control = quantization_control(base, names, gguf["rounding_noise"])
     summary["quantization_control"] = {m: float(np.mean([v for k, v in control.items() if k.endswith(m)])) for m in ATTN}
@@ -150,7 +153,7 @@ def trajectory(run: Path, base: Path, out: Path, final: ds.AnalysisResult, steps
     for step, path in [*ckpts, (steps, None)]:
         res = analyse(path, base, KV) if path else ds.AnalysisResult([r for r in final.layers if r.module in KV],
                                                                        final.source, final.settings)
-        write(out / "trajectory" / f"{run.name}_step{step}.json", compact(res, run=run.name, step=step))
+        write(out / "trajectory" / run.name / f"checkpoint-{step}.json", compact(res, run=run.name, step=step))
         points.append({"step": step, **means(res)["kv"]})
     return points
 

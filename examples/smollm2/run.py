@@ -29,11 +29,13 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 def options() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="runs/smollm2", help="runs, logs and the converted base [default: runs/smollm2]")
+    p.add_argument("--model", default=None,
+                   help="the converted SmolLM2 directory [default: WORK/base, converted there on the first run]")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds [default: 0,1,2]")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps per run [default: 300]")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps per run [default: 200]")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step [default: 16]")
     p.add_argument("--max-len", type=int, default=32, help="tokens per sequence (the mixture needs < 20) [default: 32]")
-    p.add_argument("--save-every", type=int, default=50, help="step checkpoints of the first seed [default: 50]")
+    p.add_argument("--save-every", type=int, default=25, help="step checkpoints of the first seed [default: 25]")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time [default: 2]")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process [default: 1]")
     p.add_argument("--data-out", default=str(ROOT / "figures" / "smollm2_data"),
@@ -71,7 +73,7 @@ def run_all(jobs: list[tuple[list[str], Path]], parallel: int, env: dict) -> Non
 def main() -> None:
     a = options()
     work = Path(a.work)
-    base, logs = work / "base", work / "logs"
+    base, logs = Path(a.model) if a.model else work / "base", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1"}
     if not (base / "config.json").exists():
@@ -88,7 +90,8 @@ def main() -> None:
     print(f"training: {(time.time() - t0) / 60:.1f} min wall for {len(jobs)} runs", flush=True)
     if a.no_figures:
         return
-    subprocess.run([sys.executable, str(HERE / "analyze.py"), str(work), "-o", a.data_out], check=True, env=env)
+    subprocess.run([sys.executable, str(HERE / "analyze.py"), str(work), "--model", str(base), "-o", a.data_out],
+                   check=True, env=env)
     subprocess.run([sys.executable, str(ROOT / "figures" / "smollm2_figures.py"), "--data", a.data_out], check=True,
                    env=env)
 
