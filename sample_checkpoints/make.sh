@@ -5,20 +5,22 @@
 # keeps step checkpoints (for the trajectory figure) and its final checkpoints are copied here.
 # Then prints the per-seed table of sample_checkpoints/README.md and the k/v comparison of the samples.
 #
-#   bash sample_checkpoints/make.sh [--seeds 0,1,2] [--jobs 2] [--pretrain]
+#   bash sample_checkpoints/make.sh [--seeds 0,1,2] [--jobs 2] [--resume] [--pretrain]
 #     --seeds    seeds to train (default 0: the samples only); the table is over all of them
 #     --jobs     training runs at a time (default 1); each uses one thread (OMP_NUM_THREADS=1)
+#     --resume   keep runs that already finished (their train_info.json exists) instead of retraining
 #     --pretrain also retrain the base from scratch (1500 steps; changes every number downstream)
 #   STEPS=N overrides the fine-tuning steps (default 1500); RUNS=DIR the scratch folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SEEDS=0 JOBS=1 PRETRAIN=0
+SEEDS=0 JOBS=1 PRETRAIN=0 RESUME=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
     --jobs) JOBS=$2; shift 2 ;;
     --pretrain) PRETRAIN=1; shift ;;
-    *) echo "usage: bash sample_checkpoints/make.sh [--seeds 0,1,2] [--jobs N] [--pretrain]" >&2; exit 2 ;;
+    --resume) RESUME=1; shift ;;
+    *) echo "usage: bash sample_checkpoints/make.sh [--seeds 0,1,2] [--jobs N] [--resume] [--pretrain]" >&2; exit 2 ;;
   esac
 done
 STEPS=${STEPS:-1500}
@@ -30,17 +32,19 @@ if [ "$PRETRAIN" = 1 ] || [ ! -f $BASE/model.safetensors ]; then
 fi
 
 # one line per run: seed method extra-options; seed 0 also keeps step checkpoints
+# (no trailing blanks: xargs -L would join such a line with the next)
 jobs_list() {
   for seed in ${SEEDS//,/ }; do
-    every=""; [ "$seed" = 0 ] && every="--save-every $((STEPS / 10))"
-    echo "$seed full $every"
-    echo "$seed lora --rank 16 $every"
-    echo "$seed multilora --rank 16 --heads 4 $every"
+    every=""; [ "$seed" = 0 ] && every=" --save-every $((STEPS / 10))"
+    echo "$seed full$every"
+    echo "$seed lora --rank 16$every"
+    echo "$seed multilora --rank 16 --heads 4$every"
   done
 }
 train_one() {
   seed=$1 method=$2; shift 2
   out=$RUNS/seed$seed/$method
+  if [ "$RESUME" = 1 ] && [ -f "$out/train_info.json" ]; then echo "$out: kept (--resume)"; return; fi
   rm -rf "$out" && mkdir -p "$RUNS/seed$seed"
   TIMEFORMAT="%U %S %R"
   t=$( { time deltaspec train --method "$method" -o "$out" --base $BASE --steps "$STEPS" --seed "$seed" -q "$@" \
@@ -49,7 +53,7 @@ train_one() {
   echo "$out: $(grep 'exact match' "$out.log" | cut -d: -f2-) [CPU $user+$sys s, wall $wall s]"
 }
 export -f train_one
-export RUNS BASE STEPS
+export RUNS BASE STEPS RESUME
 START=$(date +%s)
 jobs_list | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _
 echo "training took $(( $(date +%s) - START )) s of wall time"

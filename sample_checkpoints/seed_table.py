@@ -1,5 +1,6 @@
 """The seed table of sample_checkpoints/README.md: k/v balance metrics and task accuracy per training run,
-then mean ± sd over the runs of each method.
+then mean ± sd over the runs of each method. The final loss (mean training loss of the last 20 steps,
+on freshly generated data) is a less noisy measure than 40 held-out examples per task.
 
     python sample_checkpoints/seed_table.py --base sample_checkpoints/base RUN_DIR...
 
@@ -29,7 +30,7 @@ def run_row(path: Path, base: str, modules=("k_proj", "v_proj")) -> dict:
            "scaling_lr_mult": info.get("scaling_lr_mult")}
     row.update({m: statistics.fmean(r.metrics[m] for r in layers) for m in METRICS})
     acc = info["per_task_accuracy"]
-    row["accuracy"] = statistics.fmean(acc.values())
+    row["accuracy"], row["final_loss"] = statistics.fmean(acc.values()), info["final_loss"]
     row.update({f"acc_{t}": a for t, a in acc.items()})
     return row
 
@@ -40,19 +41,21 @@ def summary(rows: list[dict]) -> dict:
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
         out[method] = {m: (statistics.fmean(r[m] for r in rs), statistics.stdev(r[m] for r in rs) if len(rs) > 1 else 0.0,
-                           len(rs)) for m in (*METRICS, "accuracy")}
+                           len(rs)) for m in (*METRICS, "accuracy", "final_loss")}
     return out
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| method | seed | top-1 energy | normalized entropy | eff. rank | mean task acc |\n|---|---|---|---|---|---|\n"
+    cols = "top-1 energy | normalized entropy | eff. rank | mean task acc | final loss |"
+    head = f"| method | seed | {cols}\n|---|---|---|---|---|---|---|\n"
     per = "".join(f"| {LABELS.get(r['method'], r['method'])} | {r['seed']} | {r['top1_energy']:.3f} | "
-                  f"{r['normalized_entropy']:.3f} | {r['effective_rank']:.1f} | {r['accuracy']:.3f} |\n" for r in rows)
-    agg = "| method (n seeds) | top-1 energy | normalized entropy | eff. rank | mean task acc |\n|---|---|---|---|---|\n"
+                  f"{r['normalized_entropy']:.3f} | {r['effective_rank']:.1f} | {r['accuracy']:.3f} | "
+                  f"{r['final_loss']:.3f} |\n" for r in rows)
+    agg = f"| method (n seeds) | {cols}\n|---|---|---|---|---|---|\n"
     for method, s in summary(rows).items():
         n = s["accuracy"][2]
         cells = [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if m != "effective_rank" else f"{s[m][0]:.1f} ± {s[m][1]:.1f}"
-                 for m in (*METRICS, "accuracy")]
+                 for m in (*METRICS, "accuracy", "final_loss")]
         agg += f"| {LABELS.get(method, method)} ({n}) | " + " | ".join(cells) + " |\n"
     return head + per + "\n" + agg
 

@@ -121,3 +121,26 @@ def test_save_every_keeps_readable_step_checkpoints_without_changing_training(ba
     run(TrainConfig(method="full", out=str(tmp_path / "full"), save_every=3, **kw), log=lambda s: None)
     res = ds.analyze(str(tmp_path / "full" / "checkpoint-3"), base=str(base), device="cpu", progress=False)
     assert res.source["format"] == "full" and all(r.metrics["frobenius_norm"] > 0 for r in res.layers)
+
+
+def test_save_every_with_a_transformers_model(tmp_path):
+    """--model runs keep step checkpoints in the same layouts as their final output (PEFT adapter for LoRA)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from test_train_hf import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    run(TrainConfig(method="lora", out=str(tmp_path / "o"), hf_model=str(tmp_path / "hf"), rank=4, steps=2, save_every=1,
+                    batch_size=2, lr=1e-2, eval_per_task=1, device="cpu", progress=False), log=lambda s: None)
+    ck = tmp_path / "o" / "checkpoint-1"
+    assert json.loads((ck / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert json.loads((ck / "train_info.json").read_text())["step"] == 1
+    res = ds.analyze(str(ck), device="cpu", progress=False)
+    assert res.source["format"] == "peft" and len(res.layers) == 8

@@ -76,6 +76,13 @@ def test_collect_finds_every_step_and_the_final_one(runs):
     assert collect([runs / "base"]) == {"base": [(2, str(runs / "base"))]}  # pretraining: its train_info step
 
 
+def test_runs_with_the_same_name_stay_apart(runs, tmp_path):
+    other = tmp_path / "seed1" / "lora"
+    shutil.copytree(runs / "lora", other)
+    series = collect([runs / "lora", other])
+    assert list(series) == ["lora", str(other)] and [s for s, _ in series[str(other)]] == [2, 4, 6]
+
+
 def no_step_model(runs, tmp_path):
     """A model folder with nothing that says its step."""
     d = tmp_path / "model"

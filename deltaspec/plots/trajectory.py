@@ -93,12 +93,20 @@ def series_key(path) -> tuple[str, int]:
 def collect(inputs: Sequence) -> dict[str, list[tuple[int, str]]]:
     """label → [(step, path)] from the inputs: a run folder holding checkpoint-<N>/ folders stands for
     all of them (and itself, when its step is known); a single checkpoint folder or saved analysis is
-    one point of the run it names. Points of one run are merged; a step given twice is an error."""
+    one point of the run it names. Points of one run are merged; a step given twice is an error. Two
+    runs with the same folder name (seed0/lora, seed1/lora) are labelled with their paths."""
     out: dict[str, dict[int, str]] = {}
+    owner: dict[str, str] = {}  # label → the run folder it came from
     for path in inputs:
         p = Path(path)
-        runs = p.is_dir() and any(_CKPT.search(d.name) for d in p.iterdir() if d.is_dir())
-        points = [(p.resolve().name, s, q) for s, q in checkpoint_steps(p)] if runs else [(*series_key(p), str(p))]
+        if p.is_dir() and any(_CKPT.search(d.name) for d in p.iterdir() if d.is_dir()):
+            label = p.resolve().name
+            if owner.get(label, str(p.resolve())) != str(p.resolve()):
+                label = str(path)
+            owner[label] = str(p.resolve())
+            points = [(label, s, q) for s, q in checkpoint_steps(p)]
+        else:
+            points = [(*series_key(p), str(p))]
         for label, step, q in points:
             have = out.setdefault(label, {})
             if step in have and have[step] != q:
@@ -173,7 +181,7 @@ def trajectory(data, *, metrics: Sequence[str] = METRICS, modules=None, layers: 
         a.set_xlabel("training step")
         a.set_ylabel(YLABELS.get(m, m))
     if own and len(axes) > 1:
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=len(d), frameon=False)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(d), frameon=False)
     else:
         legend(axes[0])
     if title:
