@@ -18,10 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 import deltaspec as ds  # noqa: E402
 import deltaspec.plots as dp  # noqa: E402
-from deltaspec.plots.style import color, legend, new_axes, paper_style  # noqa: E402
+from deltaspec.plots.style import DOUBLE_COLUMN, color, legend, new_axes, paper_style  # noqa: E402
 from deltaspec.plots.trajectory import trajectory as draw_trajectory  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -34,15 +35,33 @@ def results(data: Path, seed: int) -> dict:
     return {LABELS[m]: ds.AnalysisResult.from_json(data / f"{m}_s{seed}.json") for m in LABELS}
 
 
+def grid(rows: int, cols: int, height: float):
+    """A new double-column Figure (paper style) with rows × cols axes, as a flat list."""
+    fig = Figure(figsize=(DOUBLE_COLUMN, height), layout="constrained")
+    return fig, list(fig.subplots(rows, cols).ravel())
+
+
+def spectrum(res: dict):
+    """Sorted σ_i/σ_1 per method: k/v (192 values each) and q/o (576) apart, as the shapes differ."""
+    with paper_style():
+        fig, axes = grid(1, 2, 2.6)
+        for ax, mods in zip(axes, (["k_proj", "v_proj"], ["q_proj", "o_proj"])):
+            dp.spectrum(res, modules=mods, ax=ax, title=f"{'/'.join(m[0] for m in mods)}_proj: median over "
+                                                        f"60 layers (IQR band)")
+    return fig
+
+
 def trajectory(runs: list[dict], seed: int):
-    """k/v metric means against the step (dp.trajectory, from summary.json's per-checkpoint means)."""
+    """k/v metric means against the step (H05's trajectory plot, from summary.json's per-checkpoint means)."""
     data = {}
     for method, label in LABELS.items():
         pts = next((r["trajectory"] for r in runs if r["method"] == method and r["seed"] == seed), [])
         data[label] = {"step": [p["step"] for p in pts], **{k: [p[k] for p in pts] for k in TRAJ}}
-    axes = draw_trajectory(data, metrics=TRAJ, title=f"SmolLM2-135M k/v projections, mean over 60 layers, seed {seed}")
-    axes[-1].set_yscale("log")
-    return axes
+    with paper_style():
+        fig, axes = grid(2, 2, 3.6)
+        draw_trajectory(data, metrics=TRAJ, ax=axes)
+        axes[-1].set_yscale("log")
+    return fig
 
 
 def intruders(runs: list[dict]):
@@ -66,24 +85,32 @@ def intruders(runs: list[dict]):
 
 
 def table(runs: list[dict]) -> str:
-    """Markdown: one row per run (method, seed), k/v means and accuracy; then mean ± spread per method."""
-    head = ("| method | seed | k/v top-1 energy | k/v norm. entropy | k/v eff. rank | intruders (k/v, per layer) "
-            "| mean acc | arith | classify | facts | instruct | s/step |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    """Markdown: per run (method, seed) the k/v balance, size and accuracy (the README table); the mean
+    ± half-range per method; then per-task accuracy and the W0-based results (examples/smollm2/README.md)."""
     order = {m: i for i, m in enumerate(LABELS)}
-    for r in sorted(runs, key=lambda r: (order[r["method"]], r["seed"])):
-        kv, acc = r["means"]["kv"], r["per_task_accuracy"]
-        lines.append(f"| {LABELS[r['method']]} | {r['seed']} | {kv['top1_energy']:.3f} | {kv['normalized_entropy']:.3f} "
-                     f"| {kv['effective_rank']:.1f} | {kv['intruders']:.2f} | {r['mean_accuracy']:.3f} | "
-                     + " | ".join(f"{acc[t]:.2f}" for t in ("arithmetic", "classify", "facts", "instruct"))
-                     + f" | {r['seconds_per_step']:.2f} |")
-    lines += ["", "| method | k/v top-1 energy | k/v norm. entropy | k/v eff. rank | mean acc |", "|---|---|---|---|---|"]
+    runs = sorted(runs, key=lambda r: (order[r["method"]], r["seed"]))
+    kv = ("top1_energy", "normalized_entropy", "effective_rank", "relative_norm")
+    lines = ["| method | seed | k/v top-1 energy | k/v norm. entropy | k/v eff. rank | ‖ΔW‖/‖W0‖ | mean acc | loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        m = r["means"]["kv"]
+        lines.append(f"| {LABELS[r['method']]} | {r['seed']} | {m['top1_energy']:.3f} | {m['normalized_entropy']:.3f} | "
+                     f"{m['effective_rank']:.1f} | {m['relative_norm']:.3f} | {r['mean_accuracy']:.3f} | "
+                     f"{r['final_loss']:.3f} |")
     for method, label in LABELS.items():
         mine = [r for r in runs if r["method"] == method]
-        cols = [[r["means"]["kv"][k] for r in mine] for k in ("top1_energy", "normalized_entropy", "effective_rank")]
-        cols.append([r["mean_accuracy"] for r in mine])
-        lines.append(f"| {label} (n={len(mine)}) | " + " | ".join(
-            f"{np.mean(c):.3f} ± {np.ptp(c) / 2:.3f}" for c in cols) + " |")
+        cols = [[r["means"]["kv"][k] for r in mine] for k in kv] + [[r[k] for r in mine]
+                                                                     for k in ("mean_accuracy", "final_loss")]
+        lines.append(f"| **{label}** | mean ± ½range | " + " | ".join(
+            f"{np.mean(c):.3g} ± {np.ptp(c) / 2:.2g}" for c in cols) + " |")
+    lines += ["", "| method | seed | arithmetic | classify | facts | instruct | intruders/layer (q,k,v,o) "
+              "| amplification (q,k,v,o) |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        acc, m = r["per_task_accuracy"], r["means"]
+        lines.append(f"| {LABELS[r['method']]} | {r['seed']} | " + " | ".join(
+            f"{acc[t]:.3f}" for t in ("arithmetic", "classify", "facts", "instruct")) + " | "
+            + ", ".join(f"{m[x]['intruders']:.2f}" for x in ATTN) + " | "
+            + ", ".join(f"{m[x]['amplification']:.2f}" for x in ATTN) + " |")
     return "\n".join(lines)
 
 
@@ -99,9 +126,8 @@ def main() -> None:
     runs = json.loads((data / "summary.json").read_text())["runs"]
     res = results(data, a.seed)
     figs = {
-        "smollm2_fig2_hist.png": dp.hist(res, modules=["k_proj", "v_proj"], title=f"SmolLM2-135M, seed {a.seed}"),
-        "smollm2_spectrum.png": dp.spectrum(res, modules=ATTN, title=f"SmolLM2-135M q/k/v/o, median over layers "
-                                                                     f"(IQR), seed {a.seed}"),
+        "smollm2_fig2_hist.png": dp.hist(res, modules=["k_proj", "v_proj"]),
+        "smollm2_spectrum.png": spectrum(res),
         "smollm2_trajectory.png": trajectory(runs, a.seed),
         "smollm2_intruders.png": intruders(runs),
     }

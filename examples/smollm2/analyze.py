@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,8 @@ def main() -> None:
     gguf = json.loads((model / "gguf_source.json").read_text())
     summary = {"base": {k: gguf.get(k) for k in ("gguf_sha256", "rounding_noise")},
                "settings": {"intruder_k": INTRUDER_K, "eps": EPS, "amp_r": AMP_R, "n_ref": "shape"}, "runs": []}
-    for run in sorted(r for r in work.iterdir() if (r / "train_info.json").exists() and "_s" in r.name):
+    for run in sorted(r for r in work.iterdir() if re.fullmatch(r"(lora|multilora|full)_s\d+", r.name)
+                      and (r / "train_info.json").exists()):
         info = json.loads((run / "train_info.json").read_text())
         print(f"analysing {run.name}", flush=True)
         res = analyse(run, model, ATTN, vectors=True)

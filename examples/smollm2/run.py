@@ -7,8 +7,10 @@
 2. `deltaspec train --model WORK/base` with LoRA, MultiLoRA and full fine-tuning of the same attention
    projections (q/k/v/o of all 30 layers), same data, steps and seed, for every seed; the first seed
    keeps step checkpoints (--save-every) for the trajectory;
-3. `examples/smollm2/analyze.py`: spectra, intruder dimensions and amplification → figures/smollm2_data/;
-4. `figures/smollm2_figures.py`: the figures and the README table from that JSON.
+3. `examples/smollm2/analyze.py`: spectra, intruder dimensions and amplification → figures/smollm2_data/,
+   and `examples/smollm2/null_model.py --scalings-only <first seed>`: how much of MultiLoRA's balance is
+   its random init (→ figures/smollm2_data/null_model.json);
+4. `figures/smollm2_figures.py --table`: the figures and the README tables from that JSON.
 Finished runs (WORK/<method>_s<seed>/train_info.json) are kept: rerunning resumes. CPU time: README.md here.
 """
 from __future__ import annotations
@@ -92,8 +94,10 @@ def main() -> None:
         return
     subprocess.run([sys.executable, str(HERE / "analyze.py"), str(work), "--model", str(base), "-o", a.data_out],
                    check=True, env=env)
-    subprocess.run([sys.executable, str(ROOT / "figures" / "smollm2_figures.py"), "--data", a.data_out], check=True,
-                   env=env)
+    subprocess.run([sys.executable, str(HERE / "null_model.py"), str(work), "--model", str(base), "--scalings-only",
+                    str(seeds[0]), "-o", a.data_out], check=True, env=env)
+    subprocess.run([sys.executable, str(ROOT / "figures" / "smollm2_figures.py"), "--data", a.data_out, "--table"],
+                   check=True, env=env)
 
 
 if __name__ == "__main__":
