@@ -27,8 +27,10 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.option("--lora-alpha", type=float, default=None,
               help="LoRA alpha: ΔW carries alpha/r, r the per-head rank [default: 2·r].")
 @click.option("--alpha", "old_alpha", type=float, default=None, hidden=True)  # old spelling of --lora-alpha
-@click.option("--target-modules", default=None, show_default=TARGETS,
-              help="Module name patterns to adapt (nn.Linear only), e.g. q_proj,v_proj,gate_proj.")
+@click.option("--target-modules", default=None,
+              help="Module name patterns to adapt (nn.Linear only), e.g. q_proj,v_proj,gate_proj "
+                   f"[default: {TARGETS}]. --method full: given, only these modules are trained "
+                   "(the projections an adapter gets); not given, every parameter.")
 @click.option("--targets", "old_targets", default=None, hidden=True)  # old spelling of --target-modules
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True,
               help="Dropout on the adapters' input (LoRA/MultiLoRA), as PEFT's lora_dropout.")
@@ -62,7 +64,9 @@ def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alp
     from deltaspec.train import GPTConfig, TrainConfig, default_base, run
 
     lora_alpha = _one_of(lora_alpha, old_alpha, "--lora-alpha", "--alpha")
-    target_modules = _one_of(target_modules, old_targets, "--target-modules", "--targets") or TARGETS
+    target_modules = _one_of(target_modules, old_targets, "--target-modules", "--targets")
+    full_targets = method == "full" and target_modules is not None
+    target_modules = target_modules or TARGETS
     if method != "pretrain" and base is None and hf_model is None:
         base = default_base()
         if base is None:
@@ -71,8 +75,9 @@ def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alp
     model = GPTConfig() if preset == "sample" else GPTConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, max_len=48)
     cfg = TrainConfig(method=method, out=out, base=base, hf_model=hf_model, max_len=max_len, rank=rank, heads=heads,
                       lora_alpha=lora_alpha, target_modules=tuple(parse_list(target_modules) or ()),
-                      dropout=lora_dropout, scaling_lr_mult=scaling_lr_mult, steps=steps, save_every=save_every, lr=lr,
-                      batch_size=batch_size, seed=seed, device=device, data=data, model=model, progress=False if quiet else None)
+                      full_targets=full_targets, dropout=lora_dropout, scaling_lr_mult=scaling_lr_mult, steps=steps,
+                      save_every=save_every, lr=lr, batch_size=batch_size, seed=seed, device=device, data=data,
+                      model=model, progress=False if quiet else None)
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as e:

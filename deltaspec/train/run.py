@@ -33,8 +33,9 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
     tok, max_len = tokenizer_and_len(model)
     facts = base_facts(cfg, model)  # before training: the hash is of the base as it was read
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{cfg.method}: {n_train:,} trainable parameters"
-        + (f" in {len(wrapped)} adapted modules" if wrapped else "") + f", {cfg.steps} steps on {device}")
+    kind = "trained" if cfg.method == "full" else "adapted"
+    log(f"{cfg.method}: {n_train:,} trainable parameters" + (f" in {len(wrapped)} {kind} modules" if wrapped else "")
+        + f", {cfg.steps} steps on {device}")
     adapted = cfg.method in ("lora", "multilora")
     info = {
         "deltaspec_version": __version__, "method": cfg.method, "rank": cfg.rank if adapted else None,
@@ -43,6 +44,7 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
         "lora_alpha": cfg.resolved_alpha() if adapted else None, "lora_dropout": cfg.dropout if adapted else None,
         "target_modules": list(cfg.target_modules) if wrapped else None, "steps": cfg.steps, "lr": cfg.resolved_lr(),
         "scaling_lr_mult": cfg.scaling_lr_mult if cfg.method == "multilora" else None,
+        "full_targets": cfg.full_targets if cfg.method == "full" else None,  # full FT of target_modules only
         "optimizer": {"name": "AdamW", "schedule": f"linear warmup {cfg.warmup:g} of steps, cosine decay to 0",
                       "grad_clip": cfg.clip, "param_groups": describe_groups(param_groups(model, cfg))},
         "batch_size": cfg.batch_size, "seed": cfg.seed, "device": str(device),

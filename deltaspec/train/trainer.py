@@ -22,7 +22,7 @@ from ..errors import DeltaspecError
 from ..progress import Progress
 from . import data as D
 from . import hf
-from .layers import wrap
+from .layers import _linear_hint, matches, wrap
 from .model import GPT, GPTConfig, load_model
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -41,6 +41,7 @@ class TrainConfig:
     heads: int = 4
     lora_alpha: Optional[float] = None  # default: 2 × per-head rank
     target_modules: tuple = DEFAULT_TARGETS
+    full_targets: bool = False  # full FT: train only the target_modules' weights (False: every parameter)
     scaling_lr_mult: float = DEFAULT_SCALING_LR_MULT  # MultiLoRA: the scalings' lr = this × lr
     steps: int = 400
     save_every: int = 0  # keep OUT/checkpoint-<step>/ every N steps (0: only the final checkpoint)
@@ -102,9 +103,22 @@ def build(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
         return GPT(cfg.model), []
     model = hf.load(cfg.hf_model, cfg.max_len, cfg.progress) if cfg.hf_model else load_model(cfg.base)
     if cfg.method == "full":
-        return model, []
+        return model, (only_targets(hf.named(model), cfg.target_modules) if cfg.full_targets else [])
     names = wrap(hf.named(model), cfg.target_modules, cfg.method, cfg.rank, cfg.resolved_alpha(), cfg.heads, cfg.dropout)
     return model, names
+
+
+def only_targets(model: nn.Module, targets) -> list[str]:
+    """Full fine-tuning of the target modules only (the layers an adapter would get, for a comparison
+    of the same projections): freeze everything but the nn.Linear modules matching `targets`."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
+    if not names:
+        raise ValueError(f"no nn.Linear module matches the target patterns {list(targets)}; {_linear_hint(model)}")
+    for n in names:
+        model.get_submodule(n).requires_grad_(True)
+    return names
 
 
 def tokenizer_and_len(model: nn.Module):
