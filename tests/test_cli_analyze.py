@@ -81,7 +81,7 @@ def test_full_finetune_and_info(tmp_path):
     r = run("info", f, "--base", b)
     assert r.exit_code == 0 and "format full" in r.output and "L1.down_proj" in r.output
     r = run("info", f, "--base", b, "--include-embeddings", "--format", "json")
-    assert {x["name"] for x in json.loads(r.output)["layers"]} >= {"model.embed_tokens", "lm_head"}
+    assert {x["name"] for x in json.loads(r.stdout)["layers"]} >= {"model.embed_tokens", "lm_head"}
 
 
 def bad_inputs(tmp_path):

@@ -64,7 +64,7 @@ def test_compare_checkpoints_base_only_where_needed(ckpts):
 def test_compare_saved_json_and_csv(ckpts, saved):
     r = invoke("compare", saved["lora"], saved["full"], "--format", "json", "--per-layer")
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["labels"] == ["lora", "full"] and len(d["groups"]) == 4 and d["group_by"] == "layer"
     r = invoke("compare", saved["lora"], saved["full"], "--format", "csv", "--metrics", "top1_energy")
     assert r.output.splitlines()[0] == "module,n_layers,metric,lora,full,full-lora,lora_std,full_std"
@@ -110,7 +110,7 @@ def test_subspace_command(ckpts):
     r = invoke("subspace", ckpts / "lora", ckpts / "lora", ckpts / "full", "--base", ckpts / "base",
                "--labels", "A,A2,FT", "--layers", "0", "--format", "json", "-q", "-k", "1,4")
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     rows = {(x["layer"], x["input"]): x for x in d["rows"]}
     assert len(rows) == 6
     a2 = rows[("model.layers.0.self_attn.k_proj", "A2")]

@@ -132,7 +132,7 @@ def test_lora_multilora_and_full_ft_of_the_same_projections(smollm2, tmp_path):
     res = CliRunner().invoke(cli, ["analyze", str(tmp_path / "full"), "--base", str(model), "--modules",
                                    "k_proj,v_proj", "--layers", "0-1", "--format", "json", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    layers = {r["name"]: r for r in json.loads(res.output)["layers"]}
+    layers = {r["name"]: r for r in json.loads(res.stdout)["layers"]}
     assert sorted(layers) == sorted(NAMES)
     for n in NAMES:
         ref = numpy_sigma(wf[n + ".weight"] - w0[n + ".weight"])

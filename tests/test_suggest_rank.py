@@ -115,7 +115,7 @@ def test_cli_table_fits_80_columns_and_json():
     assert "*e0.9" in r.output and "LoraConfig(" in r.output and "L3.down_proj" in r.output
     r = run("suggest-rank", LORA, "--policy", "sv-ratio", "--sv-ratio", "4", "--format", "json", "-q")
     assert r.exit_code == 0, r.output
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["chosen"] == "sv_ratio=4" and d["peft"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert {x["chosen"] for x in d["layers"]} == {x["ranks"]["sv_ratio=4"] for x in d["layers"]}
 

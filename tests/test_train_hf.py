@@ -155,7 +155,7 @@ def test_cli_lora_on_jsonl_then_analyze_without_flags(hf_base, tmp_path):
     assert info["max_len"] == 16 and info["data"] == str(data) and info["per_task_accuracy"] == {}
     r = CliRunner().invoke(cli, ["analyze", str(outs[0]), "--format", "json"])
     assert r.exit_code == 0, r.output
-    assert "model.layers.1.mlp.down_proj" in {layer["name"] for layer in json.loads(r.output)["layers"]}
+    assert "model.layers.1.mlp.down_proj" in {layer["name"] for layer in json.loads(r.stdout)["layers"]}
 
 
 def one_line_error(args, *expected):

@@ -34,7 +34,7 @@ def test_every_method_end_to_end(tmp_path):
             assert all(r.rank == 8 for r in res.layers)
     # analyze reads the trainer's output with no extra flags
     r = CliRunner().invoke(cli, ["analyze", str(tmp_path / "multilora"), "--format", "json"])
-    assert r.exit_code == 0 and json.loads(r.output)["source"]["format"] == "multilora"
+    assert r.exit_code == 0 and json.loads(r.stdout)["source"]["format"] == "multilora"
 
 
 def test_same_seed_same_weights(tmp_path):
