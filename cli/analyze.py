@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import parse_layers, parse_list, user_errors
+from .common import cli_words, parse_layers, parse_list, user_errors
 from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -44,6 +44,8 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
         result = _analyze(ckpt, **opts)
         if distributed.is_main():
             chosen = result.check_metrics(parse_list(metrics))
+            if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
+                result.warnings = [cli_words(w) for w in result.warnings]
             text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
                     else result.format_table(chosen, width=table_width(out)))
             emit(text, out)
