@@ -27,29 +27,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from deltaspec import metrics as M
-from deltaspec.train.data import CharTokenizer
 from deltaspec.train.layers import adapters
+from deltaspec.train.null_model import balance, initial_adapters, run_config
+from deltaspec.train.null_model import multilora_delta as delta, train_scalings_only as _train
 from deltaspec.train.save import save_run
-from deltaspec.train.trainer import TrainConfig, batches, build, evaluate, train_loop
+from deltaspec.train.trainer import build, evaluate
 
 MODULES = ("k_proj", "v_proj")
 
 
-def config(run_dir: Path, base: str, out: str = "unused") -> TrainConfig:
-    info = json.loads((run_dir / "train_info.json").read_text())
-    if info["method"] != "multilora":
-        raise SystemExit(f"{run_dir}: a {info['method']} run; the null model is about MultiLoRA")
-    return TrainConfig(method="multilora", out=out, base=base, rank=info["rank"], heads=info["heads"],
-                       lora_alpha=info["lora_alpha"], target_modules=tuple(info["target_modules"]), steps=info["steps"],
-                       lr=info["lr"], batch_size=info["batch_size"], seed=info["seed"], dropout=info.get("lora_dropout") or 0.0,
-                       scaling_lr_mult=info.get("scaling_lr_mult") or 1.0, device="cpu", progress=False)
-
-
-def balance(delta: np.ndarray) -> dict:
-    s = np.linalg.svd(delta, compute_uv=False)
-    return {"top1_energy": M.top_k_energy(s, 1), "normalized_entropy": M.normalized_entropy(s, min(delta.shape)),
-            "effective_rank": M.effective_rank(s), "frobenius_norm": M.frobenius_norm(s)}
+def config(run_dir: Path, base: str, out: str = "unused"):
+    try:
+        return run_config(run_dir, base=base, out=out)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,16 +49,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / n) if n > 0 else float("nan")
 
 
-def delta(scale: float, S, B, A) -> np.ndarray:
-    """(α/r) Σ_i diag(s_i) B_i A_i in float64; S: (n, d_out), B: (n, d_out, r), A: (n, r, d_in)."""
-    S, B, A = (np.asarray(t.detach() if hasattr(t, "detach") else t, dtype=np.float64) for t in (S, B, A))
-    return scale * np.einsum("no,nor,nri->oi", S, B, A)
-
-
 def decompose(run_dir: Path, base: str) -> dict:
     """Mean over k/v layers of each variant's balance metrics, plus how much of ΔW the initial factors carry."""
-    cfg = config(run_dir, base)
-    init = adapters(build(cfg)[0])
+    init = initial_adapters(config(run_dir, base))
     sd = load_file(run_dir / "adapter_model.safetensors")
     rows: dict[str, list[dict]] = {k: [] for k in ("trained", "init factors", "learned part", "random")}
     moved = []  # how far each factor got from its init (all adapted modules)
@@ -117,14 +101,7 @@ def ablation_accuracy(run_dir: Path, base: str) -> dict:
 def train_scalings_only(run_dir: Path, base: str, out: str) -> dict:
     """The same run with A_i, B_i frozen at init: only the scalings learn. Saved like any MultiLoRA run."""
     cfg = config(run_dir, base, out)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_flush_denormal(True)
-    model, _ = build(cfg)
-    for n, p in model.named_parameters():
-        if n.endswith(("lora_A", "lora_B")):
-            p.requires_grad_(False)
-    losses = train_loop(model, batches(cfg, model.config.max_len, CharTokenizer()), cfg, torch.device("cpu"))
-    acc = evaluate(model, cfg.seed, cfg.eval_per_task, model.config.max_len, torch.device("cpu"))
+    model, losses, acc = _train(cfg)
     info = {"method": "multilora", "variant": "scalings only (A, B frozen at init)", "seed": cfg.seed,
             "steps": cfg.steps, "rank": cfg.rank, "heads": cfg.heads, "lora_alpha": cfg.resolved_alpha(),
             "target_modules": list(cfg.target_modules), "lr": cfg.resolved_lr(), "scaling_lr_mult": cfg.scaling_lr_mult,

@@ -108,12 +108,7 @@ def wrap(model: nn.Module, targets: Iterable[str], method: str, rank: int, alpha
         raise ValueError(f"method must be 'lora' or 'multilora', got {method!r}")
     if method == "multilora" and rank % heads:
         raise ValueError(f"--rank {rank} is not divisible by --heads {heads}")
-    targets = list(targets)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
-    if not names:
-        raise ValueError(f"no nn.Linear module matches the target patterns {targets}; {_linear_hint(model)}")
+    names = frozen_targets(model, targets)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -121,6 +116,18 @@ def wrap(model: nn.Module, targets: Iterable[str], method: str, rank: int, alpha
         layer = (LoRALinear(base, rank, alpha, dropout) if method == "lora"
                  else MultiLoRALinear(base, heads, rank // heads, alpha, dropout))
         setattr(parent, child, layer.to(base.weight.device))
+    return names
+
+
+def frozen_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
+    """Freeze every parameter of `model`; return the names of the nn.Linear modules matching `targets`
+    (ValueError, with a hint of what there is, when none does)."""
+    targets = list(targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
+    if not names:
+        raise ValueError(f"no nn.Linear module matches the target patterns {targets}; {_linear_hint(model)}")
     return names
 
 

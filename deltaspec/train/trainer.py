@@ -22,7 +22,7 @@ from ..errors import DeltaspecError
 from ..progress import Progress
 from . import data as D
 from . import hf
-from .layers import _linear_hint, matches, wrap
+from .layers import frozen_targets, wrap
 from .model import GPT, GPTConfig, load_model
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -111,11 +111,7 @@ def build(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
 def only_targets(model: nn.Module, targets) -> list[str]:
     """Full fine-tuning of the target modules only (the layers an adapter would get, for a comparison
     of the same projections): freeze everything but the nn.Linear modules matching `targets`."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
-    if not names:
-        raise ValueError(f"no nn.Linear module matches the target patterns {list(targets)}; {_linear_hint(model)}")
+    names = frozen_targets(model, targets)
     for n in names:
         model.get_submodule(n).requires_grad_(True)
     return names

@@ -25,34 +25,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from deltaspec import metrics as M
-from deltaspec.train import hf
-from deltaspec.train.layers import adapters
+from deltaspec.train.null_model import balance, initial_adapters, multilora_delta as delta, run_config
+from deltaspec.train.null_model import train_scalings_only
 from deltaspec.train.save import save_run
-from deltaspec.train.trainer import TrainConfig, batches, build, evaluate, tokenizer_and_len, train_loop
 
 KV = ("k_proj", "v_proj")
 
 
-def config(run: Path, model: Path, out: str = "unused") -> TrainConfig:
-    i = json.loads((run / "train_info.json").read_text())
-    return TrainConfig(method="multilora", out=out, hf_model=str(model), max_len=i["max_len"], rank=i["rank"],
-                       heads=i["heads"], lora_alpha=i["lora_alpha"], target_modules=tuple(i["target_modules"]),
-                       steps=i["steps"], lr=i["lr"], batch_size=i["batch_size"], seed=i["seed"],
-                       dropout=i.get("lora_dropout") or 0.0, scaling_lr_mult=i["scaling_lr_mult"], device="cpu",
-                       progress=False)
-
-
-def balance(d: np.ndarray) -> dict:
-    s = np.linalg.svd(d, compute_uv=False)
-    return {"top1_energy": M.top_k_energy(s, 1), "normalized_entropy": M.normalized_entropy(s, min(d.shape)),
-            "effective_rank": M.effective_rank(s), "frobenius_norm": M.frobenius_norm(s)}
-
-
-def delta(scale: float, S, B, A) -> np.ndarray:
-    """(α/r) Σ_i diag(s_i) B_i A_i in float64; S: (n, d_out), B: (n, d_out, r), A: (n, r, d_in)."""
-    S, B, A = (np.asarray(t.detach(), dtype=np.float64) for t in (S, B, A))
-    return scale * np.einsum("no,nor,nri->oi", S, B, A)
+def config(run: Path, model: Path, out: str = "unused"):
+    return run_config(run, hf_model=str(model), out=out)
 
 
 @torch.no_grad()
@@ -79,15 +60,7 @@ def decompose(run: Path, init: dict) -> dict:
 def scalings_only(run: Path, model: Path, out: Path) -> dict:
     """The same run (config, data, steps, seed) with A_i, B_i frozen at init; saved like any MultiLoRA run."""
     cfg = config(run, model, str(out))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_flush_denormal(True)
-    m, _ = build(cfg)
-    for n, p in m.named_parameters():
-        if n.endswith(("lora_A", "lora_B")):
-            p.requires_grad_(False)
-    tok, max_len = tokenizer_and_len(m)
-    losses = train_loop(m, batches(cfg, max_len, tok), cfg, torch.device("cpu"))
-    acc = evaluate(m, cfg.seed, cfg.eval_per_task, max_len, torch.device("cpu"), tok)
+    m, losses, acc = train_scalings_only(cfg)
     info = {"method": "multilora", "variant": "scalings only (A, B frozen at init)", "seed": cfg.seed,
             "steps": cfg.steps, "per_task_accuracy": acc, "mean_accuracy": statistics.fmean(acc.values()),
             "final_loss": sum(losses[-20:]) / 20, "base": str(model)}
@@ -115,7 +88,7 @@ def main() -> None:
         if not (run / "train_info.json").exists():
             continue
         print(f"decomposing {run.name}", flush=True)
-        init = adapters(hf.named(build(config(run, model))[0]))
+        init = initial_adapters(config(run, model))
         ckpts = sorted(run.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
         steps = {json.loads((c / "train_info.json").read_text())["step"]: c for c in [*ckpts, run]}
         result[run.name] = {"final": decompose(run, init),
@@ -125,7 +98,7 @@ def main() -> None:
         done = out / "train_info.json"
         print(f"{'reading' if done.exists() else 'training'} {out.name}", flush=True)
         info = json.loads(done.read_text()) if done.exists() else scalings_only(run, model, out)
-        init = adapters(hf.named(build(config(run, model))[0]))
+        init = initial_adapters(config(run, model))
         result[out.name] = {"final": decompose(out, init), **{k: info[k] for k in ("per_task_accuracy",
                                                                                     "mean_accuracy", "final_loss")}}
     a.out.mkdir(parents=True, exist_ok=True)
