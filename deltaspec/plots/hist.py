@@ -27,7 +27,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.ticker import LogLocator, MaxNLocator
 
-from .style import as_aligned, color, legend, linestyle, new_axes, picked, styled
+from .style import as_aligned, color, legend, linestyle, panel_axes, picked, styled
 
 DEFAULT_MODULES = ("k_proj", "v_proj")
 
@@ -128,12 +128,7 @@ def hist(data, *, modules: Sequence[str] = DEFAULT_MODULES, layers: Optional[Seq
     """
     modules = [modules] if isinstance(modules, str) else list(modules)
     own = ax is None
-    if own:
-        fig, axes = new_axes(len(modules), size, height)
-    else:
-        axes = list(np.atleast_1d(ax))
-        if len(axes) != len(modules):
-            raise ValueError(f"{len(modules)} modules need {len(modules)} axes, got {len(axes)}")
+    fig, axes = panel_axes(ax, modules, "modules", size, height)
     al = as_aligned(data, labels)
     xlabels = []
     for i, (a, module) in enumerate(zip(axes, modules)):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import matplotlib as mpl
+import numpy as np
 from matplotlib.figure import Figure
 
 from ..compare import Aligned, Comparison, align
@@ -67,6 +68,17 @@ def new_axes(panels: int = 1, size: Optional[str | float] = None, height: Option
     fig = Figure(figsize=figsize(size, panels, height), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     return fig, list(axes)
+
+
+def panel_axes(ax, names: list, what: str, size=None, height=None):
+    """(figure or None, one Axes per name): a new figure with one panel each when `ax` is None, else
+    the caller's Axes (one, or a sequence of len(names)); ValueError when the count does not fit."""
+    if ax is None:
+        return new_axes(len(names), size, height)
+    axes = list(np.atleast_1d(ax))
+    if len(axes) != len(names):
+        raise ValueError(f"{len(names)} {what} need {len(names)} axes, got {len(axes)}")
+    return None, axes
 
 
 def styled(fn):

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import DeltaspecError
-from .style import color, legend, new_axes, pick, styled
+from .style import color, legend, panel_axes, pick, styled
 
 METRICS = ("top1_energy", "normalized_entropy", "effective_rank", "frobenius_norm")
 YLABELS = {"top1_energy": "top-1 energy share", "normalized_entropy": "normalized entropy",
@@ -167,12 +167,7 @@ def trajectory(data, *, metrics: Sequence[str] = METRICS, modules=None, layers: 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     d = _as_data(data, metrics, modules, layers)
     own = ax is None
-    if own:
-        fig, axes = new_axes(len(metrics), size, height)
-    else:
-        axes = list(np.atleast_1d(ax))
-        if len(axes) != len(metrics):
-            raise ValueError(f"{len(metrics)} metrics need {len(metrics)} axes, got {len(axes)}")
+    fig, axes = panel_axes(ax, metrics, "metrics", size, height)
     for a, m in zip(axes, metrics):
         for n, (lab, t) in enumerate(d.items()):
             a.plot(t["step"], t[m], color=color(n), marker="o", ms=2.5, label=lab)
