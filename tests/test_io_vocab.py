@@ -113,3 +113,67 @@ def test_new_classification_head_is_skipped(base, tmp_path):
     LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "ft5")
     v = load(tmp_path / "ft5", base=tmp_path / "ft")
     assert len(v) == 14 and any("shape differs" in w and "score.weight [5, 32] vs [3, 32]" in w for w in v.warnings)
+
+
+def _rows_delta(merged, b, key, rows):
+    """The nonzero block of merged − base: PEFT's index_copy changes only `rows`."""
+    full = merged[key].double()[: b[key].shape[0]] - b[key].double()
+    assert torch.count_nonzero(full.abs().sum(dim=1)) == len(rows)  # nothing else moved
+    return full[rows]
+
+
+@pytest.mark.parametrize("indices", [[3, 5, 7], {"embed_tokens": [1, 2], "lm_head": [5, 6, 7]}])
+def test_trainable_tokens_match_peft_merge(base, tmp_path, indices):
+    """LoRA with trainable_token_indices (list: the input embedding; dict: per module): the changed rows'
+    ΔW against PEFT's merge, skipped with a warning without base= or without include_embeddings."""
+    base_dir, b = base
+    pm = get_peft_model(tiny_model("llama", 0), LoraConfig(r=4, target_modules=["q_proj"],
+                                                           trainable_token_indices=indices))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "trainable_tokens_delta" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    randomize_adapter(pm, 4)
+    pm.save_pretrained(tmp_path / "a")
+    merged = pm.merge_and_unload().state_dict()
+    rows = {"model.embed_tokens": indices} if isinstance(indices, list) else \
+        {"model.embed_tokens": indices["embed_tokens"], "lm_head": indices["lm_head"]}
+    u = load(tmp_path / "a", base=base_dir, include_embeddings=True)
+    got = {x.name: x for x in u}
+    assert set(got) == set(rows) | {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"}
+    for name, idx in rows.items():
+        x = got[name]
+        assert x.shape == (len(idx), 32) and x.meta["variant"] == "trainable_tokens"
+        close(x.load().materialize(), _rows_delta(merged, b, name + ".weight", idx))
+    no_base = load(tmp_path / "a", include_embeddings=True)
+    assert len(no_base) == 2 and all(any(f"'{n}' holds trainable tokens" in w and "base=PATH" in w
+                                         for w in no_base.warnings) for n in rows)
+    no_emb = load(tmp_path / "a", base=base_dir)
+    assert len(no_emb) == 2 and any("include_embeddings=True" in w for w in no_emb.warnings)
+
+
+def test_trainable_tokens_adapter_with_added_tokens(base, tmp_path):
+    """peft_type TRAINABLE_TOKENS on a resized model: rows past the base's vocabulary are added tokens
+    (counted, norms in meta), the existing rows are analysed against the merge."""
+    from peft import TrainableTokensConfig
+
+    base_dir, b = base
+    idx = [4, 101, 9, 105]
+    pm = get_peft_model(resized(), TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=idx))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "trainable_tokens_delta" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    pm.save_pretrained(tmp_path / "a")
+    merged = pm.merge_and_unload().state_dict()
+    before = snapshot(tmp_path)
+    u = load(tmp_path / "a", base=base_dir, include_embeddings=True)
+    assert [x.name for x in u] == ["model.embed_tokens"]
+    x = u[0]
+    key = "model.embed_tokens.weight"
+    assert x.shape == (2, 32) and x.meta["added_rows"] == 2
+    added = merged[key][[101, 105]].double().norm(dim=1)
+    assert x.meta["added_row_norm_max"] == pytest.approx(float(added.max()), rel=1e-6)
+    assert any("2 token(s) past the base's 100 rows" in w for w in u.warnings)
+    close(x.load().materialize(), merged[key][[4, 9]].double() - b[key][[4, 9]].double())
+    assert snapshot(tmp_path) == before

@@ -10,6 +10,7 @@ DESIGN §2 is the spec. Per adapted module, in the orientation of the base model
   experts         s·B_e@A_e per expert of a 3-D parameter (`target_parameters`, see `peft_experts`)
   modules_to_save saved copy − W0 (needs the base); a resized embedding: the shared rows, the added
                   rows reported in meta; a head the base does not have (a new `score`): skipped
+  trainable tokens new rows − W0[rows] (needs the base), see `peft_tokens`
 Every config value used is validated (`validate`): a bad one is a one-line error naming the key.
 Key layouts are in `peft_keys`.
 """
@@ -26,13 +27,14 @@ from .experts import Layout
 from .names import Skipped, is_embedding, sorted_layers, summarize
 from .peft_copies import copy_layer
 from .peft_experts import adapter_layout, expert_layers, targeted_params
+from .peft_tokens import split_token_keys, token_layer
 from .peft_keys import PREFIX, adapter_weights, parse_keys, strip_prefix  # noqa: F401 (re-exported)
 from .tensors import TensorFile, TensorStore, open_file, open_model
 from .validate import (check_scale, get_flag, get_int, get_number, get_patterns, get_str, get_str_list,
                        match_pattern, read_json)
 
 _BASE_MODIFYING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
-SUPPORTED = ("LORA", "ADALORA")
+SUPPORTED = ("LORA", "ADALORA", "TRAINABLE_TOKENS")
 
 
 def pattern_value(patterns: Optional[dict], name: str, default):
@@ -95,8 +97,10 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
     cfg = read_json(cfg_path, "adapter config (adapter_config.json)")
     ctx = _Ctx(open_file(adapter_weights(d), keep_open=True), cfg, cfg_path, base, require_base)
     if ctx.peft_type not in SUPPORTED:
-        raise FormatError(f"{cfg_path}: peft_type {ctx.peft_type} is not supported yet "
-                          "(deltaspec reads LORA (incl. rsLoRA, DoRA), ADALORA and MULTILORA adapters)")
+        from .peft_tuners import TUNERS  # (it imports this module)
+        raise FormatError(f"{cfg_path}: peft_type {ctx.peft_type} is not supported yet (deltaspec reads PEFT "
+                          f"LORA (incl. rsLoRA, DoRA), ADALORA, {', '.join(TUNERS)}, TRAINABLE_TOKENS and "
+                          "MULTILORA adapters; see docs/FORMATS.md)")
     init = cfg.get("init_lora_weights")
     if not isinstance(init, (bool, str)) and init is not None:
         raise FormatError(f"{cfg_path}: init_lora_weights: expected true, false or a method name, got {init!r}")
@@ -112,9 +116,10 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
     if not f.keys():
         raise FormatError(f"{f.path}: holds no tensors (an empty adapter)")
     modules, copies, other = parse_keys(f, ctx.skipped)
+    tokens, other = split_token_keys(other, strip_prefix)
     if other:
         ctx.warnings.append(f"{f.path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}")
-    if not modules and not copies:
+    if not modules and not copies and not tokens:
         raise FormatError(f"{f.path}: no LoRA tensors (lora_A / lora_B) among its {len(f.keys())} tensor(s) "
                           f"({summarize(f.keys(), 3)})")
     kept, skipped = [], []
@@ -127,6 +132,11 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         if is_embedding(mod) and not include_embeddings:
             skipped.append(mod)
         elif (u := copy_layer(mod, key, ctx)) is not None:
+            kept.append(u)
+    for mod, key in tokens.items():
+        if not include_embeddings:
+            skipped.append(mod)
+        elif (u := token_layer(mod, key, ctx)) is not None:
             kept.append(u)
     if skipped:
         ctx.warnings.append(f"{d}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "
