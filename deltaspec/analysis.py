@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from . import metrics as M
@@ -185,11 +186,15 @@ def analyze(
     finally:
         bar.close()
     results = distributed.gather(results, todo)
+    zero = [r.name for r in results if r.upper is None and not np.any(r.singular_values > 0)]
+    extra = [f"{updates.path}: {len(zero)} layer(s) have ΔW = 0 (every singular value is 0; an adapter saved "
+             f"before training, or α = 0?), their ratio metrics are undefined: "
+             + ", ".join(zero[:5]) + (f", … ({len(zero) - 5} more)" if len(zero) > 5 else "")] if zero else []
     resolved = str(pick_device(device)) if device == "auto" else device
     return AnalysisResult(
         layers=results,
         source={"path": updates.path, "format": updates.format, "base": updates.base},
         settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "energy_k": list(settings.energy_k),
                   "vectors": vectors, "svd_top_k": svd_top_k},
-        warnings=list(updates.warnings),
+        warnings=list(updates.warnings) + extra,
     )

@@ -170,3 +170,31 @@ def test_inputs_unchanged(tmp_path):
         for x in load(path, **kw):
             x.load().materialize()
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
+def test_non_float_factors_are_refused_not_cast(tmp_path, dtype):
+    """Integer/bool (packed quantized data) or complex factors: one line naming the tensor and its dtype;
+    before, they were cast to float (complex silently losing its imaginary part)."""
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(4, 32, generator=g) * 3).to(dtype)
+    d = lora_dir(tmp_path / "a", {f"base_model.model.{Q}.lora_A.weight": a,
+                                  f"base_model.model.{Q}.lora_B.weight": torch.randn(32, 4, generator=g)})
+    name = str(dtype).removeprefix("torch.")
+    u = load(d)
+    raises(FormatError, "adapter_model.safetensors", f"lora_A.weight' is {name}, not a floating-point weight",
+           call=lambda: u[0].load())
+
+
+def test_zero_update_is_warned(tmp_path):
+    """An adapter saved before training (lora_B = 0): exact zeros, metrics undefined, and a warning says so."""
+    import deltaspec as ds
+
+    g = torch.Generator().manual_seed(0)
+    d = lora_dir(tmp_path / "a", {f"base_model.model.{Q}.lora_A.weight": torch.randn(4, 32, generator=g),
+                                  f"base_model.model.{Q}.lora_B.weight": torch.zeros(32, 4)})
+    res = ds.analyze(d, progress=False)
+    assert not res.layers[0].singular_values.any()
+    assert any("1 layer(s) have ΔW = 0" in w and Q in w for w in res.warnings)
+    lora_dir(tmp_path / "b")
+    assert not any("ΔW = 0" in w for w in ds.analyze(tmp_path / "b", progress=False).warnings)

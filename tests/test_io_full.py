@@ -171,3 +171,70 @@ def test_prefix_mismatch_head_model_vs_backbone(tmp_path):
     u = load(save_dir(ft, tmp_path / "ft"), base=save_dir(bare, tmp_path / "base"))
     check(u, base, ft)
     assert any("lm_head.weight" in w for w in u.warnings)
+
+
+def _unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2, norm_num_groups=4)
+
+
+def _pipeline(d, unet, shard=None):
+    """A diffusers pipeline folder: model_index.json and unet/ with the full weights next to an fp16 variant."""
+    (d / "unet").mkdir(parents=True)
+    (d / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    unet.save_pretrained(d / "unet", **({"max_shard_size": shard} if shard else {}))
+    sd = {k: v.detach().half().contiguous() for k, v in unet.state_dict().items()}
+    save_file(sd, d / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    return {k: v.detach().clone() for k, v in unet.state_dict().items()}
+
+
+def test_diffusers_component_folders(tmp_path):
+    """A fine-tuned UNet (diffusers save_pretrained, single and sharded) against its base: the full-precision
+    file is used, never the fp16 variant beside it; a pipeline folder as base= resolves to the component;
+    the pipeline folder itself is a one-line error naming the component to pass."""
+    pytest.importorskip("diffusers")
+    from deltaspec.errors import FormatError
+
+    unet = _unet()
+    b = _pipeline(tmp_path / "base", unet)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ft = _pipeline(tmp_path / "ft", unet)
+    _pipeline(tmp_path / "ftshard", unet, shard="20KB")
+    assert len(list((tmp_path / "ftshard" / "unet").glob("diffusion_pytorch_model-*"))) > 2
+    for path, base in [("ft/unet", "base/unet"), ("ft/unet", "base"), ("ftshard/unet", "base")]:
+        u = load(tmp_path / path, base=tmp_path / base)
+        assert u.base == str(tmp_path / "base" / "unet")
+        assert len(u) == sum(1 for k, v in ft.items() if k.endswith(".weight") and v.dim() > 1
+                             and "time_embedding" not in k)
+        for x in u:
+            k = x.name + ".weight"
+            close(x.load().materialize(), (ft[k].double() - b[k].double()).flatten(1), rtol=1e-5, atol_rel=1e-6)
+    with pytest.raises(FormatError) as e:
+        load(tmp_path / "ft", base=tmp_path / "base")
+    assert "diffusers pipeline folder" in str(e.value) and str(tmp_path / "ft" / "unet") in str(e.value)
+    # only variants: used when they are all there is; two kinds of variant are ambiguous
+    (tmp_path / "ft" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    assert load(tmp_path / "ft" / "unet", base=tmp_path / "base")[0].dtype == "float16"
+    save_file({"x.weight": torch.zeros(2, 2, dtype=torch.bfloat16)},
+              tmp_path / "ft" / "unet" / "diffusion_pytorch_model.bf16.safetensors")
+    with pytest.raises(FormatError, match="only in variants bf16, fp16"):
+        load(tmp_path / "ft" / "unet", base=tmp_path / "base")
+
+
+def test_a_tensor_in_two_files_is_an_error(tmp_path):
+    from deltaspec.errors import FormatError
+
+    base, ft = pair()
+    save_dir(base, tmp_path / "b")
+    (tmp_path / "f").mkdir()
+    save_file(ft, tmp_path / "f" / "a.safetensors")
+    save_file({k: v for k, v in base.items() if "q_proj" in k}, tmp_path / "f" / "b.safetensors")
+    with pytest.raises(FormatError, match="is in both .*a.safetensors and .*b.safetensors"):
+        load(tmp_path / "f", base=tmp_path / "b")

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import FormatError
 from . import hub
 from .sdkeys import is_diffusers, is_lycoris
-from .tensors import SHARD_RE, SafetensorsFile, TorchFile, model_files, read_json
+from .tensors import SHARD_RE, STEMS, SafetensorsFile, TorchFile, model_files, pipeline_hint, read_json
 
 FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 _EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "
@@ -44,7 +44,7 @@ def locate(path, what: str = "") -> Path:
         raise FormatError(f"{p}: no such file or directory{what}")
     p = hub.cache_snapshot(p) or p
     if p.is_file() and (p.name.endswith(".index.json") or (SHARD_RE.match(p.name) and any(
-            (p.parent / f"{stem}.index.json").is_file() for stem in ("model.safetensors", "pytorch_model.bin")))):
+            (p.parent / f"{stem}{suf}.index.json").is_file() for stem in STEMS for suf in (".safetensors", ".bin")))):
         return p.parent  # the whole sharded model, not one shard of it
     if p.is_file() and p.name == "config.json" and model_files(p.parent)[0]:
         return p.parent
@@ -97,13 +97,15 @@ def _detect_dir(d: Path) -> str:
         return "diffusers"
     files, _ = model_files(d)
     if files:
-        if len(files) == 1 and files[0].name not in ("model.safetensors", "pytorch_model.bin"):
+        if len(files) == 1 and files[0].stem not in STEMS:
             kind = _detect_file(files[0])
             if kind in ("kohya", "lycoris", "diffusers"):
                 return kind
         return "full"
     if not any(d.iterdir()):
         raise FormatError(f"{d}: empty directory, no checkpoint files")
+    if hint := pipeline_hint(d):
+        raise FormatError(hint)
     raise FormatError(f"{d}: unknown checkpoint format ({_EXPECTED})")
 
 

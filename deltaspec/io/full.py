@@ -17,12 +17,13 @@ dequantized and other quantized layouts refused when a store is opened (`quant`)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from ..errors import FormatError, MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, Updates, layer_index
 from .experts import Layout, expert_matrix, expert_names, expert_shape, is_expert_stack
 from .names import Skipped, is_embedding, resized_vocab, sorted_layers, strip_wrappers, summarize
-from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
+from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, model_files, open_model, upcast
 
 
 def read_full(path, base=None, include_embeddings: bool = False, require_base: bool = True) -> Updates:
@@ -31,6 +32,7 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     if base is None and require_base:
         raise MissingBaseError(f"{path}: full fine-tuning checkpoint needs the base weights: pass base=PATH")
     ft = open_model(path)
+    base = _component(base, path)
     b0 = open_model(base) if base is not None else ft
     layout = Layout.of(ft.config or b0.config)
     if not ft.keys():
@@ -65,6 +67,14 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     if not r.layers:
         raise FormatError(f"{path}: nothing to analyse: " + "; ".join(w.partition(": ")[2] for w in warnings))
     return Updates(sorted_layers(r.layers), str(path), "full", str(base) if base is not None else None, warnings)
+
+
+def _component(base, path):
+    """A diffusers pipeline folder given as the base of one component (`ft/unet`): its `unet/`."""
+    if base is None or not (Path(base) / "model_index.json").is_file() or model_files(Path(base))[0]:
+        return base
+    sub = Path(base) / Path(path).name
+    return sub if sub.is_dir() and model_files(sub)[0] else base
 
 
 class _Reader:

@@ -40,6 +40,15 @@ def upcast(t):
     return t.to(compute_dtype(t.dtype))
 
 
+def as_float(t, file: str, key: str):
+    """upcast(t) checked finite; an integer, bool or complex tensor where a weight belongs (packed
+    quantized data, a corrupt export) is a FormatError naming it, never numbers."""
+    if not t.is_floating_point():
+        raise FormatError(f"{file}: tensor '{key}' is {str(t.dtype).removeprefix('torch.')}, not a floating-point "
+                          "weight (quantized or packed data?): deltaspec cannot read it as an update")
+    return check_finite(upcast(t), file, key)
+
+
 def check_finite(t, file: str, key: str):
     """t, or NonFiniteError naming the file and tensor. NaN/Inf anywhere makes the sum non-finite, and a
     sum is ~4x cheaper than an elementwise test; only a non-finite sum (NaN/Inf, or a finite tensor
@@ -75,7 +84,7 @@ class TensorFile:
 
     def get(self, key: str):
         """The tensor as float32 (or float64), checked finite."""
-        return check_finite(upcast(self.raw(key)), self.path, key)
+        return as_float(self.raw(key), self.path, key)
 
     def raw_slice(self, key: str, index):
         """raw(key)[index], reading only that part where the format allows (safetensors slices)."""
@@ -199,7 +208,9 @@ class TensorStore:
         self._where: dict[str, TensorFile] = {}
         for f in self.files:
             for k in f.keys():
-                self._where.setdefault(k, f)
+                if self._where.setdefault(k, f) is not f:
+                    raise FormatError(f"{self.path}: tensor '{k}' is in both {self._where[k].path} and {f.path}; "
+                                      "pass the one file to analyse")
         self.dequant = plan(list(self._where), self.dtype, self.shape, self.config, config_path, self.path)
         hidden = {sk for sk, _ in self.dequant.values()}
         self._keys = {k: None for k in self._where if k not in hidden}
@@ -221,7 +232,7 @@ class TensorStore:
 
     def get(self, key: str):
         """float32 (float64 stays), dequantized, checked finite."""
-        return check_finite(upcast(self.raw(key)), self.source(key), key)
+        return as_float(self.raw(key), self.source(key), key)
 
     def raw(self, key: str, index=None):
         """The tensor as stored (dtype kept, maybe memory-mapped: read it, never write to it), or
@@ -250,23 +261,36 @@ class TensorStore:
         return next((c for c in cands if c in self._keys), None)
 
 
-SHARD_RE = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+STEMS = ("model", "pytorch_model", "diffusion_pytorch_model")  # transformers, its legacy .bin, diffusers
+SHARD_RE = re.compile(r"^(" + "|".join(STEMS) + r")-\d+-of-\d+\.(safetensors|bin)$")
 _ADAPTER_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+# variants saved next to the plain weights (`x.fp16.safetensors`, `x.fp16-00001-of-00002.safetensors`)
+_VARIANT_RE = re.compile(r"\.(fp16|bf16|fp32|fp8|non_ema|ema)(?=[-.])")
 
 
 def model_files(d: Path) -> tuple[list[Path], Optional[Path]]:
-    """Weight files of a model directory (and its index json), safetensors preferred; [] if none."""
-    for stem, suf in (("model", ".safetensors"), ("pytorch_model", ".bin")):
-        index = d / f"{stem}{suf}.index.json"
-        if index.is_file():
-            return _index_shards(index), index
-        if (d / f"{stem}{suf}").is_file():
-            return [d / f"{stem}{suf}"], None
-        shards = sorted(p for p in d.glob(f"{stem}-*-of-*{suf}") if SHARD_RE.match(p.name))
-        if shards:
-            return shards, None
-    others = sorted(p for p in d.glob("*.safetensors") if p.name not in _ADAPTER_NAMES)
-    return others, None
+    """Weight files of a model directory (and its index json), safetensors preferred; [] if none.
+    Variants (diffusers' `*.fp16.safetensors` next to the full-precision file) are used only when
+    there is no plain file; never mixed."""
+    for suf in (".safetensors", ".bin"):
+        for stem in STEMS:
+            index = d / f"{stem}{suf}.index.json"
+            if index.is_file():
+                return _index_shards(index), index
+            if (d / f"{stem}{suf}").is_file():
+                return [d / f"{stem}{suf}"], None
+            shards = sorted(p for p in d.glob(f"{stem}-*-of-*{suf}") if SHARD_RE.match(p.name))
+            if shards:
+                return shards, None
+    files = sorted(p for p in d.glob("*.safetensors") if p.name not in _ADAPTER_NAMES)
+    plain = [p for p in files if not _VARIANT_RE.search(p.name)]
+    if plain or not files:
+        return plain, None
+    variants = sorted({_VARIANT_RE.search(p.name)[1] for p in files})
+    if len(variants) > 1:
+        raise FormatError(f"{d}: holds the weights only in variants {', '.join(variants)}; pass one file, "
+                          f"e.g. {files[0]}")
+    return files, None
 
 
 def _index_shards(index: Path) -> list[Path]:
@@ -287,14 +311,24 @@ def _index_shards(index: Path) -> list[Path]:
     return shards
 
 
+def pipeline_hint(d: Path) -> Optional[str]:
+    """The error for a diffusers pipeline folder (model_index.json, weights per component subfolder)."""
+    if not (d / "model_index.json").is_file():
+        return None
+    comps = sorted(s.name for s in d.iterdir() if s.is_dir() and model_files(s)[0])
+    eg = comps[0] if comps else "unet"
+    return (f"{d}: a diffusers pipeline folder (model_index.json) whose weights are in component subfolders "
+            f"({', '.join(comps) or 'none found'}); analyse one component: {d / eg} (with base=<base>/{eg})")
+
+
 def open_model(path) -> TensorStore:
     """A model's weights from a directory (single, sharded, legacy .bin) or a single file."""
     p = Path(path)
     if p.is_dir():
         files, _ = model_files(p)
         if not files:
-            raise FormatError(f"{p}: no model weights found (expected model.safetensors, sharded "
-                              "model-0000X-of-0000N.safetensors + index json, or pytorch_model.bin)")
+            raise FormatError(pipeline_hint(p) or f"{p}: no model weights found (expected model.safetensors, "
+                              "sharded model-0000X-of-0000N.safetensors + index json, or pytorch_model.bin)")
         return TensorStore((open_file(f) for f in files), p, *model_config(p))
     if not p.exists():
         raise FormatError(f"{p}: no such file or directory")
