@@ -39,17 +39,16 @@ def input_labels(inputs, labels: str | None) -> list[str]:
 
 
 def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings):
-    """deltaspec.load without the base; again with it when the format needs one (MissingBaseError)."""
+    """deltaspec.load with the shared --base: readers open it only where a layer needs W0 (full
+    fine-tuning, DoRA, IA3/OFT, modules_to_save copies, trainable tokens), so plain adapters never touch it."""
     import deltaspec as ds
     from deltaspec.errors import MissingBaseError
 
-    kw = dict(format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
     try:
-        return ds.load(path, base=None, **kw)
+        return ds.load(path, base=base or None, format=ckpt_type, lora_alpha=lora_alpha,
+                       include_embeddings=include_embeddings)
     except MissingBaseError as e:
-        if not base:
-            raise MissingBaseError(f"{e} (pass --base BASE)") from None
-        return ds.load(path, base=base, **kw)
+        raise MissingBaseError(f"{e} (pass --base BASE)") from None
 
 
 def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,
@@ -113,7 +112,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
 
     \b
     deltaspec compare sample_checkpoints/lora sample_checkpoints/multilora \\
-        sample_checkpoints/full --base sample_checkpoints/base --labels LoRA,MultiLoRA,FT
+        sample_checkpoints/full --base sample_checkpoints/base \\
+        --labels LoRA,MultiLoRA,FT
 
     Per module type (or per layer with --per-layer): the mean of every metric (names as in
     `analyze`) for each input, then `label-first` differences. Fair by construction: only layers

@@ -29,7 +29,11 @@ def initial_option(fn):
                              "(DIR); gives the exact ΔW = s(BA − B0A0) relative to the original base.")(fn)
 
 
-def selection_options(fn=None, *, modules_help="Module types, e.g. 'k_proj,v_proj' [default: all]."):
+MODULES_HELP = ("Module types, e.g. 'k_proj,v_proj', or trailing parts of layer names ('attn1.to_q'; 'to_q' "
+                "also selects kohya's '…_attn1_to_q') [default: all].")
+
+
+def selection_options(fn=None, *, modules_help=MODULES_HELP):
     """--modules, --layers: which layers to keep."""
     def deco(fn):
         fn = click.option("--layers", default=None, help="Layer indices, e.g. '0-3,8' [default: all].")(fn)

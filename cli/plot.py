@@ -55,12 +55,15 @@ def plot():
     """Paper figures: Figure-2 histograms, spectra, energy curves, heatmaps, subspace similarity.
 
     \b
-    deltaspec plot hist     CKPT… --modules k_proj,v_proj -o fig2.pdf   # MultiLoRA paper, Figure 2
-    deltaspec plot spectrum CKPT… -o spectra.svg      # sorted σ_i per method (log scale)
-    deltaspec plot energy   CKPT… -o energy.png       # cumulative energy share vs k
-    deltaspec plot heatmap  CKPT… --metric normalized_entropy -o heat.pdf   # one colour scale
+    deltaspec plot hist CKPT… --modules k_proj,v_proj -o fig2.pdf
+        # MultiLoRA paper, Figure 2
+    deltaspec plot spectrum CKPT… -o spectra.svg     # sorted σ_i (log)
+    deltaspec plot energy CKPT… -o energy.png        # cumulative energy
+    deltaspec plot heatmap CKPT… --metric normalized_entropy -o heat.pdf
+        # several inputs share one colour scale
     deltaspec plot similarity CKPT_A CKPT_B --modules v_proj -o phi.pdf
-    deltaspec plot hist spectra.json …                # saved `analyze -o` output: nothing recomputed
+    deltaspec plot hist spectra.json …
+        # saved `analyze -o` output: nothing recomputed
     """
 
 
@@ -155,8 +158,10 @@ def heatmap(**kw):
     """Layer × module heatmap of one metric; several inputs side by side on one colour scale.
 
     \b
-    deltaspec plot heatmap sample_checkpoints/lora --metric top1_energy -o heat.pdf
-    deltaspec plot heatmap A B C --labels LoRA,MultiLoRA,FT --vmin 0 --vmax 1 -o heat.pdf
+    deltaspec plot heatmap sample_checkpoints/lora --metric top1_energy \\
+        -o heat.pdf
+    deltaspec plot heatmap A B C --labels LoRA,MultiLoRA,FT --vmin 0 \\
+        --vmax 1 -o heat.pdf
     """
     from deltaspec.plots import heatmap as draw
 
@@ -212,7 +217,8 @@ def trajectory(**kw):
     """Spectra over training: metrics of ΔW against the training step, methods overlaid.
 
     \b
-    deltaspec train --method lora --save-every 150 -o runs/lora   # (and multilora, full)
+    deltaspec train --method lora --save-every 150 -o runs/lora
+        # (and multilora, full)
     deltaspec plot trajectory runs/lora runs/multilora runs/full --base BASE \\
         --modules k_proj,v_proj -o trajectory.pdf
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deltaspec.formatting import wrap
+
 from .common import user_errors
 from .options import reader_options
 from .output import table_width, warn
@@ -100,8 +102,9 @@ def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, 
         click.echo(json.dumps(info, indent=1))
     else:
         total = sum(x.rank for x in res.layers)
-        click.echo(f"{ckpt} [{updates.format}] → {out}: {len(res.factors())} LoRA layers, {policy.label}"
-                   + (f", at most {max_rank}" if max_rank else "") + f", total rank {total}")
+        head = (f"{ckpt} [{updates.format}] → {out}: {len(res.factors())} LoRA layers, {policy.label}"
+                + (f", at most {max_rank}" if max_rank else "") + f", total rank {total}")
+        click.echo("\n".join(wrap(head, table_width(None))))
         click.echo(res.format_table(width=table_width(None)))
     warn(res.warnings)
     click.echo(f"wrote {out}", err=True)

@@ -14,18 +14,24 @@ from .options import parse_ints
 from .output import check_output, emit, output_format, table_width, warn
 
 
-def base_weight(store, name: str, shape):
-    """W0 of module `name` (float32, the stored orientation, which is also the update's)."""
+def base_lookup(base, results, inputs):
+    """W0 per layer name, found the way the first input's reader named its layers (kohya, diffusers, …);
+    a layer whose W0 cannot be matched (a resized embedding, trainable tokens) gets no W0 metrics, and
+    a warning says which; if no layer matches, the first error is raised (the wrong --base)."""
     from deltaspec.errors import FormatError, ShapeMismatchError
+    from deltaspec.io.basemap import base_weights
 
-    key = store.find(name)
-    if key is None:
-        raise FormatError(f"{store.path}: no weight for layer {name}; is --base the model this checkpoint was "
-                          "trained from?")
-    if tuple(store.shape(key)) != tuple(shape):
-        raise ShapeMismatchError(f"{store.source(key)}: {key} has shape {tuple(store.shape(key))} but the update "
-                                 f"of {name} is {tuple(shape)}; is --base the right base model?")
-    return store.get(key)
+    get = base_weights(base, results[0].source["format"], str(inputs[0]))
+    failed: list[tuple[str, Exception]] = []
+
+    def lookup(name, shape):
+        try:
+            return get(name, shape)
+        except (FormatError, ShapeMismatchError) as e:
+            failed.append((name, e))
+            return None
+
+    return lookup, failed
 
 
 def _rows(reports, labels, ks):
@@ -71,17 +77,21 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
 
     \b
     deltaspec subspace sample_checkpoints/lora sample_checkpoints/multilora \\
-        sample_checkpoints/full --base sample_checkpoints/base --modules k_proj --layers 0
+        sample_checkpoints/full --base sample_checkpoints/base \\
+        --modules k_proj --layers 0
 
     \b
-    phi@k          φ(k, k) = ‖U_first[:, :k]ᵀ U[:, :k]‖²_F / k against the FIRST input (LoRA paper
-                   §7.2): 1 = same top-k output directions, 0 = orthogonal; "-" when an
-                   input has fewer than k singular vectors (a rank-r adapter has r).
-    amplification  ‖ΔW‖_F / ‖U_rᵀ W0 V_r‖_F, U_r, V_r the top-r singular vectors of ΔW (LoRA paper
-                   §7.3); proj_norm = ‖U_rᵀ W0 V_r‖_F, w0_norm = ‖W0‖_F. Needs --base.
-    intruders      how many of the top --intruder-k left singular vectors of W0 + ΔW have
-                   max |cos| < --eps with every left singular vector of W0 (Shuttleworth et al.
-                   2024), and their positions (0 = largest). Needs --base.
+    phi@k          φ(k, k) = ‖U_first[:, :k]ᵀ U[:, :k]‖²_F / k against the
+                   FIRST input (LoRA paper §7.2): 1 = same top-k output
+                   directions, 0 = orthogonal; "-" when an input has fewer
+                   than k singular vectors (a rank-r adapter has r).
+    amplification  ‖ΔW‖_F / ‖U_rᵀ W0 V_r‖_F, U_r, V_r the top-r singular
+                   vectors of ΔW (LoRA paper §7.3); proj_norm = ‖U_rᵀ W0 V_r‖_F,
+                   w0_norm = ‖W0‖_F. Needs --base.
+    intruders      how many of the top --intruder-k left singular vectors of
+                   W0 + ΔW have max |cos| < --eps with every left singular
+                   vector of W0 (Shuttleworth et al. 2024), and their
+                   positions (0 = largest). Needs --base.
 
     Singular vectors of every selected layer are kept in memory: select with --modules/--layers
     on large models.
@@ -101,16 +111,18 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
                            dtype=dtype, quiet=quiet)
     al = align(results, names)
     warn(f"{lab}: {w}" for lab, res in zip(al.labels, al.results) for w in res.warnings)
-    store = None
-    if base:
-        from deltaspec.io.tensors import open_model
-
-        store = open_model(base)
+    lookup, failed = base_lookup(base, al.results, inputs) if base else (None, [])
     reports = []
     for k, name in enumerate(al.names):
         col = [res.layers[k] for res in al.results]
-        W0 = base_weight(store, name, col[0].shape) if store else None
+        W0 = lookup(name, col[0].shape) if lookup else None
         reports.append(layer_subspace(name, al.labels, col, W0, grid=max(kk), amp_r=amp_r, intruder_k=intruder_k, eps=eps))
+    if failed and len(failed) == len(al.names):
+        raise failed[0][1]
+    if failed:
+        names = ", ".join(n for n, _ in failed[:3]) + (f", … ({len(failed) - 3} more)" if len(failed) > 3 else "")
+        warn([f"no matching base weight for {len(failed)} layer(s) ({names}): amplification and intruders "
+              f"left out for them; the first reason: {failed[0][1]}"])
     rows = _rows(reports, al.labels, kk)
     notes = al.notes + [f"phi@k against {al.labels[0]}" if len(al.labels) > 1 else "one input: no phi"]
     if fmt == "json":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .errors import DeltaspecError
+from .updates import module_matches
 
 
 def ranges(ints: Sequence[int]) -> str:
@@ -35,11 +36,11 @@ def select(items: Sequence, modules: Optional[Sequence[str]] = None, layers: Opt
     where = f"{where}: " if where else ""
     have = list(dict.fromkeys(x.module for x in items))
     if modules:
-        unknown = [m for m in modules if m not in have]
+        unknown = [m for m in modules if not any(module_matches(x.name, x.module, m) for x in items)]
         if unknown:
             raise DeltaspecError(f"{where}modules={unknown}: no such module type; available: "
                                  f"{', '.join(have) or 'none'}")
-    chosen = [x for x in items if not modules or x.module in modules]
+    chosen = [x for x in items if not modules or any(module_matches(x.name, x.module, m) for m in modules)]
     if layers is not None:
         present = {x.layer for x in chosen if x.layer is not None}
         missing = [i for i in layers if i not in present]

@@ -78,3 +78,30 @@ def test_cli_says_the_same_with_its_flags(tmp_path):
     assert CliRunner().invoke(cli, ["analyze", LORA, "-q", "-o", str(saved)]).exit_code == 0
     assert "--modules kproj" in cli_error("compare", saved, saved, "--labels", "a,b", "--modules", "kproj")
     assert "unknown or not shared metric" in cli_error("compare", saved, saved, "--labels", "a,b", "--metrics", "x")
+
+
+def test_module_types_and_selection_of_diffusers_and_kohya_names():
+    """Module types group what is the same projection: diffusers' `to_out.0` is not `0`, and a kohya name
+    (dots turned into underscores) is typed by what follows its last index; --modules also selects by a
+    trailing part of the name, so `to_q` works on kohya files."""
+    from types import SimpleNamespace
+
+    from deltaspec.selection import select
+    from deltaspec.updates import layer_index, module_type
+
+    names = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0": ("to_out.0", 0),
+             "unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2": ("net.2", 0),
+             "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_q": ("attn2_to_q", 1),
+             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": ("attn1_to_q", 0),
+             "lora_te1_text_model_encoder_layers_11_self_attn_q_proj": ("self_attn_q_proj", 11),
+             "model.layers.3.self_attn.q_proj": ("q_proj", 3), "lm_head": ("lm_head", None)}
+    for n, (typ, idx) in names.items():
+        assert (module_type(n), layer_index(n)) == (typ, idx), n
+    items = [SimpleNamespace(name=n, module=module_type(n), layer=layer_index(n)) for n in names]
+    pick = lambda mods: sorted(x.name for x in select(items, mods))  # noqa: E731
+    assert pick(["to_q"]) == sorted(n for n in names if n.endswith("to_q"))
+    assert pick(["attn1.to_q"]) == ["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
+    assert pick(["q_proj"]) == ["lora_te1_text_model_encoder_layers_11_self_attn_q_proj", "model.layers.3.self_attn.q_proj"]
+    assert pick(["to_out.0", "ff.net.2"]) == sorted(n for n in names if n.startswith("unet."))
+    with pytest.raises(DeltaspecError, match="no such module type; available: to_out.0, net.2, attn2_to_q"):
+        select(items, ["to_z"])

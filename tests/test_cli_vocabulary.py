@@ -35,6 +35,15 @@ def test_every_option_has_help_text(path, cmd):
     assert (cmd.help or "").strip(), f"deltaspec {path} has no help"
 
 
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()] + [""])
+def test_help_fits_80_columns(path):
+    """Click wraps option help itself, but not the \\b example blocks of docstrings: those are checked here."""
+    r = CliRunner().invoke(cli, path.split() + ["--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert r.exit_code == 0, r.output
+    wide = [line for line in r.output.splitlines() if len(line) > 80]
+    assert not wide, f"deltaspec {path} --help: {wide}"
+
+
 def test_metric_options_only_where_a_metric_is_computed():
     cmds = dict(all_commands())
     for path in ("analyze", "compare", "plot heatmap"):

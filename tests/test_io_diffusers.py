@@ -267,3 +267,44 @@ def test_sdxl_second_text_encoder(tmp_path):
             two = u[name.replace("text_encoder.", "text_encoder_2.", 1)]
             assert u[name].meta["scale"] == 3.0 and two.meta["scale"] == 2.0
             close(two.load().materialize(), w * 2 / 3)
+
+
+def test_subspace_finds_w0_by_diffusers_and_kohya_names(tmp_path):
+    """`deltaspec subspace FILE --base PIPELINE`: W0 of `unet.…` (diffusers) and `lora_unet_…` (kohya) layer
+    names comes from the pipeline's component folder, conv flattened like the update; amplification equals
+    ‖ΔW‖_F / ‖U_rᵀ W0 V_r‖_F computed here in float64 numpy from PEFT's merge."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from deltaspec_cli.main import cli
+
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "conv1"], init_lora_weights=False)
+    path, want, unet_base = sd_lora(tmp_path / "d", cfg, LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"],
+                                                                    init_lora_weights=False))
+    unet = tiny_unet()
+    unet.save_pretrained(tmp_path / "base" / "unet")
+    (tmp_path / "base" / "model_index.json").write_text("{}")
+    sd = load_file(path)
+    kohya = {}
+    for k, v in sd.items():
+        if k.startswith("unet."):
+            mod, _, part = k.removeprefix("unet.").partition(".lora_")
+            stem = "lora_unet_" + mod.replace(".", "_")
+            kohya[f"{stem}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = v
+            kohya[f"{stem}.alpha"] = torch.tensor(8.0)
+    save_file(kohya, tmp_path / "kohya.safetensors")
+    for lora, prefix in ((path, "unet."), (tmp_path / "kohya.safetensors", "lora_unet_")):
+        r = CliRunner().invoke(cli, ["subspace", str(lora), "--base", str(tmp_path / "base"), "--modules", "to_q,conv1",
+                                     "--format", "json", "-q"])
+        assert r.exit_code == 0, r.output
+        rows = json.loads(r.stdout)["rows"]
+        n_unet = sum(1 for n in want if n.startswith("unet.") and n.endswith(("to_q", "conv1")))
+        assert len(rows) == n_unet > 4 and all(row["layer"].startswith(prefix) for row in rows)
+        for row in rows:
+            name = next(n for n in want if n.startswith("unet.") and
+                        n.removeprefix("unet.").replace(".", "_") == row["layer"].removeprefix(prefix).replace(".", "_"))
+            d = want[name].numpy()
+            U, s, Vt = np.linalg.svd(d, full_matrices=False)
+            w0 = unet_base[name.removeprefix("unet.") + ".weight"].double().reshape(d.shape[0], -1).numpy()
+            amp = np.linalg.norm(d) / np.linalg.norm(U[:, :4].T @ w0 @ Vt[:4].T)
+            assert row["amplification"] == pytest.approx(amp, rel=1e-4), name

@@ -88,3 +88,23 @@ def _prod(xs) -> int:
     for x in xs:
         p *= x
     return p
+
+
+def base_weights(base, fmt: str, source: str = ""):
+    """`get(name, shape)` → W0 of layer `name` as a float32 (d_out, d_in) matrix (conv flattened to
+    (out, in·k), as the update is), for the subspace metrics. Layer names are looked up the way the
+    reader of `fmt` named them: kohya/LyCORIS names through the underscored index, diffusers
+    `component.module` names in that component's folder, everything else by module name."""
+    from .diffusers import split_component
+
+    lookup = BaseLookup(base, source or str(base))
+
+    def get(name: str, shape: tuple):
+        if fmt in ("kohya", "lycoris"):
+            store, key = lookup.by_kohya_name(name, tuple(shape), "the subspace metrics")
+        else:
+            comp, module = split_component(name) if fmt == "diffusers" else (None, name)
+            store, key = lookup.by_module(comp, module, tuple(shape), "the subspace metrics")
+        return store.get(key).flatten(1)
+
+    return get

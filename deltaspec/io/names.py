@@ -30,7 +30,7 @@ def order_key(name: str) -> tuple:
     if idx is None:
         group = 0 if is_embedding(name) and "lm_head" not in name and "embed_out" not in name else 2
         return (group, (), 0, 0, _natural(name))
-    m = re.search(r"\.(\d+)(?:\.|$)", name)
+    m = re.search(r"\.(\d+)(?:\.|$)", name) or re.search(r"_(\d+)(?:_|$)", name)  # dotted, or kohya's
     prefix = name[:m.start()]
     return (1, _natural(prefix), idx, _KNOWN_ORDER.get(name.rsplit(".", 1)[-1], len(_KNOWN_ORDER)),
             _natural(name))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from ..errors import FormatError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate
 
@@ -82,6 +80,8 @@ def token_layer(mod: str, key: str, ctx):
         return None
 
     def load() -> Dense:
+        import torch
+
         rows = torch.tensor([idx[i] for i in shared])
         new = f.get(key)[shared].double()
         return Dense((new - base.get(bkey).double()[rows]).float())
