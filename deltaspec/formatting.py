@@ -150,8 +150,9 @@ def text_grid(head: list, body: list, width: Optional[int] = None, *, keep: int 
     """Lines of an aligned table: first column left-aligned, the others right-aligned.
 
     A row of `body` that is a plain string is a heading line (printed as is, not measured).
-    width: fit in this many characters: first headers wrap onto two lines at '_', then columns are
-    left out from the right (never the first `keep`) and named in a last line. None: no limit.
+    width: fit in this many characters: first cells longer than a third of it go on a line of their
+    own above their row, headers wrap onto two lines at '_', then columns are left out from the right
+    (never the first `keep`) and named in a last line. None: no limit.
     """
     head = [str(h) for h in head]
     rows = [[str(x) for x in r] for r in body if not isinstance(r, str)]
@@ -163,6 +164,11 @@ def text_grid(head: list, body: list, width: Optional[int] = None, *, keep: int 
     w = widths(heads)
     cols = list(range(len(head)))
     total = lambda: sum(w[i] for i in cols) + 2 * (len(cols) - 1)
+    if width is not None and total() > width and keep == 1 and \
+            max((len(r[0]) for r in rows), default=0) > max(width // 3, len(head[0])):
+        # long first cells (kohya / diffusers layer names): each on its own line above its values
+        body = [x for r in body for x in ((r,) if isinstance(r, str) else (str(r[0]), [""] + list(r[1:])))]
+        return text_grid(head, body, width, keep=keep)
     if width is not None and total() > width:
         split = [_split_head(h) for h in head]
         heads = [[s[0] for s in split], [s[1] for s in split]]

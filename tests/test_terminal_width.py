@@ -97,6 +97,17 @@ def test_text_grid_wraps_headers_then_leaves_out_columns():
     assert text_grid(head, body, width=5)[0].startswith("layer")  # the first column always stays
 
 
+def test_long_first_cells_go_on_their_own_line():
+    """kohya names (no dots to shorten at) would push every metric out of 80 columns: each goes on a line
+    of its own above its values instead, and all columns stay."""
+    head = ["layer", "frobenius_norm", "top1_energy", "effective_rank", "normalized_entropy", "stable_rank"]
+    names = [f"lora_unet_down_blocks_{i}_attentions_0_transformer_blocks_0_attn1_to_out_0" for i in range(2)]
+    lines = text_grid(head, [[n, "6.105", "0.4973", "3.1", "0.5", "2.973"] for n in names], width=80)
+    assert max(map(len, lines)) <= 80 and "left out" not in " ".join(lines)
+    assert lines[3] == names[0] and lines[4].split() == ["6.105", "0.4973", "3.1", "0.5", "2.973"]
+    assert text_grid(head, [["L0.q_proj", "1", "1", "1", "1", "1"]], width=80)[2].startswith("L0.q_proj")
+
+
 def test_hoist_constant_columns():
     head, body, same = hoist_constant(["layer", "kind", "rank"], [["a", "lowrank", "16"], ["b", "lowrank", "8"]],
                                       ["kind", "rank"])
