@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import parse_list, user_errors
-from .compare import INPUTS_HELP, input_labels, input_options, load_results
+from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis, load_checkpoint, load_results
 from .options import parse_ints
 from .output import check_output, warn
 
@@ -43,6 +43,20 @@ def _load(kw: dict, vectors: bool = False):
     return dict(zip(labels, results)), opts
 
 
+def _default_kv(kw: dict) -> tuple:
+    """k_proj,v_proj, or to_k,to_v when the first input names its layers the diffusers way (headers only)."""
+    import deltaspec as ds
+    from deltaspec.plots.hist import default_modules
+
+    first = kw["inputs"][0]
+    if is_saved_analysis(first):
+        names = [r.name for r in ds.AnalysisResult.from_json(first).layers]
+    else:
+        names = [u.name for u in load_checkpoint(first, kw.get("base"), kw.get("ckpt_type", "auto"),
+                                                  kw.get("lora_alpha"), kw.get("include_embeddings", False))]
+    return default_modules(names)
+
+
 def _save(ax, kw: dict) -> None:
     from deltaspec.plots import save
 
@@ -68,7 +82,7 @@ def plot():
 
 
 @plot.command(epilog=INPUTS_HELP + "\n\n" + FIG_HELP)
-@input_options(metrics=False, modules_help="Module types, one panel each [default: k_proj,v_proj, the paper's Figure 2].")
+@input_options(metrics=False, modules_help="Module types, one panel each [default: k_proj,v_proj, the paper's Figure 2; to_k,to_v for diffusers/kohya names].")
 @figure_options
 @click.option("--top", default="auto", show_default=True,
               help="σ per layer: 'auto' = top R, R the smallest rank among the inputs; N; or 'all'.")
@@ -92,7 +106,7 @@ def hist(**kw):
     """
     from deltaspec.plots import hist as draw
 
-    modules = parse_list(kw["modules"]) or ["k_proj", "v_proj"]
+    modules = parse_list(kw["modules"]) or list(_default_kv(kw))
     kw["modules"] = ",".join(modules)
     data, _ = _load(kw)
     top = kw["top"] if kw["top"] in ("auto", "all") else parse_ints(kw["top"], "--top")[0]

@@ -105,3 +105,16 @@ def test_module_types_and_selection_of_diffusers_and_kohya_names():
     assert pick(["to_out.0", "ff.net.2"]) == sorted(n for n in names if n.startswith("unet."))
     with pytest.raises(DeltaspecError, match="no such module type; available: to_out.0, net.2, attn2_to_q"):
         select(items, ["to_z"])
+
+
+def test_figure2_default_panels_follow_the_naming():
+    from deltaspec.plots.hist import default_modules
+
+    llm = ["model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.q_proj"]
+    sd = ["text_encoder.text_model.encoder.layers.0.self_attn.k_proj",
+          "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_k",
+          "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_v"]
+    kohya = ["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k",
+             "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v"]
+    assert default_modules(llm) == ("k_proj", "v_proj")
+    assert default_modules(sd) == default_modules(kohya) == ("to_k", "to_v")

@@ -30,6 +30,19 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 from .style import as_aligned, color, legend, linestyle, panel_axes, picked, styled
 
 DEFAULT_MODULES = ("k_proj", "v_proj")
+_DIFFUSERS_KV = ("to_k", "to_v")  # the same projections in diffusers / kohya names
+
+
+def default_modules(names: Sequence[str]) -> tuple:
+    """The paper's k/v panels in the naming the layers use: diffusers' to_k/to_v where there are such layers
+    (a Stable Diffusion / Flux LoRA, whose text encoder's k_proj/v_proj are not the main model), else
+    k_proj/v_proj."""
+    from ..updates import module_matches, module_type
+
+    def has(spec):
+        return any(module_matches(n, module_type(n), spec) for n in names)
+
+    return _DIFFUSERS_KV if all(map(has, _DIFFUSERS_KV)) else DEFAULT_MODULES
 
 
 @dataclass
@@ -117,19 +130,20 @@ def _thin_ticks(a, width_in: float, height_in: float, log_x: bool, counts: bool)
 
 
 @styled
-def hist(data, *, modules: Sequence[str] = DEFAULT_MODULES, layers: Optional[Sequence[int]] = None,
+def hist(data, *, modules: Optional[Sequence[str]] = None, layers: Optional[Sequence[int]] = None,
          top: Union[str, int, None] = "auto", normalize: bool = True, bins: int = 20, log_counts: bool = False,
          density: bool = False, log_x: bool = False, labels=None, title: Optional[str] = None, ax=None, size=None, height=None) -> list:
     """Figure 2: one panel per module type, one step outline per method (colour + line style).
 
-    data: see `style.as_aligned`. ax: None (new figure, one panel per module, double-column width for
+    data: see `style.as_aligned`. modules: None = k_proj, v_proj (diffusers / kohya names: to_k, to_v). ax: None (new figure, one panel per module, double-column width for
     two or more), one Axes (one module) or a sequence of Axes. Returns the list of Axes.
     log_counts: log-scaled y; density: each method's histogram has unit area (per decade with log_x).
     """
+    al = as_aligned(data, labels)
+    modules = default_modules([r.name for r in al.results[0].layers]) if modules is None else modules
     modules = [modules] if isinstance(modules, str) else list(modules)
     own = ax is None
     fig, axes = panel_axes(ax, modules, "modules", size, height)
-    al = as_aligned(data, labels)
     xlabels = []
     for i, (a, module) in enumerate(zip(axes, modules)):
         h = histogram_data(al, module, layers=layers, top=top, normalize=normalize, bins=bins, log_x=log_x)

@@ -131,11 +131,14 @@ def metric_label(name: str) -> str:
 
 
 def pick(result: AnalysisResult, modules=None, layers=None) -> list[LayerResult]:
-    """The layers of `result` whose module type is in `modules` and layer index in `layers` (None: all)."""
+    """The layers of `result` whose module type (or trailing name part, see `updates.module_matches`) is in
+    `modules` and layer index in `layers` (None: all)."""
+    from ..updates import module_matches
+
     if isinstance(modules, str):
         modules = [modules]
-    return [r for r in result.layers
-            if (not modules or r.module in modules) and (layers is None or r.layer in layers)]
+    return [r for r in result.layers if (not modules or any(module_matches(r.name, r.module, m) for m in modules))
+            and (layers is None or r.layer in layers)]
 
 
 def picked(al: Aligned, modules=None, layers=None) -> list[list[LayerResult]]:
