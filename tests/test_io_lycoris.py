@@ -287,3 +287,28 @@ def test_cli_reads_lycoris_exactly(tmp_path):
             assert row["kind"] == "kronecker" and abs(row["metrics"]["spectral_norm"] - ref[0]) <= 1e-6 * ref[0]
     res = CliRunner().invoke(cli, ["analyze", str(path), "--type", "kohya"])
     assert res.exit_code == 2 and "--type lycoris" in res.output and "Traceback" not in res.output
+
+
+def test_dora_saved_in_bf16_uses_the_training_eps(tmp_path):
+    """A DoRA network trained in float32 and saved with save_weights(…, torch.bfloat16): the norm's eps is
+    float32's, as in the network that was trained (bf16's eps, 0.0078, moved σ by ~1 %)."""
+    from lycoris import create_lycoris
+
+    torch.manual_seed(0)
+    m = Tiny()
+    base = {k: v.clone() for k, v in m.state_dict().items()}
+    save_file(base, tmp_path / "base.safetensors")
+    net = create_lycoris(m, 1.0, linear_dim=4, linear_alpha=2, conv_dim=4, conv_alpha=2, algo="lora", dora_wd=True)
+    net.apply_to()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in net.named_parameters():  # values a bf16 file holds exactly
+            p.copy_((torch.randn(p.shape, generator=g) + (1.0 if "dora_scale" in n else 0.0)).bfloat16().float())
+    net.save_weights(str(tmp_path / "a.safetensors"), torch.bfloat16, {})
+    with torch.no_grad():
+        want = {f"lycoris_{k}": probe(getattr(m, k), base[f"{k}.weight"]) for k in ("fc1", "conv", "fc2")}
+    net.restore()
+    u = load(tmp_path / "a.safetensors", base=tmp_path / "base.safetensors")
+    assert {x.dtype for x in u} == {"bfloat16"}
+    for x in u:
+        close(x.load().materialize(), want[x.name], rtol=2e-4, atol_rel=2e-5)

@@ -9,7 +9,7 @@ with α = `<name>.alpha` (missing or 0: scale 1) and r the rank of the factors (
                 the decomposed factor (w1_b, else w2_b), s = 1 when neither is decomposed
   full          diff (the update itself; diff_b: bias, not analysed)  ΔW = diff
   + dora_scale  (with any of the above; needs --base)               ΔW = m·V/(‖V‖ + eps) − W0, V = W0 + ΔW_above,
-                norm per output row for m (out, 1, …), per input column for m (1, in, …); eps of m's dtype
+                norm per output row for m (out, 1, …), per input column for m (1, in, …); eps of float32
   IA3           weight (n,), on_input                                ΔW = W0 ⊙ w on rows (or columns if on_input)
   Diag-OFT      oft_blocks (k, b, b), alpha, [rescale (out, 1, …)]   Q = B − Bᵀ, constrained (see _constrain),
                 R = (I + Q)(I − Q)⁻¹, W' = rescale · blockdiag(R)ᵀ W0 (row blocks), ΔW = W' − W0
@@ -220,7 +220,9 @@ def _dora(name, parts, ctx, build, shape2, stored, meta) -> LayerUpdate:
     if not on_out and not (len(sm) >= 2 and sm[0] == 1 and math.prod(sm) == w0_shape[1]):
         raise ShapeMismatchError(f"{f.path}: '{km}': dora_scale {list(sm)} fits neither the output rows (out, 1, …) "
                                  f"nor the input columns (1, in, …) of the base weight {list(w0_shape)}")
-    eps = _EPS.get(f.dtype(km), _EPS["float32"])  # LyCORIS adds the eps of dora_scale's dtype to the norm
+    # LyCORIS adds the eps of the compute dtype to the norm: float32 in training, whatever dtype the file was
+    # saved in afterwards (bf16's eps, 0.0078, moved σ by ~1 % against LyCORIS's float32 network)
+    eps = _EPS["float64" if f.dtype(km) == "float64" else "float32"]
 
     def load() -> Dense:
         W0 = store.get(key).double()
