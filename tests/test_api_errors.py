@@ -118,3 +118,15 @@ def test_figure2_default_panels_follow_the_naming():
              "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v"]
     assert default_modules(llm) == ("k_proj", "v_proj")
     assert default_modules(sd) == default_modules(kohya) == ("to_k", "to_v")
+
+
+def test_embeddings_are_told_by_the_last_name_part():
+    """Linear layers inside an embedding block (SD's time_embedding.linear_1, Flux's x_embedder) are
+    weights analysed by default; token/position embeddings and heads, dotted or kohya-named, are not."""
+    from deltaspec.io.names import is_embedding
+
+    emb = ["model.embed_tokens", "lm_head", "transformer.wte", "bert.embeddings.word_embeddings", "gpt_neox.embed_in",
+           "lora_te1_text_model_embeddings_token_embedding", "lora_te_text_model_embeddings_position_embedding"]
+    weights = ["unet.time_embedding.linear_1", "transformer.x_embedder", "transformer.context_embedder",
+               "lora_unet_time_embedding_linear_1", "model.layers.0.self_attn.q_proj", "lora_unet_add_embedding_linear_2"]
+    assert [n for n in emb if not is_embedding(n)] == [] and [n for n in weights if is_embedding(n)] == []

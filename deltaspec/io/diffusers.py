@@ -78,7 +78,7 @@ def read_diffusers(path, base=None, include_embeddings: bool = False) -> Updates
     other += list(alphas.values())
     if other:
         warnings.append(f"{path}: {len(other)} tensor(s) not analysed (biases or unknown keys): {summarize(other)}")
-    kept = [u for u in layers if include_embeddings or not (u.meta.get("embedding") or is_embedding(u.name.split(".")[-1]))]
+    kept = [u for u in layers if include_embeddings or not (u.meta.get("embedding") or is_embedding(u.name))]
     if len(kept) < len(layers):
         skipped = [u.name for u in layers if u not in kept]
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize(skipped)}): "

@@ -21,18 +21,16 @@ IA3, OFT, BOFT, GLoRA and DoRA depend on W0: dense, need --base (a diffusers fol
 from __future__ import annotations
 
 import math
-import re
 
 from ..errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, LowRank, Updates
 from . import merge_math
 from .basemap import BaseLookup
 from .hadakron import loha_form, loha_layout, lokr_form, lokr_layout, tucker_factors
-from .names import sorted_layers, summarize
+from .names import is_embedding, sorted_layers, summarize
 from .sdkeys import KNOWN, LOHA_PARTS, LOKR_PARTS, split_key
 from .tensors import open_file
 
-_EMBED_RE = re.compile(r"(token_embedding|position_embedding|embed_tokens|wte|wpe)$")
 
 
 def read_lycoris(path, base=None, include_embeddings: bool = False) -> Updates:
@@ -55,7 +53,7 @@ def read_lycoris(path, base=None, include_embeddings: bool = False) -> Updates:
     for name, parts in modules.items():
         u = _layer(name, parts, ctx)
         if u is not None:
-            (layers if include_embeddings or not _EMBED_RE.search(name) else skipped).append(u)
+            (layers if include_embeddings or not is_embedding(name) else skipped).append(u)
     if other:
         ctx.warnings.append(f"{path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}")
     if ctx.bias:

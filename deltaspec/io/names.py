@@ -6,12 +6,19 @@ import re
 from ..updates import layer_index
 
 _EMBED_PARTS = {"wte", "wpe", "lm_head", "embed_out"}
+_EMBED_END = re.compile(r"(embed_tokens|embed_positions|embed_in|embed_out|embeddings?|embed|wte|wpe|lm_head)$")
 
 
 def is_embedding(name: str) -> bool:
-    """Embedding-like module, decided by name only: a dotted component that contains `embed`
-    (embed_tokens, word_embeddings, …) or is `wte`, `wpe`, `lm_head` or `embed_out`."""
-    return any("embed" in c.lower() or c in _EMBED_PARTS for c in name.split("."))
+    """Embedding-like module, decided by name only, from its last component: one that contains `embed`
+    (embed_tokens, word_embeddings, …; not a Linear `…_embedder` as Flux's x_embedder) or is `wte`,
+    `wpe`, `lm_head` or `embed_out`. The Linear layers inside an embedding block (diffusers'
+    `time_embedding.linear_1`) are weights like any other. kohya names (dots turned into underscores)
+    count when they end in such a word (`…_embeddings_token_embedding`)."""
+    if "." not in name and "_" in name:
+        return bool(_EMBED_END.search(name))
+    last = name.rsplit(".", 1)[-1]
+    return ("embed" in last.lower() and not last.lower().endswith("embedder")) or last in _EMBED_PARTS
 
 
 _KNOWN_ORDER = {m: i for i, m in enumerate(
