@@ -308,3 +308,18 @@ def test_subspace_finds_w0_by_diffusers_and_kohya_names(tmp_path):
             w0 = unet_base[name.removeprefix("unet.") + ".weight"].double().reshape(d.shape[0], -1).numpy()
             amp = np.linalg.norm(d) / np.linalg.norm(U[:, :4].T @ w0 @ Vt[:4].T)
             assert row["amplification"] == pytest.approx(amp, rel=1e-4), name
+
+
+def test_missing_component_folder_is_named(tmp_path):
+    """A kohya/LyCORIS module of a component the base pipeline folder lacks: the error names the module and
+    the missing subfolder (it used to advise analysing one component of the pipeline)."""
+    from deltaspec.io.basemap import BaseLookup
+
+    tiny_unet().save_pretrained(tmp_path / "base" / "unet")
+    (tmp_path / "base" / "model_index.json").write_text("{}")
+    look = BaseLookup(tmp_path / "base", "a.safetensors")
+    with pytest.raises(FormatError, match="'lora_te2_text_model_encoder_layers_0_mlp_fc1' belongs to the "
+                                          "text_encoder_2 component, .* has no text_encoder_2/ subfolder"):
+        look.by_kohya_name("lora_te2_text_model_encoder_layers_0_mlp_fc1", None, "DoRA")
+    store, key = look.by_kohya_name("lora_unet_down_blocks_0_resnets_0_conv1", None, "DoRA")
+    assert key == "down_blocks.0.resnets.0.conv1.weight"

@@ -38,15 +38,18 @@ class BaseLookup:
         self._stores: dict[Optional[str], TensorStore] = {}
         self._underscored: dict[int, dict[str, list[str]]] = {}
 
-    def store(self, components: tuple[str, ...] = ()) -> TensorStore:
+    def store(self, components: tuple[str, ...] = (), name: str = "") -> TensorStore:
         comp = next((c for c in components if (self.base / c).is_dir()), None) if self.base.is_dir() else None
+        if comp is None and components and (self.base / "model_index.json").is_file():
+            raise FormatError(f"{self.adapter}: '{name}' belongs to the {' or '.join(components)} component, but "
+                              f"base={self.base} (a diffusers pipeline folder) has no {components[0]}/ subfolder")
         if comp not in self._stores:
             self._stores[comp] = open_model(self.base / comp if comp else self.base)
         return self._stores[comp]
 
     def by_kohya_name(self, name: str, shape: Optional[tuple], why: str) -> tuple[TensorStore, str]:
         comps, path = split_kohya(name)
-        store = self.store(comps)
+        store = self.store(comps, name)
         index = self._underscored.setdefault(id(store), _underscore_index(store))
         keys = index.get(path) or [k for stem, ks in index.items() if stem.endswith("_" + path) for k in ks]
         if len(keys) > 1:
@@ -59,7 +62,7 @@ class BaseLookup:
         return store, self._check(store, keys[0], name, shape)
 
     def by_module(self, component: Optional[str], module: str, shape: Optional[tuple], why: str) -> tuple[TensorStore, str]:
-        store = self.store((component,) if component else ())
+        store = self.store((component,) if component else (), module)
         key = store.find(module)
         if key is None:
             raise FormatError(f"{self.adapter}: '{module}': no weight for it in base={self.base} ({why} needs it); "
