@@ -196,3 +196,41 @@ def test_warnings_and_unsupported(bases, tmp_path):
     edit_config(tmp_path / "a", peft_type="FOURIERFT")
     with pytest.raises(FormatError, match="peft_type FOURIERFT is not supported"):
         load(tmp_path / "a")
+
+
+def test_multihead_attention_out_proj_as_peft_computes_it(tmp_path):
+    """LoRA on nn.MultiheadAttention: the in_proj update is named by the module, the out_proj one
+    `mha.out_proj` (not PEFT's internal `mha.base_layer.out_proj`) and is 2·s·BA, as PEFT's merge and
+    forward apply it; the model's own output is the reference."""
+    from peft import get_peft_model
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x)[0]
+
+    torch.manual_seed(0)
+    net = Net()
+    base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    pm = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["mha"]))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g))
+    pm.save_pretrained(tmp_path / "a")
+    u = load(tmp_path / "a")
+    assert sorted(x.name for x in u) == ["mha", "mha.out_proj"]
+    assert any("out_proj update twice" in w for w in u.warnings)
+    got = {x.name: x.load().materialize().double() for x in u}
+    x = torch.randn(3, 5, 16, generator=g)
+    ref = torch.nn.MultiheadAttention(16, 2, batch_first=True).double()
+    ref.load_state_dict({k.removeprefix("mha."): v.double() for k, v in base.items()})
+    with torch.no_grad():
+        ref.in_proj_weight += got["mha"]
+        ref.out_proj.weight += got["mha.out_proj"]
+        want = pm.eval()(x)
+        torch.testing.assert_close(ref(x.double(), x.double(), x.double())[0].float(), want, atol=1e-5, rtol=1e-4)

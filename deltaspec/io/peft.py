@@ -53,6 +53,7 @@ class _Ctx:
         self.warnings: list[str] = []
         self.skipped = Skipped()
         self.unsplit: list[str] = []
+        self.doubled: set[str] = set()
         c, p = cfg, cfg_path
         self.peft_type = (get_str(c, "peft_type", p) or "LORA").upper()
         self.lora_alpha = get_number(c, "lora_alpha", p, 8)  # PEFT's default
@@ -116,6 +117,7 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
     if not f.keys():
         raise FormatError(f"{f.path}: holds no tensors (an empty adapter)")
     modules, copies, other = parse_keys(f, ctx.skipped)
+    _mha_out_proj(modules, ctx)
     tokens, other = split_token_keys(other, strip_prefix)
     if other:
         ctx.warnings.append(f"{f.path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}")
@@ -149,6 +151,22 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
     if not kept:
         raise FormatError(f"{d}: nothing to analyse: " + "; ".join(w.partition(": ")[2] for w in ctx.warnings))
     return Updates(sorted_layers(kept), str(path), "peft", str(base) if base is not None else None, ctx.warnings)
+
+
+def _mha_out_proj(modules: dict, ctx: _Ctx) -> None:
+    """LoRA on nn.MultiheadAttention: PEFT wraps the out_proj inside it (`mha.base_layer.out_proj.lora_A`),
+    and its merge, which its forward also uses, adds that out_proj update twice (PEFT 0.21: explicitly,
+    then through out_proj.merge()): the model computes with W0 + 2·s·BA. Named `mha.out_proj`."""
+    for key in [k for k in modules if ".base_layer." in k[0]]:
+        outer, _, inner = key[0].partition(".base_layer.")
+        if (outer, 0) in modules and inner == "out_proj":
+            name = f"{outer}.{inner}"
+            modules[(name, key[1])] = modules.pop(key)
+            ctx.doubled.add(name)
+    if ctx.doubled:
+        ctx.warnings.append(f"{ctx.cfg_path.parent}: LoRA on nn.MultiheadAttention ({summarize(sorted(ctx.doubled))}): "
+                            "PEFT's merge and forward add the out_proj update twice, so ΔW = 2·s·BA there, as the "
+                            "fine-tuned model computes it")
 
 
 def _module_layers(modules: dict, ctx: _Ctx) -> list[LayerUpdate]:
@@ -195,6 +213,8 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
         scale, variant, how = alpha / math.sqrt(r), "rslora", "α/√r"
     else:
         scale, variant, how = alpha / r, "lora", "α/r"
+    if mod in ctx.doubled:  # see _mha_out_proj
+        scale, how = 2 * scale, f"2·{how}"
     check_scale(scale, ctx.cfg_path, "lora_alpha", how)
     d_out, d_in = sb[0], math.prod(sa[1:])
     transposed = emb or (ctx.fan_in_fan_out and len(sa) == 2)

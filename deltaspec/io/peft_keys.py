@@ -34,6 +34,7 @@ def parse_keys(f: TensorFile, skipped: Skipped | None = None):
     copies: dict[str, str] = {}
     other: list[str] = []
     adapters: set[str] = set()
+    biases: list[str] = []
     for key in f.keys():
         k = strip_prefix(key)
         m = _KEY_RE.match(k)
@@ -46,10 +47,6 @@ def parse_keys(f: TensorFile, skipped: Skipped | None = None):
             modules.setdefault((mod, depth), {})[m["part"]] = key
         elif k.endswith(".ranknum"):
             continue  # AdaLoRA bookkeeping (the rank is read from the factors)
-        elif k.endswith(".bias"):
-            skipped.add("biases (lora_bias / bias='all'): not weight updates", k)
-        elif ".base_layer." in k or ".original_module." in k:
-            skipped.add("copies of base weights (base_layer / original_module), not updates", k)
         elif ".modules_to_save." in k:
             mod, _, rest = k.partition(".modules_to_save.")
             adapter, _, param = rest.partition(".")
@@ -57,11 +54,19 @@ def parse_keys(f: TensorFile, skipped: Skipped | None = None):
             if param == "weight":
                 copies[mod] = key
             else:
-                skipped.add("modules_to_save parameters that are not weights", k)
+                skipped.add("modules_to_save parameters that are not weights (biases, norms)", k)
+        elif k.endswith(".bias"):
+            biases.append(k)
+        elif ".base_layer." in k or ".original_module." in k:
+            skipped.add("copies of base weights (base_layer / original_module), not updates", k)
         elif k.endswith(".weight"):
             copies[k[: -len(".weight")]] = key
         else:
             other.append(key)
+    for k in biases:
+        copy = k[: -len(".bias")] in copies
+        skipped.add("biases of modules_to_save copies: not weight matrices" if copy else
+                    "biases (lora_bias / bias='all'): not weight updates", k)
     for mod in [m for m in copies if (m, 0) in modules]:  # a base copy saved next to its own LoRA factors
         skipped.add("copies of base weights (base_layer / original_module), not updates", copies.pop(mod))
     if len(adapters) > 1:
