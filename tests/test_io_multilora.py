@@ -80,6 +80,11 @@ def test_kohya(tmp_path):
         assert x.shape == (up.shape[0], down.shape[1]) and x.meta["scale"] == pytest.approx(scale)
         close(x.load().materialize(), scale * up @ down)
     assert u["lora_unet_down_blocks_0_resnets_0_conv1"].shape == (5, 27)
+    assert not load(f).warnings
+    for meta in ({"ss_network_module": "networks.dylora"},
+                 {"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "dylora", "block_size": 2}'}):
+        save_file(sd, tmp_path / "dy.safetensors", metadata=meta)
+        assert any("DyLoRA" in w for w in load(tmp_path / "dy.safetensors").warnings)
 
 
 def test_kohya_dotted_names_and_lycoris_refused(tmp_path):

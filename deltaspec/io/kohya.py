@@ -40,6 +40,10 @@ def read_kohya(path, base=None, include_embeddings: bool = False) -> Updates:
     if not modules:
         raise FormatError(f"{path}: no lora_down / lora_up tensors: not a kohya LoRA file")
     warnings = [f"{path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}"] if other else []
+    if _is_dylora(f.metadata):
+        warnings.append(f"{path}: a DyLoRA file (its metadata says so): trained with randomly truncated ranks, read "
+                        "as a plain LoRA at full rank with α/r, as LoRA loaders apply it (LyCORIS's own DyLoRA "
+                        "module scales by α/(blocks + 1) instead)")
     layers, skipped = [], []
     for name, parts in modules.items():
         u = _layer(name, parts, f)
@@ -48,6 +52,12 @@ def read_kohya(path, base=None, include_embeddings: bool = False) -> Updates:
         warnings.append(f"{path}: {len(skipped)} embedding update(s) skipped ({summarize([u.name for u in skipped])}): "
                         "pass include_embeddings=True to analyse them")
     return Updates(sorted_layers(layers), str(path), "kohya", str(base) if base is not None else None, warnings)
+
+
+def _is_dylora(metadata: dict) -> bool:
+    """kohya's networks.dylora, or LyCORIS's algo=dylora in the training arguments sd-scripts stores."""
+    args = str(metadata.get("ss_network_args", "")).replace(" ", "").lower()
+    return "dylora" in str(metadata.get("ss_network_module", "")).lower() or '"algo":"dylora"' in args
 
 
 def _layer(name: str, parts: dict, f: SafetensorsFile) -> LayerUpdate:
