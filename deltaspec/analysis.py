@@ -20,8 +20,8 @@ from . import metrics as M
 from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
-from .errors import DeltaspecError
-from .spectra import pick_device, pick_dtype, spectra_of
+from .errors import DeltaspecError, NonFiniteError
+from .spectra import LayerOverflow, pick_device, pick_dtype, spectra_of
 from .updates import LayerUpdate, Updates
 
 
@@ -78,6 +78,15 @@ def _announced(items, on_next):
         yield i, update
 
 
+def _named_errors(spectra, layers):
+    """The spectra, with an overflow inside one layer's SVD raised as a NonFiniteError naming it."""
+    try:
+        yield from spectra
+    except LayerOverflow as e:
+        u = layers[e.key]
+        raise NonFiniteError(f"{u.source}: '{u.name}': {e}") from None
+
+
 def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
                    progress: Optional[Progress] = None) -> list[LayerResult]:
     """Spectra and metrics of `layers`, returned in the same order."""
@@ -92,7 +101,8 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
         items = _announced(_loaded(layers, device, lambda i: progress.status(f"reading {short[layers[i].name]}")),
                            lambda i: progress.status(f"SVD {short[layers[i].name]}"))
         done = lambda i: progress.update(1)
-    for i, spec in spectra_of(items, device, dtype, settings.vectors, on_done=done, top_k=settings.svd_top_k):
+    spectra = spectra_of(items, device, dtype, settings.vectors, on_done=done, top_k=settings.svd_top_k)
+    for i, spec in _named_errors(spectra, layers):
         u = layers[i]
         n_ref = settings.n_ref_for(u)
         if spec.frobenius is None:

@@ -216,9 +216,23 @@ def _truncated_one(M: torch.Tensor, k: int, device, dtype) -> Spectrum:
     return Spectrum(_to_numpy(t.sigma), upper=_to_numpy(t.upper), frobenius=float(t.frobenius))
 
 
+class LayerOverflow(OverflowError):
+    """A spectrum that overflows the compute dtype, with the key of the update it belongs to."""
+
+    def __init__(self, key, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def _factored_one(update: Update, device, dtype, vectors) -> Spectrum:
     L, R = update.factors()
-    S, U, V = factored_svd(L.to(device, dtype), R.to(device, dtype), vectors)
+    try:
+        S, U, V = factored_svd(L.to(device, dtype), R.to(device, dtype), vectors)
+    except torch.linalg.LinAlgError:  # finite factors whose product overflows dtype
+        S = torch.full((1,), float("inf"))
+    if not bool(torch.isfinite(S).all()):
+        raise OverflowError(f"its singular values overflow {str(dtype).removeprefix('torch.')} (finite factors, "
+                            "product beyond its range): the checkpoint's values are implausible")
     return Spectrum(_to_numpy(S), None if U is None else U.cpu(), None if V is None else V.cpu())
 
 
@@ -272,7 +286,10 @@ def spectra_of(
             yield from emit([(key, spec)])
             continue
         if not isinstance(update, Dense):
-            spec = _factored_one(update, device, dtype, vectors)
+            try:
+                spec = _factored_one(update, device, dtype, vectors)
+            except OverflowError as e:
+                raise LayerOverflow(key, str(e)) from None
             del update
             yield from emit([(key, spec)])
             continue

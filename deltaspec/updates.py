@@ -277,6 +277,14 @@ class Updates(Sequence):
     base: str | None = None
     warnings: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        empty = [u.name for u in self.layers if 0 in tuple(u.shape)]
+        if empty:  # nothing to analyse, and every SVD path would fail on them
+            self.layers = [u for u in self.layers if 0 not in tuple(u.shape)]
+            self.warnings = list(self.warnings) + [
+                f"{self.path}: {len(empty)} layer(s) with an empty (zero-size) weight skipped: "
+                + ", ".join(empty[:5]) + (f", … ({len(empty) - 5} more)" if len(empty) > 5 else "")]
+
     def __getitem__(self, i):
         return self.layers[i]
 

@@ -152,3 +152,18 @@ def test_cli_one_line_exit_2_inputs_untouched(tmp_path):
         want = f'error: {d / "adapter_config.json"}: lora_alpha: expected a number, got "16"'
         assert r.output.strip().splitlines()[-1] == want
     assert snapshot(tmp_path) == before
+
+
+def test_configs_that_do_not_say_the_scale(tmp_path):
+    """No peft_type and no lora_alpha: not a PEFT config (the analysis JSON written over one, say): an error,
+    not a silent α = 8. A missing lora_alpha alone: PEFT's default, said in a warning. Factors whose rank
+    is not the config's r: a warning (PEFT itself would refuse the adapter)."""
+    d = adapter(tmp_path / "a", json.dumps({"format": "deltaspec", "layers": []}))
+    with pytest.raises(FormatError, match="neither peft_type nor lora_alpha"):
+        load(d)
+    u = load(adapter(tmp_path / "b", json.dumps({"peft_type": "LORA", "r": 4})))
+    assert u[0].meta["scale"] == 2.0 and any("no lora_alpha: PEFT's default 8" in w for w in u.warnings)
+    u = load(adapter(tmp_path / "c", cfg(r=2)))
+    assert u[0].meta["scale"] == 2.0  # α / the factors' rank 4
+    assert any("1 module(s) whose factors' rank is not the config's r" in w and "(4 vs 2)" in w for w in u.warnings)
+    assert not load(adapter(tmp_path / "d", cfg())).warnings

@@ -198,3 +198,27 @@ def test_zero_update_is_warned(tmp_path):
     assert any("1 layer(s) have ΔW = 0" in w and Q in w for w in res.warnings)
     lora_dir(tmp_path / "b")
     assert not any("ΔW = 0" in w for w in ds.analyze(tmp_path / "b", progress=False).warnings)
+
+
+def test_zero_size_weights_are_skipped_with_a_warning(tmp_path):
+    import deltaspec as ds
+
+    sd = {Q + ".weight": torch.zeros(0, 32), "model.layers.0.self_attn.k_proj.weight": torch.randn(16, 32)}
+    model_dir(tmp_path / "b", sd={k: v.clone() for k, v in sd.items()})
+    sd["model.layers.0.self_attn.k_proj.weight"] = sd["model.layers.0.self_attn.k_proj.weight"] + 1
+    model_dir(tmp_path / "f", sd=sd)
+    res = ds.analyze(tmp_path / "f", base=tmp_path / "b", progress=False)
+    assert [r.name for r in res.layers] == ["model.layers.0.self_attn.k_proj"]
+    assert any("1 layer(s) with an empty (zero-size) weight skipped: " + Q in w for w in res.warnings)
+
+
+def test_factors_whose_product_overflows_are_an_error(tmp_path):
+    """Finite factors (1e20 each) whose product is beyond float32: one line naming the layer, not a LinAlgError."""
+    import deltaspec as ds
+
+    g = torch.Generator().manual_seed(0)
+    d = lora_dir(tmp_path / "a", {f"base_model.model.{Q}.lora_A.weight": 1e20 * torch.randn(4, 32, generator=g),
+                                  f"base_model.model.{Q}.lora_B.weight": 1e20 * torch.randn(32, 4, generator=g)})
+    raises(NonFiniteError, "adapter_model.safetensors", f"'{Q}'", "overflow float32",
+           call=lambda: ds.analyze(d, progress=False))
+    assert ds.analyze(d, dtype="float64", progress=False).layers[0].singular_values[0] > 1e39  # fits float64

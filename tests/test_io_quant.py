@@ -126,6 +126,7 @@ def test_fp8_without_block_size_or_with_wrong_scales(tmp_path):
 QUANTIZED_CONFIGS = [
     ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes 4-bit"),
     ({"quant_method": "bitsandbytes", "load_in_8bit": True}, "bitsandbytes 8-bit"),
+    ({"load_in_4bit": True}, "bitsandbytes 4-bit"),  # old bitsandbytes configs: no quant_method
     ({"quant_method": "gptq", "bits": 4}, "gptq"),
     ({"quant_method": "awq", "bits": 4}, "awq"),
     ({"quant_method": "compressed-tensors"}, "compressed-tensors"),

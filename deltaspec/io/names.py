@@ -5,14 +5,14 @@ import re
 
 from ..updates import layer_index
 
-_EMBED_PARTS = {"wte", "wpe", "lm_head", "embed_out"}
+_EMBED_PARTS = {"wte", "wpe", "lm_head", "embed_out", "shared", "relative_attention_bias"}  # T5: shared, rel. bias
 _EMBED_END = re.compile(r"(embed_tokens|embed_positions|embed_in|embed_out|embeddings?|embed|wte|wpe|lm_head)$")
 
 
 def is_embedding(name: str) -> bool:
     """Embedding-like module, decided by name only, from its last component: one that contains `embed`
     (embed_tokens, word_embeddings, …; not a Linear `…_embedder` as Flux's x_embedder) or is `wte`,
-    `wpe`, `lm_head` or `embed_out`. The Linear layers inside an embedding block (diffusers'
+    `wpe`, `lm_head`, `embed_out`, or T5's `shared` / `relative_attention_bias`. The Linear layers inside an embedding block (diffusers'
     `time_embedding.linear_1`) are weights like any other. kohya names (dots turned into underscores)
     count when they end in such a word (`…_embeddings_token_embedding`)."""
     if "." not in name and "_" in name:
@@ -47,15 +47,16 @@ def sorted_layers(layers: list) -> list:
     return sorted(layers, key=lambda u: order_key(u.name))
 
 
-def summarize(names: list[str], k: int = 5) -> str:
+def summarize(names: list[str], k: int | None = 5, every_index: bool = False) -> str:
     """A short list for messages: names that differ only in their layer index are said once
-    (`model.layers.*.input_layernorm.weight ×4`), at most `k` entries, then how many more."""
+    (`model.layers.*.input_layernorm.weight ×4`), at most `k` entries (None: all), then how many more.
+    every_index: also fold the later indices (experts), so the groups are few and all can be named."""
     groups: dict[str, list[str]] = {}
     for n in names:
-        groups.setdefault(_LAYER_INDEX.sub(".*.", n, count=1), []).append(n)
+        groups.setdefault(_LAYER_INDEX.sub(".*.", n, count=0 if every_index else 1), []).append(n)
     items = [f"{pattern} ×{len(g)}" if len(g) > 1 else g[0] for pattern, g in groups.items()]
     shown = ", ".join(items[:k])
-    return shown + (f", … ({len(items) - k} more)" if len(items) > k else "")
+    return shown + (f", … ({len(items) - k} more)" if k is not None and len(items) > k else "")
 
 
 _LAYER_INDEX = re.compile(r"\.\d+\.")
@@ -90,7 +91,7 @@ class Skipped:
         return bool(self.by_reason)
 
     def messages(self, where) -> list[str]:
-        return [f"{where}: {len(names)} tensor(s) not analysed, {reason}: {summarize(names)}"
+        return [f"{where}: {len(names)} tensor(s) not analysed, {reason}: {summarize(names, None, every_index=True)}"
                 for reason, names in self.by_reason.items()]
 
 

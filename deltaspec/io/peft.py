@@ -54,6 +54,7 @@ class _Ctx:
         self.skipped = Skipped()
         self.unsplit: list[str] = []
         self.doubled: set[str] = set()
+        self.rank_mismatch: list[str] = []
         c, p = cfg, cfg_path
         self.peft_type = (get_str(c, "peft_type", p) or "LORA").upper()
         self.lora_alpha = get_number(c, "lora_alpha", p, 8)  # PEFT's default
@@ -102,6 +103,11 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         raise FormatError(f"{cfg_path}: peft_type {ctx.peft_type} is not supported yet (deltaspec reads PEFT "
                           f"LORA (incl. rsLoRA, DoRA), ADALORA, {', '.join(TUNERS)}, TRAINABLE_TOKENS and "
                           "MULTILORA adapters; see docs/FORMATS.md)")
+    if "peft_type" not in cfg and "lora_alpha" not in cfg:
+        raise FormatError(f"{cfg_path}: has neither peft_type nor lora_alpha: not a PEFT adapter config, so the "
+                          "scale α/r is unknown")
+    if ctx.peft_type == "LORA" and "lora_alpha" not in cfg:
+        ctx.warnings.append(f"{cfg_path}: no lora_alpha: PEFT's default 8 is used for the scale α/r")
     init = cfg.get("init_lora_weights")
     if not isinstance(init, (bool, str)) and init is not None:
         raise FormatError(f"{cfg_path}: init_lora_weights: expected true, false or a method name, got {init!r}")
@@ -147,6 +153,10 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         ctx.warnings.append(f"{d}: {len(ctx.unsplit)} fused expert parameter(s) analysed whole per expert, not split "
                             f"into gate/up halves ({summarize(ctx.unsplit)}): the base architecture is unknown "
                             "(pass base= with its config.json)")
+    if ctx.rank_mismatch:
+        ctx.warnings.append(f"{cfg_path}: {len(ctx.rank_mismatch)} module(s) whose factors' rank is not the "
+                            f"config's r / rank_pattern ({summarize(ctx.rank_mismatch, 3)}): α/r uses the factors' "
+                            "rank; PEFT would refuse to load this adapter")
     ctx.warnings += ctx.skipped.messages(f.path)
     if not kept:
         raise FormatError(f"{d}: nothing to analyse: " + "; ".join(w.partition(": ")[2] for w in ctx.warnings))
@@ -202,6 +212,8 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
                                  "(expected B (out, r[, 1, 1]) and A (r, in[, kh, kw]))")
     ke = parts.get("lora_E")
     adalora = ke is not None or ctx.peft_type == "ADALORA"
+    if not adalora and r != (want := match_pattern(ctx.rank_pattern, mod, ctx.r)):
+        ctx.rank_mismatch.append(f"{mod} ({r} vs {want})")
     alpha = match_pattern(ctx.alpha_pattern, mod, ctx.lora_alpha)
     if adalora:
         if ke is None:

@@ -50,6 +50,8 @@ def plan(keys: list[str], dtype, shape, config: dict, config_path, where) -> dic
             raise FormatError(f"{config_path}: quantization_config: expected an object")
         method = qc.get("quant_method")
         method = method.lower() if isinstance(method, str) else method
+        if method is None and (qc.get("load_in_4bit") or qc.get("load_in_8bit")):
+            method = "bitsandbytes"  # old bitsandbytes configs carry no quant_method
         if method not in (None, "fp8"):
             what = method
             if method == "bitsandbytes":

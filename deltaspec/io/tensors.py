@@ -187,19 +187,30 @@ class TorchFile(TensorFile):
 
 
 def _torch_load(path: str):
+    import warnings
+
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # torch's own warnings (pickle protocol, …) are not the user's business
+            warnings.simplefilter("ignore")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except FileNotFoundError:
+                raise
+            except Exception as first:
+                try:  # legacy (non-zip) pickles cannot be memory-mapped
+                    return torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as e:
+                    raise (e if "mmap" in str(first) else first) from None
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    except Exception as first:
-        try:  # legacy (non-zip) pickles cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            reason = _reason(e if "mmap" in str(first) else first)
-            raise CorruptFileError(f"{path}: not a readable PyTorch checkpoint ({reason}); "
-                                   "the file may be truncated or corrupt") from None
+    except Exception as e:
+        if "weights only load failed" in str(e).lower():
+            raise FormatError(f"{path}: holds Python objects besides tensors, which deltaspec does not unpickle "
+                              "(that could run code): save a state dict of tensors (or safetensors)") from None
+        raise CorruptFileError(f"{path}: not a readable PyTorch checkpoint ({_reason(e)}); "
+                               "the file may be truncated or corrupt") from None
 
 
 def _state_dict_of(obj) -> Optional[dict]:
@@ -208,12 +219,12 @@ def _state_dict_of(obj) -> Optional[dict]:
 
     if not isinstance(obj, dict):
         return None
+    for k in ("state_dict", "model", "module", "model_state_dict"):  # a wrapper (Lightning, training scripts)
+        if isinstance(obj.get(k), dict) and (inner := _state_dict_of(obj[k])):
+            return inner
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if tensors:
         return tensors
-    for k in ("state_dict", "model", "module", "model_state_dict"):
-        if isinstance(obj.get(k), dict):
-            return _state_dict_of(obj[k])
     return None if obj else {}
 
 
