@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import re
 import sys
 import warnings
@@ -48,6 +49,13 @@ def user_errors(fn):
                 return fn(*args, **kwargs)
         except DeltaspecError as e:
             click.echo(f"error: {cli_words(str(e))}", err=True)
+            sys.exit(2)
+        except BrokenPipeError:  # `deltaspec … | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except OSError as e:  # reading errors are DeltaspecErrors already: this is writing a result
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}cannot write it ({e.strerror or e})", err=True)
             sys.exit(2)
 
     return wrapper

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -34,20 +33,13 @@ def output_format(fmt: str | None, out: str | None, allowed=("table", "json", "c
 
 
 def check_output(out: str | None, inputs) -> None:
-    """Before any work: refuse an -o inside (or equal to) an input path, a folder, or a place that
-    cannot be written (its parent is a file, a read-only folder, …). Creates nothing."""
-    if not out:
+    """Before any work: refuse an -o that is empty, inside (or equal to) an input path or the checkpoint
+    folder of an input file, a folder, or a place that cannot be written. Creates nothing."""
+    from deltaspec.io.outputs import check_writable, refuse_inputs
+
+    if out is None:
         return
-    target = Path(out).resolve()
-    for p in inputs:
-        if not p:
-            continue
-        src = Path(p).resolve()
-        if target == src:
-            raise DeltaspecError(f"{out}: refusing to overwrite the input {p}; choose another -o path")
-        if src.is_dir() and src in target.parents:
-            raise DeltaspecError(f"{out}: refusing to write inside the input directory {p} (deltaspec never "
-                                 "writes into its input paths); choose an -o path outside it")
+    target = refuse_inputs(out, inputs)
     if target.is_dir():
         raise DeltaspecError(f"{out}: is a directory; give a file name")
     if target.exists():
@@ -56,13 +48,7 @@ def check_output(out: str | None, inputs) -> None:
         except OSError as e:
             raise DeltaspecError(f"{out}: cannot write this file ({reason(e)})") from None
         return
-    folder = next(a for a in target.parents if a.exists())
-    if not folder.is_dir():
-        raise DeltaspecError(f"{out}: cannot create it: {folder} is a file, not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()  # a probe without a name (O_TMPFILE where available)
-    except OSError as e:
-        raise DeltaspecError(f"{out}: cannot write in {folder} ({reason(e)})") from None
+    check_writable(target, out)
 
 
 def emit(text: str, out: str | None) -> None:
@@ -71,9 +57,12 @@ def emit(text: str, out: str | None) -> None:
         click.echo(text.rstrip("\n"))
         return
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    except OSError as e:  # a full disk, /dev/full, a path that changed since check_output
+        raise DeltaspecError(f"{out}: cannot write it ({reason(e)})") from None
     click.echo(f"wrote {out}", err=True)
 
 

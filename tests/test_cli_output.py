@@ -13,6 +13,9 @@ from deltaspec.errors import DeltaspecError, DeltaspecWarning
 from deltaspec_cli.main import cli
 from deltaspec_cli.output import output_format
 
+sys.path.insert(0, os.path.dirname(__file__))
+from io_fixtures import snapshot  # noqa: E402
+
 S = Path(__file__).resolve().parent.parent / "sample_checkpoints"
 
 
@@ -69,11 +72,28 @@ def test_new_output_inside_an_input_directory_is_refused(tmp_path):
     before = sorted(p.name for p in (S / "lora").iterdir())
     one_line_error(invoke("analyze", S / "lora", "-o", S / "lora" / "spectra.json"), "never writes into its input paths")
     one_line_error(invoke("compare", S / "lora", S / "full", "--base", S / "base", "-o", S / "base" / "sub" / "c.csv"),
-                   "input directory")
+                   "inside the input checkpoint")
     assert sorted(p.name for p in (S / "lora").iterdir()) == before and not (S / "base" / "sub").exists()
     saved = tmp_path / "lora.json"
     assert invoke("analyze", S / "lora", "-o", saved).exit_code == 0
     one_line_error(invoke("compare", saved, saved, "--labels", "a,b", "-o", saved), "refusing to overwrite the input")
+
+
+def test_output_next_to_an_input_file_of_a_checkpoint_is_refused(tmp_path):
+    """An input given as a file of a checkpoint folder protects the folder: `-o run/adapter_config.json`
+    once replaced the adapter's config with the analysis (and later analyses read it as α = 8)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(S / "lora", run)
+    before = snapshot(run)
+    for cmd in (["analyze", run / "adapter_model.safetensors", "-o", run / "adapter_config.json"],
+                ["analyze", run / "adapter_model.safetensors", "-o", run / "new.json"],
+                ["report", run / "adapter_model.safetensors", "-o", run / "r.html"],
+                ["resize", run / "adapter_model.safetensors", "--rank", "2", "-o", run / "small"]):
+        one_line_error(invoke(*cmd), "refusing to write inside the input checkpoint")
+    one_line_error(invoke("analyze", S / "lora", "-o", ""), "an empty path")
+    assert snapshot(run) == before
 
 
 def test_lora_alpha_that_the_checkpoint_overrides_is_not_silent(tmp_path):

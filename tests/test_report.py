@@ -129,7 +129,7 @@ def test_saved_analysis_input_with_warning(tmp_path):
 
 def test_report_refuses_to_overwrite_an_input(tmp_path):
     r = run("report", LORA, "-o", os.path.join(LORA, "adapter_config.json"))
-    assert r.exit_code == 2 and "refusing to write inside the input directory" in r.output
+    assert r.exit_code == 2 and "refusing to write inside the input checkpoint" in r.output
 
 
 @pytest.mark.browser

@@ -224,8 +224,9 @@ def test_output_rules_and_refusals(llama_lora, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")
     cases = [
-        (["--rank", "2", "-o", src], "refusing to write into the input"),
-        (["--rank", "2", "-o", src / "sub"], "refusing to write into the input"),
+        (["--rank", "2", "-o", src], "refusing to overwrite the input"),
+        (["--rank", "2", "-o", src / "sub"], "refusing to write inside the input checkpoint"),
+        (["--rank", "2", "-o", ""], "an empty path"),
         (["--rank", "2", "-o", tmp_path / "busy"], "not empty"),
         (["--rank", "2", "--energy", "0.9", "-o", tmp_path / "x"], "choose exactly one"),
         (["-o", tmp_path / "x"], "choose exactly one"),

@@ -82,20 +82,20 @@ def conv1d_base(base) -> bool:
 
 
 def check_out_dir(out, inputs: Sequence, force: bool = False) -> Path:
-    """Refuse an output directory that is, or lies inside, an input (never write into inputs), or
-    one that already holds files unless `force` (then only FILES and extra files written are replaced)."""
-    target = Path(out).resolve()
+    """Refuse an output directory that is empty, is or lies inside an input (or an input file's checkpoint
+    folder), cannot be created, or already holds files unless `force` (then only FILES are replaced)."""
+    from .outputs import check_writable, refuse_inputs
+
+    target = refuse_inputs(out, inputs)
     for p in inputs:
-        if not p:
-            continue
-        src = Path(p).resolve()
-        if target == src or src in target.parents or any((target / f) == src for f in FILES):
+        if p and any((target / f) == Path(p).resolve() for f in FILES):
             raise DeltaspecError(f"{out}: refusing to write into the input {p}; choose another output directory")
     if target.exists() and not target.is_dir():
         raise DeltaspecError(f"{out}: exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not force:
         raise DeltaspecError(f"{out}: directory is not empty; choose a new one, or pass --force to replace the "
                              "adapter files in it")
+    check_writable(target, out)
     return target
 
 
