@@ -80,7 +80,9 @@ def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, 
     bar = Progress(len(updates), "layers", enabled=False if quiet else None)
     try:
         res = run_resize(updates, policy, max_rank=max_rank, keep_scale=keep_scale, device=device, dtype=dtype,
-                         conv1d_dense=conv1d_base(base), progress=lambda n: bar.update(1, n))
+                         conv1d_dense=any(u.kind == "dense" for u in updates) and conv1d_base(
+                             base, ckpt, [u.name for u in updates if u.kind == "dense"]),
+                         progress=lambda n: bar.update(1, n))
     finally:
         bar.close()
     if not res.factors():

@@ -55,6 +55,7 @@ def chosen_policy(name: str, energy, fro_error, sv_ratio):
 def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, quiet):
     """(AnalysisResult, source scales) of a checkpoint, or of a saved `analyze -o X.json` (scales unknown)."""
     import deltaspec as ds
+    from deltaspec.selection import select
     from deltaspec.suggest import source_scales
 
     from .compare import is_saved_analysis
@@ -62,7 +63,7 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
     mods, lays = parse_list(modules), parse_layers(layers)
     if is_saved_analysis(ckpt):
         res = ds.AnalysisResult.from_json(ckpt)
-        res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
+        res.layers = select(res.layers, mods, lays, where=str(ckpt)) if mods or lays is not None else res.layers
         scales = None
     else:
         updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha,
@@ -122,7 +123,8 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
     from deltaspec.suggest import default_policies
 
     s = res.suggest_ranks(chosen, policies=default_policies(energy, fro_error, sv_ratio), max_rank=max_rank,
-                          keep_scale=keep_scale, scales=scales, levels=lv)
+                          keep_scale=keep_scale, scales=scales, levels=lv,
+                          exact_targets=bool(kw["modules"] or kw["layers"]))
     text = s.to_json() if fmt == "json" else s.format_table(width=table_width(out))
     if fmt == "table" and scales is None:
         text += "\nnote: a saved analysis does not record the source's α: new α assume scale 1 (α = r)"

@@ -128,9 +128,9 @@ def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None
     """
     from .spectra import spectrum
 
-    if updates.format == "kohya":
-        raise DeltaspecError(f"{updates.path}: kohya / Stable Diffusion LoRA names are not module names of a model; "
-                             "resize writes PEFT adapters and cannot map them")
+    if updates.format in ("kohya", "lycoris", "diffusers"):
+        raise DeltaspecError(f"{updates.path}: {updates.format} layer names (lora_unet_…, unet.…) are not the module "
+                             "names of one model; resize writes PEFT adapters and cannot map them")
     if max_rank is not None and max_rank < 1:
         raise DeltaspecError(f"--max-rank must be ≥ 1, got {max_rank}")
     plan = [(u, *_orientation(u, conv1d_dense)) for u in updates]  # refuse before computing anything

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from . import ranks as R
-from .formatting import short_names
+from .formatting import short_names, wrap
 from .errors import DeltaspecError
 from .io.write_peft import exact_key, lora_config_fields  # noqa: F401  (re-exported)
 
@@ -81,6 +81,13 @@ class RankSuggestions:
     max_rank: Optional[int]
     levels: tuple
     source: dict = field(default_factory=dict)
+    exact_targets: bool = False  # target_modules = the exact layer names (the analysis covers part of the model)
+
+    @property
+    def model_names(self) -> bool:
+        """Whether the layer names are a model's module names (not kohya's `lora_unet_…` or diffusers'
+        `unet.…`, which no PEFT config on a model matches)."""
+        return self.source.get("format") not in ("kohya", "lycoris", "diffusers")
 
     def ranks(self) -> dict:
         """{layer name: chosen rank} (zero updates, rank 0, left out: a LoRA layer needs r ≥ 1)."""
@@ -89,6 +96,8 @@ class RankSuggestions:
     def peft_config(self, target_modules: Optional[Sequence[str]] = None) -> dict:
         """LoraConfig fields; target_modules default: the module types (q_proj, …) of these layers."""
         rk = self.ranks()
+        if target_modules is None and self.exact_targets:  # a module type would also adapt unselected layers
+            target_modules = [x.name for x in self.layers if x.name in rk]
         mods = target_modules or list(dict.fromkeys(x.module for x in self.layers if x.name in rk))
         return lora_config_fields(rk, {x.name: x.alpha for x in self.layers}, mods)
 
@@ -121,8 +130,8 @@ class RankSuggestions:
                                  "median": {f"{lv:g}": r["needed"][lv][0] for lv in self.levels},
                                  "max": {f"{lv:g}": r["needed"][lv][1] for lv in self.levels}}
                                 for r in self.module_table()],
-                "peft": self.peft_config() if self.ranks() else None,
-                "lora_config": self.lora_config_snippet() if self.ranks() else None}
+                "peft": self.peft_config() if self.ranks() and self.model_names else None,
+                "lora_config": self.lora_config_snippet() if self.ranks() and self.model_names else None}
 
     def to_json(self, indent: Optional[int] = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -159,9 +168,12 @@ class RankSuggestions:
         lines += text_grid(*self.layer_grid(), width)
         lines += ["", "rank needed to capture x % of ΔW's energy, per module type: median (max)", ""]
         lines += text_grid(*self.module_grid(), width)
-        if pattern and self.ranks():
+        if pattern and self.ranks() and self.model_names:
             lines += ["", f"PEFT config for {self.chosen.label} ({scale}; keys match one module exactly):", "",
                       self.lora_config_snippet()]
+        elif pattern and self.ranks():
+            lines += ["", "\n".join(wrap(f"no PEFT config: {s.get('format')} layer names are not the module names of a "
+                                    "model, so no LoraConfig could target them", width))]
         return "\n".join(lines)
 
 
@@ -177,7 +189,7 @@ def rank_needed(sigma, levels: Sequence[float] = DEFAULT_LEVELS) -> dict:
 def suggest_ranks(result, policy: str | R.Policy = "energy", value: Optional[float] = None, *,
                   policies: Optional[Sequence[R.Policy]] = None, max_rank: Optional[int] = None,
                   keep_scale: str = "ratio", scales: Optional[dict] = None,
-                  levels: Sequence[float] = DEFAULT_LEVELS) -> RankSuggestions:
+                  levels: Sequence[float] = DEFAULT_LEVELS, exact_targets: bool = False) -> RankSuggestions:
     """Ranks of every layer of `result` (an AnalysisResult) by several policies; `policy` is chosen.
 
     policy/value: the chosen policy (`energy`, `fro_error`, `sv_ratio`, `knee`, `effective_rank`,
@@ -185,6 +197,8 @@ def suggest_ranks(result, policy: str | R.Policy = "energy", value: Optional[flo
     (default: energy, fro_error, sv_ratio, knee, effective_rank, the chosen one with its value).
     max_rank caps the chosen rank. keep_scale "ratio" keeps each layer's α/r, "alpha" keeps α
     (ranks.new_alpha); scales: {layer: (α, scale)} of the source (`source_scales(updates)`).
+    exact_targets: the LoraConfig targets the exact layer names, not module types: pass it when the
+    analysis covers only some layers of a type (--modules/--layers), or PEFT adapts the others too.
     """
     chosen = policy if isinstance(policy, R.Policy) else R.policy(policy, value)
     if max_rank is not None and max_rank < 1:
@@ -206,4 +220,5 @@ def suggest_ranks(result, policy: str | R.Policy = "energy", value: Optional[flo
         ks[chosen.label] = k  # the chosen column shows what is used (capped by max_rank)
         out.append(LayerRanks(r.name, r.module, r.layer, tuple(r.shape), r.kind, r.rank, ks, k, R.kept_energy(s, k),
                               R.relative_error(s, k), alphas[r.name], rank_needed(s, levels)))
-    return RankSuggestions(out, policies, chosen, keep_scale, max_rank, tuple(levels), dict(result.source))
+    return RankSuggestions(out, policies, chosen, keep_scale, max_rank, tuple(levels), dict(result.source),
+                           exact_targets)

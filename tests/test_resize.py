@@ -152,6 +152,25 @@ def test_full_ft_delta_to_rank_k(tmp_path, kind):
         assert_close(got[k], truncate(dW, 4))
 
 
+def test_gpt2_orientation_needs_a_config(tmp_path):
+    """The model type (Conv1D or not) comes from the config next to the base or the fine-tune, also when the
+    base is given as a file; with no config anywhere, GPT-2's layer names are an error, not a guess (the
+    adapter was written transposed)."""
+    import shutil
+
+    want = perturbed_full("gpt2", tmp_path)
+    resize(tmp_path / "ft", tmp_path / "out", "--base", tmp_path / "base" / "model.safetensors", "--rank", "4")
+    got = merged_delta(tiny_model("gpt2"), tmp_path / "out")
+    for k, dW in want.items():
+        assert_close(got[k], truncate(dW, 4))
+    for d in ("base", "ft"):
+        (tmp_path / f"{d}_bare").mkdir()
+        shutil.copy(tmp_path / d / "model.safetensors", tmp_path / f"{d}_bare")
+    r = CliRunner().invoke(cli, ["resize", str(tmp_path / "ft_bare"), "--base", str(tmp_path / "base_bare"),
+                                 "--rank", "4", "-o", str(tmp_path / "out2"), "-q"])
+    assert r.exit_code == 2 and "no config.json says the model type" in r.output
+
+
 def test_gpt2_fan_in_fan_out_lora(tmp_path):
     cfg = LoraConfig(r=4, lora_alpha=8, fan_in_fan_out=True, target_modules=["c_attn", "c_proj", "c_fc"])
     want = make_peft_adapter("gpt2", cfg, tmp_path / "a")

@@ -94,6 +94,28 @@ def test_peft_applies_the_suggested_patterns_exactly(lora):
     assert ns["config"].rank_pattern == fields["rank_pattern"] and ns["config"].r == fields["r"]
 
 
+def test_a_selection_targets_only_its_layers(tmp_path):
+    """suggest-rank --modules k_proj --layers 1: the LoraConfig adapts exactly that layer in PEFT (a module
+    type in target_modules adapted every k_proj); kohya names get no config at all."""
+    peft = pytest.importorskip("peft")
+    from deltaspec.train.model import load_model
+
+    r = run("suggest-rank", LORA, "--modules", "k_proj", "--layers", "1", "--format", "json", "-q")
+    assert r.exit_code == 0, r.output
+    fields = json.loads(r.stdout)["peft"]
+    pm = peft.get_peft_model(load_model(BASE), peft.LoraConfig(**fields))
+    adapted = [n for n, m in pm.base_model.model.named_modules() if hasattr(m, "lora_A")]
+    assert adapted == ["model.layers.1.self_attn.k_proj"]
+    from safetensors.torch import save_file
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"lora_unet_a_1_to_q.lora_down.weight": torch.randn(4, 8, generator=g),
+               "lora_unet_a_1_to_q.lora_up.weight": torch.randn(8, 4, generator=g)}, tmp_path / "k.safetensors")
+    r = run("suggest-rank", tmp_path / "k.safetensors", "-q")
+    assert r.exit_code == 0 and "no PEFT config: kohya layer names" in r.output and "LoraConfig(" not in r.output
+
+
 def test_exact_keys_do_not_match_prefixes():
     """layers.1 vs layers.11: an escaped key matches one module only (PEFT's own get_pattern_key)."""
     pytest.importorskip("peft")

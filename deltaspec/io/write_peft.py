@@ -69,16 +69,31 @@ class LoraFactors:
         return int(self.A.shape[0])
 
 
-def conv1d_base(base) -> bool:
-    """True when `base` is a transformers model directory whose config names a GPT-2-style model
-    (Conv1D layers store W as (d_in, d_out), so a LoRA of them needs fan_in_fan_out)."""
-    if base is None or not Path(base).is_dir() or not (Path(base) / "config.json").is_file():
-        return False
-    try:
-        cfg = json.loads((Path(base) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return str(cfg.get("model_type", "")).lower() in CONV1D_MODEL_TYPES
+_CONV1D_NAMES = ("c_attn", "c_fc", "c_proj")  # GPT-2's Conv1D modules (also Linear in gpt_bigcode)
+
+
+def conv1d_base(base, ckpt=None, names: Sequence[str] = ()) -> bool:
+    """True when the model is GPT-2-style (Conv1D layers store W as (d_in, d_out), so a LoRA of them needs
+    fan_in_fan_out), from the config.json of `base` or `ckpt` (a folder, or the folder of a file). Without
+    any config, layer names GPT-2 and gpt_bigcode share (`c_attn`, …) are an error rather than a guess:
+    the orientation decides whether the written adapter is ΔW or its transpose."""
+    for p in (base, ckpt):
+        if p is None:
+            continue
+        folder = Path(p) if Path(p).is_dir() else Path(p).parent
+        if (folder / "config.json").is_file():
+            try:
+                cfg = json.loads((folder / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict) and cfg.get("model_type"):
+                return str(cfg.get("model_type", "")).lower() in CONV1D_MODEL_TYPES
+    hits = [n for n in names if n.rsplit(".", 1)[-1] in _CONV1D_NAMES]
+    if hits:
+        raise DeltaspecError(f"{base}: no config.json says the model type, and layers such as '{hits[0]}' are "
+                             "Conv1D (stored (in, out)) in GPT-2 but Linear elsewhere: pass base= as the model "
+                             "folder with its config.json")
+    return False
 
 
 def check_out_dir(out, inputs: Sequence, force: bool = False) -> Path:
