@@ -215,9 +215,9 @@ def similarity(**kw):
 TRAJECTORY_INPUTS = """Each INPUT is a training run folder holding checkpoint-<step>/ folders (`deltaspec train
 --save-every N`, or a HF Trainer / PEFT output_dir): one line, labelled with the folder's name, with
 the run folder itself as the last step when its train_info.json says which. Single checkpoint-<step>
-folders and saved analyses (`analyze -o …/checkpoint-<step>.json`, or any analysis of such a folder)
-are points of the run they belong to. The step comes from the name, else trainer_state.json's
-global_step, else train_info.json's step. --base is used for full fine-tuning checkpoints."""
+folders and saved analyses of them (`analyze run/checkpoint-300 -o any.json`) are points of the run
+they belong to (for an analysis: the checkpoint path it records). The step comes from the name, else
+trainer_state.json's global_step, else train_info.json's step. --base is used for full fine-tuning checkpoints."""
 
 
 @plot.command(epilog=TRAJECTORY_INPUTS + "\n\n" + FIG_HELP)

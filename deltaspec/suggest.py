@@ -162,15 +162,15 @@ class RankSuggestions:
         s = self.source
         scale = "keep α/r per layer" if self.keep_scale == "ratio" else "keep α"
         cap = f", at most {self.max_rank}" if self.max_rank is not None else ""
-        lines = [f"{s.get('path')} [{s.get('format')}]: {len(self.layers)} layers",
-                 f"rank per layer by policy (* = chosen: {self.chosen.label}{cap}); kept = energy kept,",
-                 "err = relative Frobenius error of the chosen truncation, r = current rank", ""]
+        lines = wrap(f"{s.get('path')} [{s.get('format')}]: {len(self.layers)} layers", width)
+        lines += wrap(f"rank per layer by policy (* = chosen: {self.chosen.label}{cap}); kept = energy kept, "
+                      "err = relative Frobenius error of the chosen truncation, r = current rank", width) + [""]
         lines += text_grid(*self.layer_grid(), width)
-        lines += ["", "rank needed to capture x % of ΔW's energy, per module type: median (max)", ""]
+        lines += [""] + wrap("rank needed to capture x % of ΔW's energy, per module type: median (max)", width) + [""]
         lines += text_grid(*self.module_grid(), width)
         if pattern and self.ranks() and self.model_names:
-            lines += ["", f"PEFT config for {self.chosen.label} ({scale}; keys match one module exactly):", "",
-                      self.lora_config_snippet()]
+            lines += [""] + wrap(f"PEFT config for {self.chosen.label} ({scale}; keys match one module exactly):",
+                                 width) + ["", self.lora_config_snippet()]
         elif pattern and self.ranks():
             lines += ["", "\n".join(wrap(f"no PEFT config: {s.get('format')} layer names are not the module names of a "
                                     "model, so no LoraConfig could target them", width))]

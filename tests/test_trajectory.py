@@ -144,8 +144,9 @@ def test_hf_trainer_checkpoints_and_saved_analyses(runs, tmp_path):
         r = CliRunner().invoke(cli, ["analyze", str(out / f"checkpoint-{step}"), "-o", str(saved / f"checkpoint-{step}.json")])
         assert r.exit_code == 0, r.output
     shutil.copy(saved / "checkpoint-4.json", tmp_path / "anything.json")
+    # the run is the one the analyses were made from (their recorded source path), not the folder they sit in
     assert collect([saved / "checkpoint-2.json", saved / "checkpoint-4.json"]) == {
-        "saved": [(2, str(saved / "checkpoint-2.json")), (4, str(saved / "checkpoint-4.json"))]}
+        "hf_run": [(2, str(saved / "checkpoint-2.json")), (4, str(saved / "checkpoint-4.json"))]}
     assert collect([tmp_path / "anything.json"]) == {"hf_run": [(4, str(tmp_path / "anything.json"))]}
 
 

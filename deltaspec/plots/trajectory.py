@@ -75,15 +75,16 @@ def _name(p: Path) -> str:
 
 def series_key(path) -> tuple[str, int]:
     """(run label, step) of one checkpoint folder or saved analysis: `runs/lora/checkpoint-300` →
-    ("lora", 300). A saved analysis `x/checkpoint-300.json` is named like its folder, or else described
-    by the checkpoint path recorded in it (`source.path`). Raises when the step cannot be told."""
+    ("lora", 300). A saved analysis is named by the checkpoint path recorded in it (`source.path`)
+    when that tells the step, else like a folder (`lora/checkpoint-300.json`). Raises when the step cannot be told."""
     where = Path(str(path).rstrip("/\\"))
-    if where.suffix.lower() == ".json" and step_of(where) is None:
+    if where.suffix.lower() == ".json":  # the checkpoint it was made from names its run best
         try:
             src = json.loads(where.read_text()).get("source", {}).get("path")
         except (OSError, ValueError, AttributeError):
             src = None
-        where = Path(src) if src else where
+        if src and (step_of(Path(src)) is not None or step_of(where) is None):
+            where = Path(src)
     step = step_of(where)
     if step is None:
         raise DeltaspecError(f"{path}: cannot tell its training step; name it checkpoint-<step> (folder or .json)")
