@@ -78,6 +78,9 @@ def parse_layers(value: str | None) -> list[int] | None:
         try:
             if "-" in part:
                 lo, hi = part.split("-", 1)
+                if int(hi) < int(lo):
+                    raise click.BadParameter(f"'{part}' is an empty range (did you mean {hi}-{lo}?)",
+                                             param_hint="--layers")
                 out.extend(range(int(lo), int(hi) + 1))
             elif part:
                 out.append(int(part))

@@ -31,10 +31,14 @@ def input_labels(inputs, labels: str | None) -> list[str]:
         out = parse_list(labels) or []
         if len(out) != len(inputs):
             raise DeltaspecError(f"--labels has {len(out)} names for {len(inputs)} inputs; give one per input")
-        return out
-    out = [default_label(p) for p in inputs]
-    if len(set(out)) < len(out):
-        out = [str(Path(p)) for p in inputs]
+    else:
+        out = [default_label(p) for p in inputs]
+        if len(set(out)) < len(out):
+            out = [str(Path(p)) for p in inputs]
+    twice = sorted({x for x in out if out.count(x) > 1})
+    if twice:
+        raise DeltaspecError(f"--labels: {', '.join(twice)} named twice (the same input given twice?); every "
+                             "input needs its own label")
     return out
 
 
@@ -48,7 +52,7 @@ def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings):
         return ds.load(path, base=base or None, format=ckpt_type, lora_alpha=lora_alpha,
                        include_embeddings=include_embeddings)
     except MissingBaseError as e:
-        raise MissingBaseError(f"{e} (pass --base BASE)") from None
+        raise MissingBaseError(str(e) if "base=" in str(e) else f"{e} (pass --base BASE)") from None
 
 
 def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,

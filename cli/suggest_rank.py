@@ -5,7 +5,7 @@ import click
 
 from .common import parse_layers, parse_list, user_errors
 from .options import reader_options, selection_options
-from .output import check_output, emit, table_width, warn
+from .output import check_output, emit, output_format, table_width, warn
 
 POLICY_HELP = """Policies (deltaspec/ranks.py; E(k) = Σ_{i≤k} σ_i² / Σ σ_i², the energy a rank-k
 truncation keeps, and sqrt(1 − E(k)) its relative Frobenius error, Eckart–Young):
@@ -109,7 +109,7 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
     """
     from deltaspec.errors import DeltaspecError
 
-    fmt = fmt or ("json" if out and out.lower().endswith(".json") else "table")
+    fmt = output_format(fmt, out, allowed=("table", "json"))
     check_output(out, [ckpt, kw["base"]])
     check_output(plot_out, [ckpt, kw["base"]])
     try:

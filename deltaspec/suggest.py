@@ -108,7 +108,7 @@ class RankSuggestions:
         mods = textwrap.fill(", ".join(json.dumps(m) for m in c["target_modules"]), 72,
                              initial_indent=" " * 8, subsequent_indent=" " * 8, break_on_hyphens=False)
         return (f"from peft import LoraConfig\n\nconfig = LoraConfig(\n    r={c['r']},\n"
-                f"    lora_alpha={c['lora_alpha']:g},\n    target_modules=[\n{mods}\n    ],\n"
+                f"    lora_alpha={c['lora_alpha']!r},\n    target_modules=[\n{mods}\n    ],\n"
                 f"    rank_pattern={dump(c['rank_pattern'])},\n    alpha_pattern={dump(c['alpha_pattern'])},\n)")
 
     def module_table(self) -> list[dict]:

@@ -111,3 +111,13 @@ def test_lora_alpha_that_the_checkpoint_overrides_is_not_silent(tmp_path):
     r = CliRunner().invoke(cli, ["plot", "spectrum", str(S / "lora"), "-q", "--lora-alpha", "8", "-o",
                                  str(tmp_path / "s.png")])
     assert r.exit_code == 0 and "warning: lora: --lora-alpha 8.0 ignored" in r.stderr
+
+
+def test_small_refusals(tmp_path):
+    """The same input twice, a reversed --layers range and a suggest-rank report in an unknown format are
+    refused up front, each in one line."""
+    one_line_error(invoke("report", S / "lora", S / "lora", "-o", tmp_path / "r.html"), "named twice")
+    one_line_error(invoke("compare", S / "lora", S / "multilora", "--labels", "a,a"), "a named twice")
+    r = invoke("analyze", S / "lora", "--layers", "3-1")
+    assert r.exit_code == 2 and "empty range (did you mean 1-3?)" in r.output
+    one_line_error(invoke("suggest-rank", S / "lora", "-o", tmp_path / "r.yaml"), "unknown report extension '.yaml'")
