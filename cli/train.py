@@ -13,7 +13,8 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.command()
 @click.option("--method", type=click.Choice(["full", "lora", "multilora", "pretrain"]), required=True,
               help="Fine-tuning method; 'pretrain' trains the built-in base model from scratch.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
+              help="Output directory: new or empty (else --force); never inside --base/--model/--data.")
 @click.option("--base", type=click.Path(), default=None,
               help="Built-in GPT base dir [default: the bundled sample_checkpoints/base]. Not with --model.")
 @click.option("--model", "hf_model", type=click.Path(), default=None,
@@ -50,10 +51,12 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda.")
 @click.option("--preset", type=click.Choice(["sample", "tiny"]), default="sample", show_default=True,
               help="Size of a pretrained base: 'sample' (4 layers, d=128) or 'tiny' (for tests); pretrain only.")
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty --out: the checkpoint files of an earlier run there are replaced.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alpha, target_modules, old_targets,
-          lora_dropout, scaling_lr_mult, steps, save_every, lr, batch_size, seed, data, device, preset, quiet):
+          lora_dropout, scaling_lr_mult, steps, save_every, lr, batch_size, seed, data, device, preset, force, quiet):
     """Train and save a checkpoint that `deltaspec analyze` reads without extra flags.
 
     Same base, data stream, steps and seed for every method, so LoRA, MultiLoRA and full
@@ -77,7 +80,7 @@ def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alp
                       lora_alpha=lora_alpha, target_modules=tuple(parse_list(target_modules) or ()),
                       full_targets=full_targets, dropout=lora_dropout, scaling_lr_mult=scaling_lr_mult, steps=steps,
                       save_every=save_every, lr=lr, batch_size=batch_size, seed=seed, device=device, data=data,
-                      model=model, progress=False if quiet else None)
+                      model=model, progress=False if quiet else None, force=force)
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as e:

@@ -28,7 +28,7 @@ RUNS=${RUNS:-runs/samples}
 BASE=sample_checkpoints/base
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [ "$PRETRAIN" = 1 ] || [ ! -f $BASE/model.safetensors ]; then
-  deltaspec train --method pretrain -o $BASE --steps 1500 --seed 0 -q
+  deltaspec train --method pretrain -o $BASE --steps 1500 --seed 0 -q --force
 fi
 
 # one line per run: seed method extra-options; seed 0 also keeps step checkpoints

@@ -144,3 +144,39 @@ def test_save_every_with_a_transformers_model(tmp_path):
     assert json.loads((ck / "train_info.json").read_text())["step"] == 1
     res = ds.analyze(str(ck), device="cpu", progress=False)
     assert res.source["format"] == "peft" and len(res.layers) == 8
+
+
+def _train_cli(*args):
+    return CliRunner().invoke(cli, ["train", "--steps", "1", "--batch-size", "4", "--preset", "tiny", "-q",
+                                    *map(str, args)])
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["-r", "0"], "-r/--rank must be at least 1"),
+    (["--heads", "0", "--method", "multilora"], "--heads must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--lr", "0"], "--lr must be in (0, 10)"),
+    (["--lora-alpha", "0"], "--lora-alpha must be positive"),
+    (["--target-modules", "q_proj,zzz"], "['zzz'] match no nn.Linear module"),
+    (["--target-modules", ","], "--target-modules is empty"),
+])
+def test_bad_training_values_are_one_line_errors(base, tmp_path, args, words):
+    method = [] if "--method" in args else ["--method", "lora"]
+    r = _train_cli(*method, "--base", base, "-o", tmp_path / "o", *args)
+    assert r.exit_code == 2 and r.output.startswith("error: ") and words in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_must_be_new_or_forced_and_never_inside_an_input(base, tmp_path):
+    """A non-empty --out is refused without --force; with it, an earlier run's adapter goes, so the folder
+    holds one checkpoint (a full run left next to an old LoRA adapter was read as that adapter)."""
+    out = tmp_path / "run"
+    assert _train_cli("--method", "lora", "--base", base, "-o", out).exit_code == 0
+    r = _train_cli("--method", "full", "--base", base, "-o", out)
+    assert r.exit_code == 2 and "is not empty" in r.output and "--force" in r.output
+    r = _train_cli("--method", "full", "--base", base, "-o", out, "--force")
+    assert r.exit_code == 0, r.output
+    assert not (out / "adapter_config.json").exists() and ds.load(out, base=base).format == "full"
+    r = _train_cli("--method", "lora", "--base", base, "-o", base / "sub")
+    assert r.exit_code == 2 and "inside the input checkpoint" in r.output and not (base / "sub").exists()

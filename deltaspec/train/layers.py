@@ -125,9 +125,13 @@ def frozen_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
     targets = list(targets)
     for p in model.parameters():
         p.requires_grad_(False)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names = [n for n in linear if matches(n, targets)]
     if not names:
         raise ValueError(f"no nn.Linear module matches the target patterns {targets}; {_linear_hint(model)}")
+    unused = [t for t in targets if not any(matches(n, [t]) for n in linear)]
+    if unused:  # a typo next to a good name would silently train fewer modules than asked
+        raise ValueError(f"target pattern(s) {unused} match no nn.Linear module; {_linear_hint(model)}")
     return names
 
 

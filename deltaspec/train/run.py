@@ -24,8 +24,29 @@ def default_base() -> str | None:
     return p if os.path.exists(os.path.join(p, "model.safetensors")) else None
 
 
+_WRITTEN = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+            "model.safetensors.index.json", "train_info.json")
+
+
+def clear_out(cfg: TrainConfig) -> None:
+    """With --force: remove what an earlier run wrote into OUT (its adapter or model files and step
+    folders), so a LoRA adapter left there cannot be read as this run's full fine-tune."""
+    if not (cfg.force and os.path.isdir(cfg.out)):
+        return
+    import shutil
+
+    for name in os.listdir(cfg.out):
+        p = os.path.join(cfg.out, name)
+        if name in _WRITTEN or (name.startswith("model-") and name.endswith(".safetensors")):
+            os.remove(p)
+        elif name.startswith("checkpoint-") and os.path.isfile(os.path.join(p, "train_info.json")):
+            shutil.rmtree(p)
+
+
 def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
-    check(cfg)
+    for note in check(cfg):
+        log(f"warning: {note}")
+    clear_out(cfg)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_flush_denormal(True)  # tiny gradients late in a cosine schedule must not slow the CPU 10×
     device = pick_device(cfg.device)

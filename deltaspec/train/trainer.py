@@ -40,6 +40,7 @@ class TrainConfig:
     rank: int = 16  # total rank (MultiLoRA: heads × per-head rank)
     heads: int = 4
     lora_alpha: Optional[float] = None  # default: 2 × per-head rank
+    force: bool = False  # write into a non-empty `out`, replacing the checkpoint files there
     target_modules: tuple = DEFAULT_TARGETS
     full_targets: bool = False  # full FT: train only the target_modules' weights (False: every parameter)
     scaling_lr_mult: float = DEFAULT_SCALING_LR_MULT  # MultiLoRA: the scalings' lr = this × lr
@@ -73,10 +74,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check(cfg: TrainConfig) -> None:
-    """Settings that cannot go together: raised before anything is loaded."""
+def check(cfg: TrainConfig) -> list[str]:
+    """Settings that cannot go together: raised before anything is loaded. Returns warnings (settings
+    that are ignored)."""
     if cfg.method not in ("pretrain", "full", "lora", "multilora"):
         raise ValueError(f"unknown method {cfg.method!r}")
+    for flag, value, low in (("--steps", cfg.steps, 1), ("-r/--rank", cfg.rank, 1), ("--heads", cfg.heads, 1),
+                             ("--batch-size", cfg.batch_size, 1)):
+        if value < low:
+            raise DeltaspecError(f"{flag} must be at least {low}, got {value}")
+    if cfg.lr is not None and not 0 < cfg.lr < 10:
+        raise DeltaspecError(f"--lr must be in (0, 10), got {cfg.lr}")
+    if cfg.lora_alpha is not None and not cfg.lora_alpha > 0:
+        raise DeltaspecError(f"--lora-alpha must be positive (ΔW = α/r·BA), got {cfg.lora_alpha}")
+    if cfg.method != "pretrain" and not cfg.target_modules:
+        raise DeltaspecError("--target-modules is empty; name modules such as q_proj,v_proj")
     if not cfg.scaling_lr_mult > 0:
         raise DeltaspecError(f"--scaling-lr-mult must be positive, got {cfg.scaling_lr_mult}")
     if cfg.save_every < 0:
@@ -93,6 +105,23 @@ def check(cfg: TrainConfig) -> None:
     base = cfg.hf_model or cfg.base
     if base and os.path.abspath(cfg.out) == os.path.abspath(base):
         raise DeltaspecError(f"--out {cfg.out} is the base model's directory; writing there would overwrite it")
+    from ..io.outputs import check_writable, refuse_inputs
+
+    target = refuse_inputs(cfg.out, [base, cfg.data], what="--out")
+    if target.exists() and not target.is_dir():
+        raise DeltaspecError(f"--out {cfg.out} is a file; give a folder")
+    if target.is_dir() and any(target.iterdir()) and not cfg.force:
+        raise DeltaspecError(f"--out {cfg.out} is not empty; choose a new folder, or pass --force to replace the "
+                             "checkpoint files in it (earlier adapter, model and checkpoint-<step>/ files go)")
+    check_writable(target, cfg.out)
+    notes = []
+    if cfg.method != "multilora" and cfg.heads != TrainConfig.heads:
+        notes.append(f"--heads {cfg.heads} applies to --method multilora; ignored")
+    if cfg.method != "multilora" and cfg.scaling_lr_mult != TrainConfig.scaling_lr_mult:
+        notes.append(f"--scaling-lr-mult {cfg.scaling_lr_mult:g} applies to --method multilora; ignored")
+    if cfg.save_every > cfg.steps:
+        notes.append(f"--save-every {cfg.save_every} is more than --steps {cfg.steps}: no step checkpoints")
+    return notes
 
 
 def build(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:

@@ -49,7 +49,8 @@ def options() -> argparse.Namespace:
 def train_cmd(a, base: Path, method: str, seed: int, out: Path, first: bool) -> list[str]:
     cmd = [sys.executable, "-m", "deltaspec_cli.main", "train", "--method", method, "--model", str(base), "-o", str(out),
            "--target-modules", TARGETS, "--rank", "16", "--heads", "4", "--steps", str(a.steps),
-           "--batch-size", str(a.batch_size), "--max-len", str(a.max_len), "--seed", str(seed), "--device", "cpu", "-q"]
+           "--batch-size", str(a.batch_size), "--max-len", str(a.max_len), "--seed", str(seed), "--device", "cpu", "-q",
+           "--force"]  # an unfinished run (no train_info.json) is trained again
     return cmd + (["--save-every", str(a.save_every)] if first and a.save_every else [])
 
 
