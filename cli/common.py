@@ -18,7 +18,8 @@ from deltaspec.errors import DeltaspecError, DeltaspecWarning
 CLI_FLAGS = {"base": "--base", "device": "--device", "dtype": "--dtype", "lora_alpha": "--lora-alpha",
              "n_ref": "--n-ref", "energy_k": "--energy-k", "svd_top_k": "--svd-top-k", "modules": "--modules",
              "layers": "--layers", "labels": "--labels", "metrics": "--metrics", "include_embeddings": "--include-embeddings",
-             "initial": "--initial"}
+             "initial": "--initial", "cmap": "--cmap", "vmin": "--vmin", "vmax": "--vmax", "top": "--top",
+             "bins": "--bins", "dpi": "--dpi"}
 _PY_ARG = re.compile(r"(?<![\w./-])(" + "|".join(CLI_FLAGS) + r")=(\[[^\]]*\]|\([^)]*\)|'[^']*'|[^\s,;:)]*)")
 
 

@@ -19,8 +19,8 @@ def figure_options(fn):
                      help="Figure file: .pdf, .svg or .png."),
         click.option("--size", type=click.Choice(["single", "double"]), default=None,
                      help="Column width: single 3.3 in, double 6.9 in [default: single; hist with 2+ panels: double]."),
-        click.option("--height", type=float, default=None, help="Figure height in inches [default: from the width]."),
-        click.option("--dpi", type=int, default=300, show_default=True, help="Resolution of PNG output."),
+        click.option("--height", type=click.FloatRange(min=0, min_open=True), default=None, help="Figure height in inches [default: from the width]."),
+        click.option("--dpi", type=click.IntRange(min=1), default=300, show_default=True, help="Resolution of PNG output."),
         click.option("--title", default=None, help="Title [default: what was plotted; heatmaps: none, the colour bar names the metric]."),
     ]):
         fn = opt(fn)
@@ -87,7 +87,7 @@ def plot():
 @click.option("--top", default="auto", show_default=True,
               help="σ per layer: 'auto' = top R, R the smallest rank among the inputs; N; or 'all'.")
 @click.option("--raw", is_flag=True, help="Plot σ_i itself instead of σ_i / σ_1.")
-@click.option("--bins", type=int, default=20, show_default=True, help="Number of bins (shared by all inputs).")
+@click.option("--bins", type=click.IntRange(min=1), default=20, show_default=True, help="Number of bins (shared by all inputs).")
 @click.option("--log-counts", is_flag=True, help="Log-scaled counts.")
 @click.option("--density", is_flag=True, help="Each histogram normalised to unit area, per decade with --log-x "
               "(use with --top all).")

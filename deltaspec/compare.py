@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Optional, Sequence
 
 import numpy as np
@@ -224,11 +225,16 @@ class Comparison:
 
 def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None, *, per_layer: bool = False,
             metrics: Optional[Sequence[str]] = None, on_n_ref_mismatch: str = "recompute") -> Comparison:
-    """Align `results` on their common layers and tabulate their metrics side by side.
+    """Align `results` (a list, or a {label: result} mapping) on their common layers and tabulate their
+    metrics side by side.
 
     metrics: names as in `analyze` (default: every metric all inputs have); per_layer: one group per
     layer instead of per module type; on_n_ref_mismatch: "recompute" (default) or "error".
     """
+    if isinstance(results, Mapping):  # {label: result}, as the plot functions take
+        if labels is not None:
+            raise DeltaspecError("labels= comes from the mapping's keys; pass a list of results to set labels")
+        labels, results = list(results), list(results.values())
     a = align(results, labels, on_n_ref_mismatch)
     have = [set(res.metric_names) for res in a.results]
     all_names = [m for m in a.results[0].metric_names if all(m in h for h in have)]

@@ -110,7 +110,7 @@ class AnalysisResult:
             for r in self.layers:
                 if r.name == key:
                     return r
-            raise KeyError(key)
+            raise KeyError(f"no layer named {key!r}; e.g. {', '.join(r.name for r in self.layers[:3])}")
         return self.layers[key]
 
     def select(self, modules: Optional[Sequence[str]] = None, layers: Optional[Sequence[int]] = None) -> "AnalysisResult":

@@ -23,6 +23,29 @@ def ranges(ints: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out) or "none"
 
 
+def as_layers(layers) -> Optional[list[int]]:
+    """layers= as a list of ints: an int, a list, or the CLI's "0-3,8"; anything else is an error."""
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        out: list[int] = []
+        for part in (p.strip() for p in layers.split(",")):
+            lo, sep, hi = part.partition("-")
+            if not (lo.isdigit() and (not sep or hi.isdigit())):
+                raise DeltaspecError(f"layers={layers!r}: use an int, a list of ints or a string like '0-3,8'")
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+        return out
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        return [layers]
+    try:
+        out = [int(x) for x in layers if not isinstance(x, bool) and int(x) == x]
+    except (TypeError, ValueError):
+        out = None
+    if out is None or len(out) != len(list(layers)):
+        raise DeltaspecError(f"layers={layers!r}: use an int, a list of ints or a string like '0-3,8'")
+    return out
+
+
 def select(items: Sequence, modules: Optional[Sequence[str]] = None, layers: Optional[Sequence[int]] = None,
            where: str = "") -> list:
     """The items whose module type is in `modules` and layer index in `layers` (None: all).
@@ -33,6 +56,7 @@ def select(items: Sequence, modules: Optional[Sequence[str]] = None, layers: Opt
     """
     if isinstance(modules, str):
         modules = [modules]
+    layers = as_layers(layers)
     where = f"{where}: " if where else ""
     have = list(dict.fromkeys(x.module for x in items))
     if modules:

@@ -60,7 +60,15 @@ def _cell(cmp, g, m, lab, sep) -> str:
 
 
 def _chosen(cmp, metrics) -> list[str]:
-    return [m for m in (metrics or cmp.metrics) if m in cmp.metrics]
+    """`metrics` (default: the comparison's), each one the comparison has, else a clear error."""
+    from .errors import DeltaspecError
+
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    unknown = [m for m in metrics or () if m not in cmp.metrics]
+    if unknown:
+        raise DeltaspecError(f"metrics={unknown}: not in this comparison; available: {', '.join(cmp.metrics)}")
+    return list(metrics or cmp.metrics)
 
 
 def comparison_table(cmp, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:

@@ -286,6 +286,12 @@ class Updates(Sequence):
                 + ", ".join(empty[:5]) + (f", … ({len(empty) - 5} more)" if len(empty) > 5 else "")]
 
     def __getitem__(self, i):
+        """By position or by layer name (as AnalysisResult)."""
+        if isinstance(i, str):
+            for u in self.layers:
+                if u.name == i:
+                    return u
+            raise KeyError(f"no layer named {i!r}; e.g. {', '.join(u.name for u in self.layers[:3])}")
         return self.layers[i]
 
     def __len__(self) -> int:

@@ -35,8 +35,20 @@ class FakeEvents:
         self.hooks = []
 
     def register(self, name, fn):
-        assert name == "post_execute"
+        assert name == "post_run_cell"
         self.hooks.append(fn)
+
+
+class FakePngFormatter:
+    """IPython's image/png formatter: knows Figures once pyplot's inline backend registered them."""
+
+    def __init__(self):
+        self.figures = False
+
+    def lookup(self, obj):
+        if self.figures and isinstance(obj, Figure):
+            return lambda fig: b""
+        raise KeyError(type(obj))
 
 
 class FakeKernelShell:
@@ -44,10 +56,12 @@ class FakeKernelShell:
 
     def __init__(self):
         self.events = FakeEvents()
+        self.png = FakePngFormatter()
+        self.display_formatter = type("DF", (), {"formatters": {"image/png": self.png}})()
 
-    def end_of_cell(self):
+    def end_of_cell(self, result=None):
         for fn in self.events.hooks:
-            fn()
+            fn(type("ExecutionResult", (), {"result": result})())
 
 
 @pytest.fixture
@@ -77,6 +91,20 @@ def test_own_figures_show_when_the_cell_ends(kernel, runs):
     assert shown[0].width == round(axes[0].figure.get_figwidth() * 100)
     shell.end_of_cell()
     assert len(shown) == 2  # shown once
+
+
+def test_a_figure_ipython_already_shows_is_not_shown_twice(kernel, runs):
+    """A cell ending in `axes[0].figure`: with pyplot imported IPython shows the figure as the cell's
+    result, so it is not shown again; without a PNG formatter (no pyplot) it is shown once by us."""
+    shell, shown = kernel
+    fig = dp.hist(runs)[0].figure
+    shell.png.figures = True
+    shell.end_of_cell(result=fig)
+    assert shown == []
+    fig = dp.hist(runs)[0].figure
+    shell.png.figures = False
+    shell.end_of_cell(result=fig)
+    assert len(shown) == 1
 
 
 def test_callers_axes_and_inline_off_are_left_alone(kernel, runs):

@@ -18,9 +18,10 @@ from .ranks import rank_needed, rank_needed_data
 from .save import render, save
 from .similarity import mean_similarity, similarity
 from .spectrum import spectrum, spectrum_curves
+from .trajectory import trajectory, trajectory_data
 from .style import DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, STYLE_PATH, figsize, paper_style, use_paper_style
 
 __all__ = ["inline", "render", "hist", "histogram_data", "spectrum", "spectrum_curves", "energy", "energy_curves", "heatmap",
-           "heatmap_data", "rank_needed", "rank_needed_data", "similarity", "mean_similarity", "save", "paper_style",
+           "heatmap_data", "rank_needed", "rank_needed_data", "trajectory", "trajectory_data", "similarity", "mean_similarity", "save", "paper_style",
            "use_paper_style", "figsize",
            "PALETTE", "SINGLE_COLUMN", "DOUBLE_COLUMN", "STYLE_PATH"]

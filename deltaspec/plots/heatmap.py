@@ -77,6 +77,12 @@ def heatmap(data, metric: str = "normalized_entropy", *, modules=None, layers: O
     """
     al = as_aligned(data, labels)
     grids = [heatmap_data(res, metric, modules=modules, layers=layers) for res in al.results]
+    import matplotlib
+
+    if isinstance(cmap, str) and cmap not in matplotlib.colormaps:
+        raise DeltaspecError(f"cmap={cmap!r} is not a matplotlib colormap (e.g. viridis, cividis, magma, RdBu)")
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise DeltaspecError(f"vmin={vmin} must be below vmax={vmax}")
     own = ax is None
     if own:
         h = height or min(max(1.2, 0.2 * len(grids[0][1]) + 0.9), 8.0)

@@ -27,6 +27,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.ticker import LogLocator, MaxNLocator
 
+from ..errors import DeltaspecError
 from .style import as_aligned, color, legend, linestyle, panel_axes, picked, styled
 
 DEFAULT_MODULES = ("k_proj", "v_proj")
@@ -87,12 +88,17 @@ def _resolve_top(top, columns) -> Optional[int]:
         return None
     if top == "auto":
         return int(min(len(r.singular_values) for col in columns for r in col))
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 2:
+        raise DeltaspecError(f"top={top!r}: use 'auto', 'all' or a number of singular values ≥ 2 (σ_1 itself is "
+                             "left out of the normalised histogram)")
     return int(top)
 
 
 def histogram_data(data, module: str, *, layers: Optional[Sequence[int]] = None, top: Union[str, int, None] = "auto",
                    normalize: bool = True, bins: int = 20, log_x: bool = False, labels=None) -> HistData:
     """Pooled values and shared-bin counts for one module type (what one panel of `hist` draws)."""
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise DeltaspecError(f"bins={bins!r}: use a whole number of bins ≥ 1")
     al = as_aligned(data, labels)
     cols = picked(al, module, layers)
     k = _resolve_top(top, cols)

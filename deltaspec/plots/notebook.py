@@ -43,19 +43,31 @@ def show_later(fig) -> None:
     if shell is None:
         return
     if id(shell) not in _hooked:
-        shell.events.register("post_execute", flush)
+        shell.events.register("post_run_cell", flush)
         _hooked.add(id(shell))
     if not any(f is fig for f in _pending):
         _pending.append(fig)
 
 
-def flush() -> None:
-    """Show the queued figures as PNG (IPython's post_execute hook)."""
+def flush(result=None) -> None:
+    """Show the queued figures as PNG (IPython's post_run_cell hook), but not a figure that is the cell's
+    own result and that IPython already showed as an image (pyplot's inline backend does, once imported)."""
     from IPython.display import Image, display
 
     from .save import render
 
     figs = list(_pending)
     _pending.clear()
+    shown = getattr(result, "result", None)
     for fig in figs:
+        if fig is shown and _has_png_formatter(fig):
+            continue
         display(Image(data=render(fig, "png", DPI), format="png", width=int(round(fig.get_figwidth() * 100))))
+
+
+def _has_png_formatter(fig) -> bool:
+    shell = kernel_shell()
+    try:
+        return shell is not None and shell.display_formatter.formatters["image/png"].lookup(fig) is not None
+    except KeyError:
+        return False

@@ -34,9 +34,9 @@ def save(fig, path, *, dpi: int = 300, fmt: Optional[str] = None) -> Path:
 
     dpi applies to PNG (and to rasterised parts of vector files). Creates the parent folder.
     """
-    if not hasattr(fig, "savefig"):
-        first = fig[0] if isinstance(fig, (list, tuple)) else fig
-        fig = first.figure
+    fig = figure_of(fig)
+    if not (isinstance(dpi, (int, float)) and dpi > 0):
+        raise DeltaspecError(f"dpi must be a positive number, got {dpi!r}")
     fmt = figure_format(path, fmt)
     path = Path(path)
     os.makedirs(path.resolve().parent, exist_ok=True)
@@ -44,6 +44,18 @@ def save(fig, path, *, dpi: int = 300, fmt: Optional[str] = None) -> Path:
     with open(path, "wb") as f:
         f.write(data)
     return path
+
+
+def figure_of(obj):
+    """The Figure of a Figure, an Axes, or a list / tuple / numpy array of Axes (plt.subplots' axes)."""
+    if hasattr(obj, "savefig"):
+        return obj
+    if hasattr(obj, "flat"):  # numpy array of Axes
+        obj = list(obj.flat)
+    first = obj[0] if isinstance(obj, (list, tuple)) and obj else obj
+    if not hasattr(getattr(first, "figure", None), "savefig"):
+        raise DeltaspecError(f"fig= expects a matplotlib Figure, an Axes or a list of Axes, got {type(obj).__name__}")
+    return first.figure
 
 
 def render(fig, fmt: str = "png", dpi: int = 300) -> bytes:

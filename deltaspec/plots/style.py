@@ -56,7 +56,11 @@ def linestyle(i: int):
 
 def figsize(size: str | float = "single", panels: int = 1, height: Optional[float] = None) -> tuple[float, float]:
     """(width, height) in inches: `size` "single" (3.3 in), "double" (6.9 in) or a width in inches."""
+    if isinstance(size, str) and size not in SIZES:
+        raise DeltaspecError(f"size={size!r}: use 'single', 'double' or a width in inches")
     width = SIZES[size] if isinstance(size, str) else float(size)
+    if not width > 0 or (height is not None and not height > 0):
+        raise DeltaspecError(f"figure width and height must be positive, got size={size!r}, height={height!r}")
     if height is None:
         height = min(0.72 * width / panels, 2.4) if panels > 1 else 0.72 * width
     return width, height
