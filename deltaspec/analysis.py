@@ -8,6 +8,7 @@ distributed.py).
 """
 from __future__ import annotations
 
+import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
 from .errors import DeltaspecError, NonFiniteError
+from .io.tensors import float64_reads
 from .spectra import LayerOverflow, pick_device, pick_dtype, spectra_of
 from .updates import LayerUpdate, Updates
 
@@ -63,12 +65,13 @@ def _prefetched(layers: Sequence[LayerUpdate]) -> Iterator[tuple[int, object]]:
     """Yield (index, loaded update), loading the next layer in a thread while the caller computes."""
     if not layers:
         return
+    ctx = contextvars.copy_context()  # the loading thread reads as the caller does (float64_reads)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(layers[0].load)
+        nxt = pool.submit(ctx.run, layers[0].load)
         for i in range(len(layers)):
             update = nxt.result()
             if i + 1 < len(layers):
-                nxt = pool.submit(layers[i + 1].load)
+                nxt = pool.submit(contextvars.copy_context().run, layers[i + 1].load)
             yield i, update
 
 
@@ -102,7 +105,13 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
                            lambda i: progress.status(f"SVD {short[layers[i].name]}"))
         done = lambda i: progress.update(1)
     spectra = spectra_of(items, device, dtype, settings.vectors, on_done=done, top_k=settings.svd_top_k)
-    for i, spec in _named_errors(spectra, layers):
+    with float64_reads(dtype == torch.float64):
+        out = _results(_named_errors(spectra, layers), layers, settings, out, eps)
+    return out
+
+
+def _results(spectra, layers, settings, out, eps) -> list:
+    for i, spec in spectra:
         u = layers[i]
         n_ref = settings.n_ref_for(u)
         if spec.frobenius is None:

@@ -238,3 +238,20 @@ def test_a_tensor_in_two_files_is_an_error(tmp_path):
     save_file({k: v for k, v in base.items() if "q_proj" in k}, tmp_path / "f" / "b.safetensors")
     with pytest.raises(FormatError, match="is in both .*a.safetensors and .*b.safetensors"):
         load(tmp_path / "f", base=tmp_path / "b")
+
+
+def test_float64_analysis_forms_the_difference_exactly(tmp_path):
+    """dtype="float64" on float32 checkpoints: W_ft − W0 is formed in float64 (exact for float32 inputs),
+    so σ agrees with numpy's float64 SVD of the exact difference to ~1e-15, not float32's rounding (~1e-9)."""
+    import numpy as np
+
+    import deltaspec as ds
+
+    base, ft = pair(step=1e-3)  # a small update: float32 subtraction would round away its last digits
+    save_dir(base, tmp_path / "b")
+    save_dir(ft, tmp_path / "f")
+    res = ds.analyze(tmp_path / "f", base=tmp_path / "b", dtype="float64", progress=False)
+    for r in res.layers:
+        k = r.name + ".weight"
+        want = np.linalg.svd(ft[k].double().numpy() - base[k].double().numpy(), compute_uv=False)
+        assert np.max(np.abs(r.singular_values - want)) <= 1e-13 * want[0]

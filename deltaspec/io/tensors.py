@@ -14,6 +14,8 @@ Python (`st_header`), so `deltaspec info` and format detection never import it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import re
@@ -29,11 +31,26 @@ DTYPES_BYTES = {name: size for name, size in DTYPES.values()}  # torch dtype nam
 FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
 
 
+_FLOAT64 = contextvars.ContextVar("deltaspec_float64_reads", default=False)
+
+
+@contextlib.contextmanager
+def float64_reads(on: bool = True):
+    """Within: tensors are read as float64 (an analysis with dtype="float64"), so W_ft − W0 of float32
+    checkpoints is formed exactly instead of rounded to float32 first."""
+    token = _FLOAT64.set(bool(on))
+    try:
+        yield
+    finally:
+        _FLOAT64.reset(token)
+
+
 def compute_dtype(stored):
-    """The dtype arithmetic on a stored tensor happens in: float64 stays, everything else float32."""
+    """The dtype arithmetic on a stored tensor happens in: float64 stays (and everything is float64
+    inside `float64_reads`), everything else float32."""
     import torch
 
-    return torch.float64 if stored == torch.float64 else torch.float32
+    return torch.float64 if stored == torch.float64 or _FLOAT64.get() else torch.float32
 
 
 def upcast(t):
