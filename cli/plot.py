@@ -224,7 +224,8 @@ trainer_state.json's global_step, else train_info.json's step. --base is used fo
 @input_options
 @figure_options
 @click.option("--metrics", "traj_metrics", default="top1_energy,normalized_entropy,effective_rank,frobenius_norm",
-              show_default=True, help="Metrics to draw, one panel each (names as in `analyze`).")
+              help="Metrics to draw, one panel each (names as in `analyze`) [default: top1_energy, "
+                   "normalized_entropy, effective_rank, frobenius_norm].")
 @click.option("--log-x", is_flag=True, help="Log-scaled step axis.")
 @user_errors
 def trajectory(**kw):

@@ -64,7 +64,7 @@ def test_hub_id_from_the_local_cache(hub_cache, tmp_path):
     assert u.path == "org/lora" and [x.name for x in u] == [Q]
     assert torch.equal(u[0].load().materialize(), load(snap)[0].load().materialize())
     assert load(f"org/lora@{COMMIT}")[0].name == Q
-    with pytest.raises(FormatError, match=r"org/missing: not a local path and not available in the local Hub cache"):
+    with pytest.raises(FormatError, match=r"org/missing: no such local path \(looked in .*\) and not available in the local Hub cache"):
         load("org/missing")
     assert snapshot(tmp_path) == before
 
@@ -83,8 +83,9 @@ def test_hub_id_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails as if not installed
     with pytest.raises(FormatError) as e:
         load("org/name")
-    assert str(e.value) == ("org/name: not a local path; to read a Hugging Face Hub id install the hub extra "
-                            "(pip install 'deltaspec[hub]'), or download it and pass the local directory")
+    assert str(e.value) == (f"org/name: no such local path (looked in {os.getcwd()}); to read it as a Hugging Face "
+                            "Hub id install the hub extra (pip install 'deltaspec[hub]'), or download it and pass "
+                            "the local directory")
 
 
 def test_cache_folder_resolves_to_refs_main(hub_cache, monkeypatch):

@@ -75,7 +75,8 @@ def download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise FormatError(f"{repo_id}: not a local path; to read a Hugging Face Hub id install the hub extra "
+        raise FormatError(f"{repo_id}: no such local path (looked in {os.getcwd()}); to read it as a Hugging Face "
+                          "Hub id install the hub extra "
                           "(pip install 'deltaspec[hub]'), or download it and pass the local directory") from None
     name, _, rev = repo_id.partition("@")
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -86,6 +87,6 @@ def download(repo_id: str) -> Path:
             d = Path(snapshot_download(name, allow_patterns=["*.json", *_WEIGHTS[1:]], **kw))
     except Exception as e:  # RepositoryNotFoundError, GatedRepoError, LocalEntryNotFoundError, network errors
         where = "in the local Hub cache (HF_HUB_OFFLINE is set)" if offline else "on the Hugging Face Hub"
-        raise FormatError(f"{repo_id}: not a local path and not available {where} "
-                          f"({type(e).__name__}: {reason(e, 160)})") from None
+        raise FormatError(f"{repo_id}: no such local path (looked in {os.getcwd()}) and not available {where} "
+                          f"as a model id ({type(e).__name__}: {reason(e, 120)})") from None
     return d

@@ -115,7 +115,7 @@ class TensorFile:
 class SafetensorsFile(TensorFile):
     def __init__(self, path, keep_open: bool = False) -> None:
         self.path = str(path)
-        self._keep_open, self._local = keep_open, threading.local()
+        self._keep_open, self._local, self._handles = keep_open, threading.local(), []
         self.entries, self.metadata, self._offsets = read_header(self.path)  # pure Python: no torch, no mmap yet
 
     def scalar(self, key: str) -> float:
@@ -172,7 +172,16 @@ class SafetensorsFile(TensorFile):
         f = getattr(self._local, "handle", None)
         if f is None:
             f = self._local.handle = open(self.path, "rb")
+            self._handles.append(f)
         return f
+
+    def close(self) -> None:
+        """Close the files kept open for this adapter (also done when it is garbage-collected)."""
+        for f in self._handles:
+            f.close()
+        self._handles.clear()
+
+    __del__ = close
 
     def _safe_open(self, key: str, index):
         from safetensors import safe_open
