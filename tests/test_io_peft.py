@@ -100,6 +100,12 @@ def test_embedding_lora(bases, tmp_path):
     emb = u[0]
     assert emb.name == "model.embed_tokens" and emb.shape == (100, 32)
     check_against_peft(u, want, base_state)
+    # an adapter of embeddings only: analysed rather than "nothing to analyse", and said so
+    want = make_peft_adapter("llama", LoraConfig(r=4, lora_alpha=16, target_modules=["embed_tokens"]), tmp_path / "e")
+    only = load(tmp_path / "e")
+    assert [x.name for x in only] == ["model.embed_tokens"]
+    assert any("embedding updates only" in w for w in only.warnings)
+    check_against_peft(only, want, base_state)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

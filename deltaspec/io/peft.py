@@ -158,6 +158,11 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
                             f"config's r / rank_pattern ({summarize(ctx.rank_mismatch, 3)}): α/r uses the factors' "
                             "rank; PEFT would refuse to load this adapter")
     ctx.warnings += ctx.skipped.messages(f.path)
+    if not kept and skipped and not include_embeddings:  # an adapter of embeddings only (lm_head, …)
+        u = read_peft(path, base, include_embeddings=True, require_base=require_base)
+        u.warnings.append(f"{d}: holds embedding updates only ({summarize(skipped)}): analysed as if "
+                          "include_embeddings=True")
+        return u
     if not kept:
         raise FormatError(f"{d}: nothing to analyse: " + "; ".join(w.partition(": ")[2] for w in ctx.warnings))
     return Updates(sorted_layers(kept), str(path), "peft", str(base) if base is not None else None, ctx.warnings)
