@@ -158,7 +158,7 @@ def _table(rows, head, notes, width) -> str:
             last = r["layer"]
         body.append([_fmt(r.get(h)) if h != "intruder_idx" else (r.get(h) or "-") for h in cols])
     cols, body, same = hoist_constant(cols, body, ["amp_r"])
-    lines = ([f"every row: {same}"] if same else []) + text_grid(cols, body, width)
+    lines = (wrap(f"every row: {same}", width) if same else []) + text_grid(cols, body, width)
     lines += name_legend(short, width)
     for n in notes:
         lines += wrap(f"note: {n}", width)

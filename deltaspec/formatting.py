@@ -140,7 +140,7 @@ def hoist_constant(head: list, body: list, columns: Sequence[str]):
     """
     rows = [r for r in body if not isinstance(r, str)]
     drop = [i for i, h in enumerate(head) if h in columns and rows and len({str(r[i]) for r in rows}) == 1]
-    summary = ", ".join(f"{head[i]} {rows[0][i]}" for i in drop)
+    summary = ", ".join(f"{head[i]}\xa0{rows[0][i]}" for i in drop)  # no-break: `wrap` keeps "r 16" together
     keep = [i for i in range(len(head)) if i not in drop]
     body = [r if isinstance(r, str) else [r[i] for i in keep] for r in body]
     return [head[i] for i in keep], body, summary
@@ -194,8 +194,9 @@ def text_grid(head: list, body: list, width: Optional[int] = None, *, keep: int 
 def wrap(text: str, width: Optional[int], indent: str = "  ") -> list[str]:
     """`text` as lines of at most `width` characters (continuations indented); one line if None."""
     if width is None or len(text) <= width:
-        return [text]
-    return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False) or [text]
+        return [text.replace("\xa0", " ")]
+    lines = textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False) or [text]
+    return [line.replace("\xa0", " ") for line in lines]
 
 
 # ---- HTML (notebooks) -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deltaspec.formatting import fmt_spread, hoist_constant, short_names, text_grid
+from deltaspec.formatting import fmt_spread, hoist_constant, short_names, text_grid, wrap
 from deltaspec_cli.main import cli
 
 S = Path(__file__).resolve().parent.parent / "sample_checkpoints"
@@ -112,7 +112,8 @@ def test_long_first_cells_go_on_their_own_line():
 def test_hoist_constant_columns():
     head, body, same = hoist_constant(["layer", "kind", "rank"], [["a", "lowrank", "16"], ["b", "lowrank", "8"]],
                                       ["kind", "rank"])
-    assert head == ["layer", "rank"] and body == [["a", "16"], ["b", "8"]] and same == "kind lowrank"
+    assert head == ["layer", "rank"] and body == [["a", "16"], ["b", "8"]] and same == "kind\xa0lowrank"
+    assert wrap(same, 80) == ["kind lowrank"]  # no-break space: wrapped lines keep "r 16" together
 
 
 @pytest.mark.parametrize("mean,std,want", [(6.0143, 0.3137, "6.01 ± 0.31"), (0.47331, 0.0891, "0.473 ± 0.089"),
