@@ -112,7 +112,7 @@ def _single_file(p: Path, what: str, preferred=()) -> Path:
     for n in preferred:
         if (p / n).is_file():
             return p / n
-    from .tensors import model_files
+    from .model_files import model_files
 
     files, _ = model_files(p)
     if len(files) != 1:

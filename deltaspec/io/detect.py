@@ -20,7 +20,8 @@ from pathlib import Path
 from ..errors import FormatError
 from . import hub
 from .sdkeys import is_diffusers, is_lycoris
-from .tensors import SHARD_RE, STEMS, SafetensorsFile, TorchFile, model_files, pipeline_hint, read_json
+from .model_files import SHARD_RE, STEMS, model_files, pipeline_hint
+from .tensors import SafetensorsFile, TorchFile, read_json
 
 FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 _EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "

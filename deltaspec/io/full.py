@@ -23,7 +23,8 @@ from ..errors import FormatError, MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, Updates, layer_index
 from .experts import Layout, expert_matrix, expert_names, expert_shape, is_expert_stack
 from .names import Skipped, is_embedding, resized_vocab, sorted_layers, strip_wrappers, summarize
-from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, model_files, open_model, upcast
+from .model_files import model_files
+from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
 
 
 def read_full(path, base=None, include_embeddings: bool = False, require_base: bool = True) -> Updates:

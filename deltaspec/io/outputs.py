@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import DeltaspecError, reason
-from .tensors import SHARD_RE, STEMS
+from .model_files import SHARD_RE, STEMS
 
 _MARKERS = ("adapter_config.json", "config.json", "model_index.json", "train_info.json")
 _MEMBERS = ("adapter_model.safetensors", "adapter_model.bin", "pytorch_lora_weights.safetensors",
