@@ -71,20 +71,11 @@ def parse_list(value: str | None) -> list[str] | None:
 
 def parse_layers(value: str | None) -> list[int] | None:
     """'0-3,8' -> [0, 1, 2, 3, 8]; None -> None (all layers)."""
+    from deltaspec.selection import layer_spec
+
     if not value:
         return None
-    out: list[int] = []
-    for part in value.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                if int(hi) < int(lo):
-                    raise click.BadParameter(f"'{part}' is an empty range (did you mean {hi}-{lo}?)",
-                                             param_hint="--layers")
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                out.append(int(part))
-        except ValueError:
-            raise click.BadParameter(f"expected layer indices like '0-3,8', got {value!r}", param_hint="--layers")
-    return out
+    try:
+        return layer_spec(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--layers") from None

@@ -23,18 +23,31 @@ def ranges(ints: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out) or "none"
 
 
+def layer_spec(text: str) -> list[int]:
+    """'0-3,8' → [0, 1, 2, 3, 8] (empty parts skipped); ValueError saying what is wrong. The one parser
+    of layer ranges, for --layers and layers= alike."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = (x.strip() for x in part.partition("-"))
+        if not (lo.isdigit() and (not sep or hi.isdigit())):
+            raise ValueError(f"expected layer indices like '0-3,8', got {text!r}")
+        if sep and int(hi) < int(lo):
+            raise ValueError(f"'{part}' is an empty range (did you mean {hi}-{lo}?)")
+        out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    return out
+
+
 def as_layers(layers) -> Optional[list[int]]:
     """layers= as a list of ints: an int, a list, or the CLI's "0-3,8"; anything else is an error."""
     if layers is None:
         return None
     if isinstance(layers, str):
-        out: list[int] = []
-        for part in (p.strip() for p in layers.split(",")):
-            lo, sep, hi = part.partition("-")
-            if not (lo.isdigit() and (not sep or hi.isdigit())):
-                raise DeltaspecError(f"layers={layers!r}: use an int, a list of ints or a string like '0-3,8'")
-            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-        return out
+        try:
+            return layer_spec(layers)
+        except ValueError as e:
+            raise DeltaspecError(f"layers={layers!r}: {e} (or pass an int or a list of ints)") from None
     if isinstance(layers, int) and not isinstance(layers, bool):
         return [layers]
     try:
