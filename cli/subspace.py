@@ -120,7 +120,9 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     if failed and len(failed) == len(al.names):
         raise failed[0][1]
     if failed:
-        names = ", ".join(n for n, _ in failed[:3]) + (f", … ({len(failed) - 3} more)" if len(failed) > 3 else "")
+        from deltaspec.io.names import summarize
+
+        names = summarize([n for n, _ in failed], 3)
         warn([f"no matching base weight for {len(failed)} layer(s) ({names}): amplification and intruders "
               f"left out for them; the first reason: {failed[0][1]}"])
     rows = _rows(reports, al.labels, kk)

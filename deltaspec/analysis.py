@@ -22,6 +22,7 @@ from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
 from .errors import DeltaspecError, NonFiniteError
+from .io.names import summarize
 from .io.tensors import float64_reads
 from .spectra import LayerOverflow, pick_device, pick_dtype, spectra_of
 from .updates import LayerUpdate, Updates
@@ -207,8 +208,7 @@ def analyze(
     results = distributed.gather(results, todo)
     zero = [r.name for r in results if r.upper is None and not np.any(r.singular_values > 0)]
     extra = [f"{updates.path}: {len(zero)} layer(s) have ΔW = 0 (every singular value is 0; an adapter saved "
-             f"before training, or α = 0?), their ratio metrics are undefined: "
-             + ", ".join(zero[:5]) + (f", … ({len(zero) - 5} more)" if len(zero) > 5 else "")] if zero else []
+             f"before training, or α = 0?), their ratio metrics are undefined: {summarize(zero)}"] if zero else []
     resolved = str(pick_device(device)) if device == "auto" else device
     return AnalysisResult(
         layers=results,

@@ -280,10 +280,11 @@ class Updates(Sequence):
     def __post_init__(self) -> None:
         empty = [u.name for u in self.layers if 0 in tuple(u.shape)]
         if empty:  # nothing to analyse, and every SVD path would fail on them
+            from .io.names import summarize  # (it imports this module)
+
             self.layers = [u for u in self.layers if 0 not in tuple(u.shape)]
             self.warnings = list(self.warnings) + [
-                f"{self.path}: {len(empty)} layer(s) with an empty (zero-size) weight skipped: "
-                + ", ".join(empty[:5]) + (f", … ({len(empty) - 5} more)" if len(empty) > 5 else "")]
+                f"{self.path}: {len(empty)} layer(s) with an empty (zero-size) weight skipped: {summarize(empty)}"]
 
     def __getitem__(self, i):
         """By position or by layer name (as AnalysisResult)."""
