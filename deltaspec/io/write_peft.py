@@ -77,17 +77,12 @@ def conv1d_base(base, ckpt=None, names: Sequence[str] = ()) -> bool:
     fan_in_fan_out), from the config.json of `base` or `ckpt` (a folder, or the folder of a file). Without
     any config, layer names GPT-2 and gpt_bigcode share (`c_attn`, …) are an error rather than a guess:
     the orientation decides whether the written adapter is ΔW or its transpose."""
+    from .validate import model_config
+
     for p in (base, ckpt):
-        if p is None:
-            continue
-        folder = Path(p) if Path(p).is_dir() else Path(p).parent
-        if (folder / "config.json").is_file():
-            try:
-                cfg = json.loads((folder / "config.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(cfg, dict) and cfg.get("model_type"):
-                return str(cfg.get("model_type", "")).lower() in CONV1D_MODEL_TYPES
+        model_type = model_config(p)[0].get("model_type")
+        if model_type:
+            return str(model_type).lower() in CONV1D_MODEL_TYPES
     hits = [n for n in names if n.rsplit(".", 1)[-1] in _CONV1D_NAMES]
     if hits:
         raise DeltaspecError(f"{base}: no config.json says the model type, and layers such as '{hits[0]}' are "
