@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 # public name -> (submodule, attribute); None means the submodule itself
 _LAZY = {
     "analyze": ("analysis", "analyze"),
-    "compare": ("compare", "compare"),  # the function; the module stays importable as deltaspec.compare
+    "compare": ("compare", "compare"),
+    "heads": ("head_analysis", "heads"),  # per-head anatomy of MultiLoRA
+    "HeadsResult": ("head_results", "HeadsResult"),  # the function; the module stays importable as deltaspec.compare
     "metrics": ("metrics", None),
     "AnalysisResult": ("results", "AnalysisResult"),
     "LayerResult": ("results", "LayerResult"),
@@ -73,5 +75,5 @@ def detect(path) -> str:
     return _detect(path)
 
 
-__all__ = ["load", "detect", "analyze", "compare", "metrics", "AnalysisResult", "LayerResult", "Updates", "LayerUpdate",
+__all__ = ["load", "detect", "analyze", "compare", "heads", "HeadsResult", "metrics", "AnalysisResult", "LayerResult", "Updates", "LayerUpdate",
            "Dense", "LowRank", "SumOfLowRank", "DeltaspecError", "__version__"]

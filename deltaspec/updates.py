@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -84,9 +84,12 @@ class SumOfLowRank:
     It is one low-rank product [S_1 B_1 | … | S_n B_n] @ [A_1; …; A_n] of rank ≤ Σ r_i.
     Each term is (scale, B_i, A_i); `scale` is a float, a 0-d tensor or a (d_out,) tensor
     (diag(s_i) B_i, the vector scaling of the MTL-LoRA MultiLoRA baseline).
+    `scalings`: the learned scalings as stored ((n,) or (n, d_out), without α/r), when the reader
+    knows them (per-head anatomy reports their statistics; a Conv1D layout folds them into a factor).
     """
 
     terms: list[tuple[Union[float, Tensor], Tensor, Tensor]] = field(default_factory=list)
+    scalings: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if not self.terms:

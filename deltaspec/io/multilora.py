@@ -123,6 +123,6 @@ def _layer(mod: str, parts: dict, f: TensorFile, alpha: float, fan_in_fan_out: b
                 terms.append((c, A[i].T, sB.T))
             else:
                 terms.append((c * s, B[i], A[i]))
-        return SumOfLowRank(terms)
+        return SumOfLowRank(terms, scalings=S)
 
     return LayerUpdate(mod, shape, "lowrank", min(n * r, *shape), load, f.path, f.dtype(ka), meta)

@@ -1,0 +1,179 @@
+"""Per-head anatomy of a MultiLoRA update ΔW = Σ_i ΔW_i, ΔW_i = c·diag(s_i)·B_i·A_i (pure torch, exact).
+
+Which heads carry the update, do they add up or cancel, do they point in different directions?
+Everything comes from the factors L_i = c·diag(s_i)·B_i (d_out, r) and R_i = A_i (r, d_in); nothing
+d_out × d_in is ever formed (DESIGN §8):
+- each head's spectrum by the factored SVD (spectra.factored_svd): L_i = Q_i T_i, R_iᵀ = P_i S_i,
+  core T_i S_iᵀ = U_c Σ V_cᵀ, so ΔW_i = (Q_i U_c) Σ (P_i V_c)ᵀ — an r×r SVD per head;
+- Frobenius inner products ⟨ΔW_i, ΔW_j⟩ = tr(ΔW_iᵀ ΔW_j) = Σ (L_iᵀ L_j) ⊙ (R_i R_jᵀ), from the Gram
+  matrices of the stacked factors: ‖ΔW_i‖² on the diagonal, ‖ΔW‖² = the sum of all entries;
+- overlaps of the heads' column (row) spaces from their orthonormal bases U_i = Q_i U_c
+  (V_i = P_i V_c): ‖U_iᵀ U_j‖²_F / min(r_i, r_j) and the largest principal cosine σ_1(U_iᵀ U_j).
+Batched over (layers, heads): L (b, n, d_out, r), R (b, n, r, d_in).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .updates import SumOfLowRank
+
+# |s| at most this fraction of the layer's largest |s| counts as "near 0" (frac_s_small).
+ZERO_TOL = 0.01
+
+
+def head_factors(update: "SumOfLowRank") -> tuple["Tensor", "Tensor"]:
+    """L (n, d_out, r), R (n, r, d_in) with ΔW_i = L[i] @ R[i]: each term's scale folded into its B
+    (as `SumOfLowRank.factors`). Heads of different rank are zero-padded to the largest r (a zero
+    column adds nothing to ΔW_i, its spectrum or its spaces)."""
+    import torch
+
+    from .updates import SumOfLowRank
+
+    parts = [SumOfLowRank([t]).factors() for t in update.terms]
+    r = max(Lf.shape[1] for Lf, _ in parts)
+    d_out, d_in = update.shape
+    dtype = torch.promote_types(parts[0][0].dtype, torch.float32)
+    L = torch.zeros(len(parts), d_out, r, dtype=dtype)
+    R = torch.zeros(len(parts), r, d_in, dtype=dtype)
+    for i, (Lf, Rf) in enumerate(parts):
+        L[i, :, :Lf.shape[1]] = Lf
+        R[i, :Rf.shape[0]] = Rf
+    return L, R
+
+
+@dataclass
+class HeadStats:
+    """Anatomy of a batch of b layers with n heads each (float64 numpy).
+
+    sigma (b, n, m): each head's singular values, descending (m = min(r, d_out, d_in));
+    inner (b, n, n): ⟨ΔW_i, ΔW_j⟩_F; ranks (b, n): numerical rank of each head (σ > rtol·σ_1);
+    overlap_col / overlap_row (b, n, n): ‖U_iᵀ U_j‖²_F / min(rank_i, rank_j) of the column / row
+    spaces (1 on the diagonal; NaN when a head is 0); cos_col / cos_row (b, n, n): the largest
+    principal cosine between the two spaces (cosine of the smallest principal angle).
+    """
+
+    sigma: np.ndarray
+    inner: np.ndarray
+    ranks: np.ndarray
+    overlap_col: np.ndarray
+    overlap_row: np.ndarray
+    cos_col: np.ndarray
+    cos_row: np.ndarray
+
+
+def anatomy(L: "Tensor", R: "Tensor", rtol: float) -> HeadStats:
+    """Per-head spectra, inner products and subspace overlaps of L (b, n, d, r), R (b, n, r, k).
+
+    rtol: a head's directions with σ ≤ rtol·σ_1 (of that head) are rounding noise and are left out
+    of its spaces (`metrics.default_rtol` of the compute dtype: numpy's matrix_rank default).
+    """
+    import torch
+
+    b, n, d, r = L.shape
+    Q, T = torch.linalg.qr(L)  # Q: (b, n, d, m1), T: (b, n, m1, r)
+    P, S = torch.linalg.qr(R.mT)  # P: (b, n, k, m2), S: (b, n, m2, r)
+    Uc, sig, Vch = torch.linalg.svd(T @ S.mT, full_matrices=False)  # core (b, n, m1, m2)
+    keep = sig > rtol * sig[..., :1]  # (b, n, m); a zero head keeps nothing
+    col, cos_c = _overlaps(Q @ Uc, keep)  # U_i = Q_i U_c: (b, n, d, m)
+    row, cos_r = _overlaps(P @ Vch.mT, keep)  # V_i = P_i V_c: (b, n, k, m)
+    return HeadStats(_np(sig), _np(_inner(L, R)), _np(keep.sum(-1)), col, row, cos_c, cos_r)
+
+
+def _inner(L: "Tensor", R: "Tensor") -> "Tensor":
+    """⟨ΔW_i, ΔW_j⟩ = Σ_ab (L_iᵀ L_j)_ab (R_i R_jᵀ)_ab for every pair: (b, n, n)."""
+    b, n, d, r = L.shape
+    Lc = L.permute(0, 2, 1, 3).reshape(b, d, n * r)  # [L_1 | … | L_n]
+    Rc = R.reshape(b, n * r, -1)  # [R_1; …; R_n]
+    G = (Lc.mT @ Lc) * (Rc @ Rc.mT)  # (b, nr, nr)
+    return G.reshape(b, n, r, n, r).sum((2, 4))
+
+
+def _overlaps(U: "Tensor", keep: "Tensor") -> tuple[np.ndarray, np.ndarray]:
+    """(mean squared cosine, largest principal cosine) of every pair of head spaces: (b, n, n) each.
+
+    U (b, n, d, m): orthonormal columns; keep (b, n, m): which columns span the head's space."""
+    import torch
+
+    b, n, d, m = U.shape
+    Uk = U * keep.unsqueeze(-2).to(U.dtype)  # dropped directions become zero columns
+    Uc = Uk.permute(0, 2, 1, 3).reshape(b, d, n * m)
+    G = (Uc.mT @ Uc).reshape(b, n, m, n, m).permute(0, 1, 3, 2, 4)  # blocks U_iᵀ U_j: (b, n, n, m, m)
+    rank = keep.sum(-1).to(torch.float64)  # (b, n)
+    denom = torch.minimum(rank[:, :, None], rank[:, None, :])
+    sq = (G.double() ** 2).sum((-1, -2)) / denom  # NaN (0/0) where a head is zero
+    cos = torch.linalg.svdvals(G)[..., 0].double().clamp(max=1.0)
+    cos = torch.where(denom > 0, cos, torch.full_like(cos, math.nan))
+    return _np(sq), _np(cos)
+
+
+def _np(t: "Tensor") -> np.ndarray:
+    t = t.detach().cpu()
+    return t.double().numpy() if t.is_floating_point() else t.numpy()
+
+
+def scaling_stats(S: Optional["Tensor"], n: int, zero_tol: float = ZERO_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """(mean |s_i|, fraction of s_i near 0) per head, from the stored scalings S (n,) or (n, d_out).
+
+    "Near 0": |s| ≤ zero_tol · (the largest |s| of the layer, over all heads); scale-free, so it does
+    not depend on α/r or the learning rate. All zero (an untrained adapter): every entry is near 0.
+    Unknown scalings (S None): NaN.
+    """
+    if S is None:
+        return np.full(n, math.nan), np.full(n, math.nan)
+    a = S.detach().reshape(n, -1).abs().double().cpu().numpy()
+    top = a.max() if a.size else 0.0
+    return a.mean(axis=1), (a <= zero_tol * top).mean(axis=1)
+
+
+def layer_metrics(inner: np.ndarray, overlap_col: np.ndarray, overlap_row: np.ndarray, cos_col: np.ndarray,
+                  cos_row: np.ndarray, mean_abs_s: np.ndarray, frac_s_small: np.ndarray) -> dict:
+    """The per-layer summary (names are part of the API, see docs/METRICS.md "Heads"):
+
+    head_share_i = ‖ΔW_i‖² / Σ_j ‖ΔW_j‖²; effective_heads = exp(−Σ p ln p) over the shares, in [1, n];
+    top_head_share = max share, top_head its index; interference = (‖ΔW‖² − Σ ‖ΔW_i‖²) / ‖ΔW‖²
+    (0: the heads are orthogonal in Frobenius inner product; < 0: they partly cancel); overlap_col/row:
+    mean over head pairs i < j; max_cos_col/row: max over pairs; mean_abs_s, frac_s_small: over all
+    heads. An all-zero update has NaN ratios.
+    """
+    n = inner.shape[0]
+    own = np.clip(np.diag(inner), 0.0, None)
+    total = float(inner.sum())
+    shares = shares_of(inner)
+    p = shares[shares > 0]
+    iu = np.triu_indices(n, 1)
+    return {
+        "heads": n,
+        "effective_heads": float(np.exp(-(p * np.log(p)).sum())) if own.sum() > 0 else math.nan,
+        "top_head_share": float(np.nanmax(shares)) if own.sum() > 0 else math.nan,
+        "top_head": int(np.argmax(own)) if own.sum() > 0 else None,
+        "interference": (total - float(own.sum())) / total if total > 0 else math.nan,
+        "overlap_col": _mean(overlap_col[iu]), "overlap_row": _mean(overlap_row[iu]),
+        "max_cos_col": _max(cos_col[iu]), "max_cos_row": _max(cos_row[iu]),
+        "mean_abs_s": _mean(mean_abs_s), "frac_s_small": _mean(frac_s_small),
+        "frobenius_norm": math.sqrt(max(total, 0.0)),
+    }
+
+
+def shares_of(inner: np.ndarray) -> np.ndarray:
+    """Energy share of each head: ‖ΔW_i‖² / Σ_j ‖ΔW_j‖² (NaN for an all-zero update)."""
+    own = np.clip(np.diag(inner), 0.0, None)  # ‖ΔW_i‖² ≥ 0 (rounding cannot make it negative)
+    return own / own.sum() if own.sum() > 0 else np.full(len(own), math.nan)
+
+
+def _mean(v) -> float:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def _max(v) -> float:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.max()) if v.size else math.nan
