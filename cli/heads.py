@@ -16,14 +16,14 @@ def heads_reader_options(fn):
                         help="Checkpoint format; 'auto' detects it from the files.")(fn)
 
 
-def load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol=None):
+def load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol=None, progress=None):
     """The HeadsResult of CKPT for the shared options (also used by `plot heads`)."""
     import deltaspec as ds
     from deltaspec.head_anatomy import ZERO_TOL
 
     return ds.heads(ckpt, format=ckpt_type, lora_alpha=lora_alpha, modules=parse_list(modules),
                     layers=parse_layers(layers), device=device, dtype=dtype,
-                    zero_tol=ZERO_TOL if zero_tol is None else zero_tol)
+                    zero_tol=ZERO_TOL if zero_tol is None else zero_tol, progress=progress)
 
 
 @click.command()
@@ -37,7 +37,7 @@ def load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero
               help="Output format [default: from -o's extension, else table]. JSON: every value, per head "
                    "and per pair of heads; CSV: one row per head.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output (accepted for symmetry with analyze).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol, fmt, out, quiet):
     """Which heads of a MultiLoRA checkpoint carry the update.
@@ -53,7 +53,8 @@ def heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol,
     """
     fmt = output_format(fmt, out)
     check_output(out, [ckpt])
-    result = load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol)
+    result = load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol,
+                        progress=False if quiet else None)
     if fmt == "table":
         result.warnings = [cli_words(w) for w in result.warnings]
     text = (result.to_json() if fmt == "json" else result.to_csv() if fmt == "csv"

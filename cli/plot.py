@@ -5,7 +5,8 @@ import click
 
 from .common import parse_list, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis, load_checkpoint, load_results
-from .options import parse_ints
+from .heads import heads_reader_options, load_heads
+from .options import compute_options, parse_ints, selection_options
 from .output import check_output, warn
 
 FIG_HELP = """Output: -o FILE.pdf / .svg (vector, fonts embedded) or .png (--dpi); the shipped paper style
@@ -260,3 +261,42 @@ def trajectory(**kw):
     axes = draw(data, metrics=parse_list(kw["traj_metrics"]), log_x=kw["log_x"], title=kw["title"], size=kw["size"],
                 height=kw["height"])
     _save(axes, kw)
+
+
+@plot.command(epilog=FIG_HELP)
+@click.argument("ckpt", type=click.Path())
+@heads_reader_options
+@selection_options(modules_help="Module types, one panel each [default: all].")
+@compute_options(metrics=False)
+@figure_options
+@click.option("--metric", default="share", show_default=True,
+              help="Per-head quantity: share, frobenius_norm, sigma_1, rank, mean_abs_s, frac_s_small, "
+                   "overlap_col, overlap_row.")
+@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap.")
+@click.option("--annotate/--no-annotate", default=None, help="Values in the cells [default: when ≤ 120 cells].")
+@click.option("--vmin", type=float, default=None, help="Lowest value of the colour scale [default: smallest shown].")
+@click.option("--vmax", type=float, default=None, help="Highest value of the colour scale [default: largest shown].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def heads(**kw):
+    """Heads × layers heatmap of a MultiLoRA checkpoint, one panel per module.
+
+    \b
+    deltaspec plot heads sample_checkpoints/multilora -o heads.png
+    deltaspec plot heads CKPT --metric mean_abs_s --modules k_proj,v_proj \\
+        -o scalings.pdf
+
+    Colour: each head's share of the layer's energy ‖ΔW_i‖²/Σ‖ΔW_j‖² by
+    default (1/n for balanced heads); numbers: `deltaspec heads`.
+    """
+    from deltaspec.plots import heads as draw
+    from deltaspec.plots.save import figure_format
+
+    figure_format(kw["out"])
+    check_output(kw["out"], [kw["ckpt"]])
+    result = load_heads(kw["ckpt"], kw["ckpt_type"], kw["lora_alpha"], kw["modules"], kw["layers"], kw["device"],
+                        kw["dtype"], progress=False if kw["quiet"] else None)
+    warn(result.warnings)
+    ax = draw(result, kw["metric"], modules=parse_list(kw["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
+              vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
+    _save(ax, kw)

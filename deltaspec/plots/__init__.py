@@ -11,6 +11,7 @@ writes PDF/SVG/PNG deterministically.
     dp.save(dp.hist(runs, modules=["k_proj", "v_proj"]), "fig2.pdf")   # the MultiLoRA paper's Figure 2
 """
 from .energy import energy, energy_curves
+from .heads import heads, heads_data
 from .heatmap import heatmap, heatmap_data
 from .hist import hist, histogram_data
 from .notebook import inline
@@ -22,6 +23,6 @@ from .trajectory import trajectory, trajectory_data
 from .style import DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, STYLE_PATH, figsize, paper_style, use_paper_style
 
 __all__ = ["inline", "render", "hist", "histogram_data", "spectrum", "spectrum_curves", "energy", "energy_curves", "heatmap",
-           "heatmap_data", "rank_needed", "rank_needed_data", "trajectory", "trajectory_data", "similarity", "mean_similarity", "save", "paper_style",
+           "heatmap_data", "heads", "heads_data", "rank_needed", "rank_needed_data", "trajectory", "trajectory_data", "similarity", "mean_similarity", "save", "paper_style",
            "use_paper_style", "figsize",
            "PALETTE", "SINGLE_COLUMN", "DOUBLE_COLUMN", "STYLE_PATH"]
