@@ -94,10 +94,11 @@ def heads(
     try:
         with float64_reads(dt == torch.float64):  # float64: factors read as float64, scalings folded exactly
             for batch in _batches(todo, lambda: bar.update(1)):
-                L = torch.stack([b[1] for b in batch]).to(dev, dt)  # (b, n, d_out, r)
-                R = torch.stack([b[2] for b in batch]).to(dev, dt)  # (b, n, r, d_in)
-                stats = anatomy(L, R, default_rtol((L.shape[2], R.shape[3]), torch.finfo(dt).eps))
-                for j, (i, _, _, S) in enumerate(batch):
+                L = torch.stack([b[1] for b in batch]).to(dev, dt)  # (b, d_out, n·r)
+                R = torch.stack([b[2] for b in batch]).to(dev, dt)  # (b, n·r, d_in)
+                r = batch[0][4]
+                stats = anatomy(L, R, r, default_rtol((L.shape[1], R.shape[2]), torch.finfo(dt).eps))
+                for j, (i, _, _, S, _) in enumerate(batch):
                     out[i] = _layer(todo[i], stats, j, S, zero_tol)
     finally:
         bar.close()
@@ -107,16 +108,16 @@ def heads(
 
 
 def _batches(todo, on_load, budget: int = None):
-    """Yield lists of (index, L, R, scalings) of layers of one shape (d_out, d_in, n, r), loaded one at
+    """Yield lists of (index, L, R, scalings, r) of layers of one shape (d_out, d_in, n, r), loaded one at
     a time and held until their factors reach `budget` bytes (default CHUNK_BYTES)."""
     budget = CHUNK_BYTES if budget is None else budget
     pending: dict[tuple, list] = {}
     size: dict[tuple, int] = {}
     for i, u in enumerate(todo):
         update = u.load()
-        L, R = head_factors(update)
-        key = (*update.shape, L.shape[0], L.shape[2])
-        pending.setdefault(key, []).append((i, L, R, update.scalings))
+        L, R, r = head_factors(update)
+        key = (*update.shape, len(update.terms), r)
+        pending.setdefault(key, []).append((i, L, R, update.scalings, r))
         size[key] = size.get(key, 0) + (L.numel() + R.numel()) * L.element_size()
         on_load()
         if size[key] >= budget:

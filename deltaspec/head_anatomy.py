@@ -1,15 +1,19 @@
 """Per-head anatomy of a MultiLoRA update ΔW = Σ_i ΔW_i, ΔW_i = c·diag(s_i)·B_i·A_i (pure torch, exact).
 
 Which heads carry the update, do they add up or cancel, do they point in different directions?
-Everything comes from the factors L_i = c·diag(s_i)·B_i (d_out, r) and R_i = A_i (r, d_in); nothing
-d_out × d_in is ever formed (DESIGN §8):
-- each head's spectrum by the factored SVD (spectra.factored_svd): L_i = Q_i T_i, R_iᵀ = P_i S_i,
-  core T_i S_iᵀ = U_c Σ V_cᵀ, so ΔW_i = (Q_i U_c) Σ (P_i V_c)ᵀ — an r×r SVD per head;
-- Frobenius inner products ⟨ΔW_i, ΔW_j⟩ = tr(ΔW_iᵀ ΔW_j) = Σ (L_iᵀ L_j) ⊙ (R_i R_jᵀ), from the Gram
-  matrices of the stacked factors: ‖ΔW_i‖² on the diagonal, ‖ΔW‖² = the sum of all entries;
-- overlaps of the heads' column (row) spaces from their orthonormal bases U_i = Q_i U_c
-  (V_i = P_i V_c): ‖U_iᵀ U_j‖²_F / min(r_i, r_j) and the largest principal cosine σ_1(U_iᵀ U_j).
-Batched over (layers, heads): L (b, n, d_out, r), R (b, n, r, d_in).
+Everything comes from the stacked factors L = [L_1 | … | L_n] (d_out, n·r), L_i = c·diag(s_i)·B_i,
+and R = [R_1; …; R_n] (n·r, d_in), R_i = A_i; nothing d_out × d_in is ever formed (DESIGN §8).
+One thin QR per side, as the factored SVD of ΔW itself (spectra.factored_svd): L = Q T, Rᵀ = P S.
+Head i's columns are L_i = Q T_i and R_iᵀ = P S_i (T_i, S_i: its n·r × r block columns), so
+    ΔW_i = Q C_i Pᵀ  with the small core  C_i = T_i S_iᵀ  (n·r × n·r, rank ≤ r),
+and because Q and P have orthonormal columns, everything is a property of the cores:
+- head i's singular values are those of C_i, its column (row) space is Q U_i (P V_i) with
+  C_i = U_i Σ_i V_iᵀ;
+- Frobenius inner products ⟨ΔW_i, ΔW_j⟩ = tr(C_iᵀ C_j): ‖ΔW_i‖² on the diagonal, ‖ΔW‖² = their sum;
+- overlaps of two heads' column spaces: (Q U_i)ᵀ (Q U_j) = U_iᵀ U_j, so ‖U_iᵀ U_j‖²_F / min(r_i, r_j)
+  and the largest principal cosine σ_1(U_iᵀ U_j) need no d_out-sized product (rows: V_i, V_j).
+The cost is that of the spectrum of ΔW (two QRs of the stacked factors) plus n SVDs of n·r × n·r
+cores. Batched over layers: L (b, d_out, n·r), R (b, n·r, d_in).
 """
 from __future__ import annotations
 
@@ -28,24 +32,27 @@ if TYPE_CHECKING:
 ZERO_TOL = 0.01
 
 
-def head_factors(update: "SumOfLowRank") -> tuple["Tensor", "Tensor"]:
-    """L (n, d_out, r), R (n, r, d_in) with ΔW_i = L[i] @ R[i]: each term's scale folded into its B
-    (as `SumOfLowRank.factors`). Heads of different rank are zero-padded to the largest r (a zero
+def head_factors(update: "SumOfLowRank") -> tuple["Tensor", "Tensor", int]:
+    """(L, R, r): the stacked factors L (d_out, n·r), R (n·r, d_in) of `SumOfLowRank.factors`, head i
+    in block i of r columns (rows). Heads of different rank are zero-padded to the largest r (a zero
     column adds nothing to ΔW_i, its spectrum or its spaces)."""
     import torch
 
     from .updates import SumOfLowRank
 
-    parts = [SumOfLowRank([t]).factors() for t in update.terms]
-    r = max(Lf.shape[1] for Lf, _ in parts)
+    ranks = [A.shape[0] for _, _, A in update.terms]
+    r = max(ranks)
+    if min(ranks) == r:
+        L, R = update.factors()
+        return L, R, r
     d_out, d_in = update.shape
-    dtype = torch.promote_types(parts[0][0].dtype, torch.float32)
-    L = torch.zeros(len(parts), d_out, r, dtype=dtype)
-    R = torch.zeros(len(parts), r, d_in, dtype=dtype)
+    parts = [SumOfLowRank([t]).factors() for t in update.terms]
+    L = torch.zeros(d_out, len(parts) * r, dtype=parts[0][0].dtype)
+    R = torch.zeros(len(parts) * r, d_in, dtype=parts[0][1].dtype)
     for i, (Lf, Rf) in enumerate(parts):
-        L[i, :, :Lf.shape[1]] = Lf
-        R[i, :Rf.shape[0]] = Rf
-    return L, R
+        L[:, i * r:i * r + Lf.shape[1]] = Lf
+        R[i * r:i * r + Rf.shape[0]] = Rf
+    return L, R, r
 
 
 @dataclass
@@ -68,43 +75,41 @@ class HeadStats:
     cos_row: np.ndarray
 
 
-def anatomy(L: "Tensor", R: "Tensor", rtol: float) -> HeadStats:
-    """Per-head spectra, inner products and subspace overlaps of L (b, n, d, r), R (b, n, r, k).
+def anatomy(L: "Tensor", R: "Tensor", r: int, rtol: float) -> HeadStats:
+    """Per-head spectra, inner products and subspace overlaps of layers with stacked factors
+    L (b, d, n·r), R (b, n·r, k), r the rank of each head.
 
     rtol: a head's directions with σ ≤ rtol·σ_1 (of that head) are rounding noise and are left out
     of its spaces (`metrics.default_rtol` of the compute dtype: numpy's matrix_rank default).
     """
     import torch
 
-    b, n, d, r = L.shape
-    Q, T = torch.linalg.qr(L)  # Q: (b, n, d, m1), T: (b, n, m1, r)
-    P, S = torch.linalg.qr(R.mT)  # P: (b, n, k, m2), S: (b, n, m2, r)
-    Uc, sig, Vch = torch.linalg.svd(T @ S.mT, full_matrices=False)  # core (b, n, m1, m2)
+    b, _, nr = L.shape
+    n = nr // r
+    T = torch.linalg.qr(L, mode="r").R  # (b, m1, n·r): L = Q T, Q never formed
+    S = torch.linalg.qr(R.mT, mode="r").R  # (b, m2, n·r): Rᵀ = P S
+    Ti = T.reshape(b, -1, n, r).permute(0, 2, 1, 3)  # (b, n, m1, r): head i's block columns
+    Si = S.reshape(b, -1, n, r).permute(0, 2, 1, 3)  # (b, n, m2, r)
+    C = Ti @ Si.mT  # (b, n, m1, m2): ΔW_i = Q C_i Pᵀ
+    inner = torch.einsum("bixy,bjxy->bij", C, C)  # tr(C_iᵀ C_j)
+    U, sig, Vh = torch.linalg.svd(C, full_matrices=False)
+    m = min(r, sig.shape[-1])  # rank C_i ≤ r: the rest is rounding
+    sig, U, V = sig[..., :m], U[..., :m], Vh.mT[..., :m]
     keep = sig > rtol * sig[..., :1]  # (b, n, m); a zero head keeps nothing
-    col, cos_c = _overlaps(Q @ Uc, keep)  # U_i = Q_i U_c: (b, n, d, m)
-    row, cos_r = _overlaps(P @ Vch.mT, keep)  # V_i = P_i V_c: (b, n, k, m)
-    return HeadStats(_np(sig), _np(_inner(L, R)), _np(keep.sum(-1)), col, row, cos_c, cos_r)
-
-
-def _inner(L: "Tensor", R: "Tensor") -> "Tensor":
-    """⟨ΔW_i, ΔW_j⟩ = Σ_ab (L_iᵀ L_j)_ab (R_i R_jᵀ)_ab for every pair: (b, n, n)."""
-    b, n, d, r = L.shape
-    Lc = L.permute(0, 2, 1, 3).reshape(b, d, n * r)  # [L_1 | … | L_n]
-    Rc = R.reshape(b, n * r, -1)  # [R_1; …; R_n]
-    G = (Lc.mT @ Lc) * (Rc @ Rc.mT)  # (b, nr, nr)
-    return G.reshape(b, n, r, n, r).sum((2, 4))
+    col, cos_c = _overlaps(U, keep)
+    row, cos_r = _overlaps(V, keep)
+    return HeadStats(_np(sig), _np(inner), _np(keep.sum(-1)), col, row, cos_c, cos_r)
 
 
 def _overlaps(U: "Tensor", keep: "Tensor") -> tuple[np.ndarray, np.ndarray]:
     """(mean squared cosine, largest principal cosine) of every pair of head spaces: (b, n, n) each.
 
-    U (b, n, d, m): orthonormal columns; keep (b, n, m): which columns span the head's space."""
+    U (b, n, p, m): orthonormal columns (in the coordinates of Q or P); keep (b, n, m): which columns
+    span the head's space."""
     import torch
 
-    b, n, d, m = U.shape
     Uk = U * keep.unsqueeze(-2).to(U.dtype)  # dropped directions become zero columns
-    Uc = Uk.permute(0, 2, 1, 3).reshape(b, d, n * m)
-    G = (Uc.mT @ Uc).reshape(b, n, m, n, m).permute(0, 1, 3, 2, 4)  # blocks U_iᵀ U_j: (b, n, n, m, m)
+    G = Uk.mT.unsqueeze(2) @ Uk.unsqueeze(1)  # blocks U_iᵀ U_j: (b, n, n, m, m)
     rank = keep.sum(-1).to(torch.float64)  # (b, n)
     denom = torch.minimum(rank[:, :, None], rank[:, None, :])
     sq = (G.double() ** 2).sum((-1, -2)) / denom  # NaN (0/0) where a head is zero

@@ -119,8 +119,8 @@ def test_random_factors_rectangular_and_batched(vector, monkeypatch):
         refs.append(reference([t[0].reshape(-1, 1).numpy() * (t[1] @ t[2]).numpy() if vector
                                else t[0] * (t[1] @ t[2]).numpy() for t in terms]))
     for lay_u, ref in zip(updates, refs):
-        L, R = head_factors(lay_u)
-        st = anatomy(L[None], R[None], max(lay_u.shape) * np.finfo(np.float32).eps)
+        L, R, rr = head_factors(lay_u)
+        st = anatomy(L[None], R[None], rr, max(lay_u.shape) * np.finfo(np.float32).eps)
         assert np.allclose(st.sigma[0], np.stack([s[:r] for s in ref["sigma"]]), rtol=1e-10)
         assert np.allclose(st.overlap_col[0], ref["overlap_col"], atol=1e-10)
         assert np.allclose(st.cos_row[0], ref["cos_row"], atol=1e-10)
@@ -130,8 +130,8 @@ def test_random_factors_rectangular_and_batched(vector, monkeypatch):
     # the same three layers through two batches (first and third share a shape) and through a tiny budget
     L = torch.stack([head_factors(updates[i])[0] for i in (0, 2)])
     R = torch.stack([head_factors(updates[i])[1] for i in (0, 2)])
-    st = anatomy(L, R, 40 * np.finfo(np.float32).eps)
-    assert np.allclose(st.inner[1], anatomy(L[1:], R[1:], 40 * np.finfo(np.float32).eps).inner[0], rtol=1e-12)
+    st = anatomy(L, R, r, 40 * np.finfo(np.float32).eps)
+    assert np.allclose(st.inner[1], anatomy(L[1:], R[1:], r, 40 * np.finfo(np.float32).eps).inner[0], rtol=1e-12)
 
 
 def test_budget_does_not_change_results(monkeypatch):
@@ -165,8 +165,8 @@ def test_zero_head_and_zero_update():
     from deltaspec.head_results import HeadLayer
 
     def layer(u):
-        L, R = head_factors(u)
-        st = anatomy(L[None], R[None], 16 * np.finfo(np.float32).eps)
+        L, R, r = head_factors(u)
+        st = anatomy(L[None], R[None], r, 16 * np.finfo(np.float32).eps)
         from deltaspec.head_anatomy import scaling_stats
 
         ma, fr = scaling_stats(u.scalings, 3)
@@ -223,3 +223,22 @@ def test_api_result_house_style():
     rows = res.head_table()
     assert len(rows) == 16
     assert len(res.select(modules=["o_proj"])) == 1
+
+
+@pytest.mark.parametrize("d_out,d_in,ranks", [(30, 20, (2, 3, 1)), (6, 25, (4, 4, 4))])
+def test_unequal_ranks_and_layers_narrower_than_the_stacked_rank(d_out, d_in, ranks):
+    """Heads of different rank (zero-padded) and d_out < n·r (the stacked QR is wide): still exact."""
+    g = torch.Generator().manual_seed(3)
+    terms = [(float(torch.randn(1, generator=g)), torch.randn(d_out, k, generator=g, dtype=torch.float64),
+              torch.randn(k, d_in, generator=g, dtype=torch.float64)) for k in ranks]
+    ref = reference([c * (B @ A).numpy() for c, B, A in terms])
+    L, R, r = head_factors(SumOfLowRank(terms))
+    st = anatomy(L[None], R[None], r, max(d_out, d_in) * np.finfo(np.float32).eps)
+    assert list(st.ranks[0]) == ref["ranks"] == [min(k, d_out) for k in ranks]
+    for i, s in enumerate(ref["sigma"]):
+        k = ref["ranks"][i]
+        assert np.allclose(st.sigma[0][i][:k], s[:k], rtol=1e-10)
+    assert np.allclose(st.inner[0], [[np.sum((a * (B @ A)).numpy() * (c * (Bj @ Aj)).numpy()) for c, Bj, Aj in terms]
+                                     for a, B, A in terms], rtol=1e-10)
+    for key in ("overlap_col", "overlap_row", "cos_col", "cos_row"):
+        assert np.allclose(getattr(st, key)[0], ref[key], atol=1e-9), key
