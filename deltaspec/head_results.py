@@ -1,6 +1,6 @@
 """Results of `deltaspec.heads`: per-layer head anatomy, per-module means, JSON/CSV/table output.
 
-JSON schema (`HeadsResult.to_dict`, docs/METRICS.md "Heads"):
+JSON schema (`HeadsResult.to_dict`, docs/METRICS.md "Heads: which MultiLoRA heads carry the update"):
     {"deltaspec_version", "source": {"path", "format"}, "settings": {"dtype", "device", "zero_tol"},
      "warnings": [...], "layers": [{"name", "module", "layer", "shape", "heads", "r", "metrics": {...},
        "per_head": [{"head", "share", "frobenius_norm", "rank", "singular_values", "mean_abs_s",
