@@ -3,8 +3,8 @@
 JSON schema (`HeadsResult.to_dict`, docs/METRICS.md "Heads: which MultiLoRA heads carry the update"):
     {"deltaspec_version", "source": {"path", "format"}, "settings": {"dtype", "device", "zero_tol"},
      "warnings": [...], "layers": [{"name", "module", "layer", "shape", "heads", "r", "metrics": {...},
-       "per_head": [{"head", "share", "frobenius_norm", "rank", "singular_values", "mean_abs_s",
-                     "frac_s_small", "overlap_col", "overlap_row"}],
+       "per_head": [{"head", "share", "frobenius_norm", "sigma_1", "rank", "mean_abs_s", "frac_s_small",
+                     "overlap_col", "overlap_row", "singular_values"}],
        "inner": n×n, "overlap_col": n×n, "overlap_row": n×n, "cos_col": n×n, "cos_row": n×n}],
      "aggregates": {module: {"n_layers", "mean": {...}}}}
 NaN is written as null. Per-head overlap_col/row: the mean overlap of that head with the others.
@@ -92,7 +92,7 @@ class HeadLayer:
                 f"top_head_share {fmt_num(m['top_head_share'])}, interference {fmt_num(m['interference'])}>")
 
     def _repr_html_(self) -> str:
-        cols = [c for c in HEAD_METRICS]
+        cols = list(HEAD_METRICS)
         body = [[h["head"]] + [fmt_num(h[c]) for c in cols] for h in self.per_head()]
         return html_table(["head"] + cols, body, caption=repr(self))
 
