@@ -60,7 +60,7 @@ class HeadStats:
     """Anatomy of a batch of b layers with n heads each (float64 numpy).
 
     sigma (b, n, m): each head's singular values, descending (m = min(r, d_out, d_in));
-    inner (b, n, n): ⟨ΔW_i, ΔW_j⟩_F; ranks (b, n): numerical rank of each head (σ > rtol·σ_1);
+    inner (b, n, n): ⟨ΔW_i, ΔW_j⟩_F; ranks (b, n): numerical rank of each head (see `anatomy`);
     overlap_col / overlap_row (b, n, n): ‖U_iᵀ U_j‖²_F / min(rank_i, rank_j) of the column / row
     spaces (1 on the diagonal; NaN when a head is 0); cos_col / cos_row (b, n, n): the largest
     principal cosine between the two spaces (cosine of the smallest principal angle).
@@ -79,8 +79,9 @@ def anatomy(L: "Tensor", R: "Tensor", r: int, rtol: float) -> HeadStats:
     """Per-head spectra, inner products and subspace overlaps of layers with stacked factors
     L (b, d, n·r), R (b, n·r, k), r the rank of each head.
 
-    rtol: a head's directions with σ ≤ rtol·σ_1 (of that head) are rounding noise and are left out
-    of its spaces (`metrics.default_rtol` of the compute dtype: numpy's matrix_rank default).
+    rtol: directions with σ ≤ rtol·(the largest σ_1 of the layer's heads) are rounding noise and are
+    left out of a head's space (`metrics.default_rtol` of the compute dtype: numpy's matrix_rank
+    default); a head below that altogether (e.g. zero scalings) has rank 0 and no space.
     """
     import torch
 
@@ -95,7 +96,8 @@ def anatomy(L: "Tensor", R: "Tensor", r: int, rtol: float) -> HeadStats:
     U, sig, Vh = torch.linalg.svd(C, full_matrices=False)
     m = min(r, sig.shape[-1])  # rank C_i ≤ r: the rest is rounding
     sig, U, V = sig[..., :m], U[..., :m], Vh.mT[..., :m]
-    keep = sig > rtol * sig[..., :1]  # (b, n, m); a zero head keeps nothing
+    # (b, n, m): rounding of the shared QR is relative to the layer's largest head, so is the cut
+    keep = sig > rtol * sig[..., :1].amax(dim=1, keepdim=True)
     col, cos_c = _overlaps(U, keep)
     row, cos_r = _overlaps(V, keep)
     return HeadStats(_np(sig), _np(inner), _np(keep.sum(-1)), col, row, cos_c, cos_r)

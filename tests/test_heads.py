@@ -27,7 +27,8 @@ def reference(Ws, scalings=None, zero_tol=0.01):
     total = np.sum(sum(Ws) ** 2)
     svd = [np.linalg.svd(W) for W in Ws]
     sig = [s for _, s, _ in svd]
-    ranks = [int((s > max(W.shape) * np.finfo(np.float32).eps * s[0]).sum()) for W, s in zip(Ws, sig)]
+    top = max(s[0] for s in sig)  # the cut is relative to the layer's largest head
+    ranks = [int((s > max(W.shape) * np.finfo(np.float32).eps * top).sum()) for W, s in zip(Ws, sig)]
     U = [u[:, :k] for (u, _, _), k in zip(svd, ranks)]
     V = [vt[:k].T for (_, _, vt), k in zip(svd, ranks)]
     ocol, orow, ccol, crow = (np.eye(n) for _ in range(4))
