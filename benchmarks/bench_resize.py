@@ -50,7 +50,7 @@ def task_ds_api(path, rank, out, threads=None):
     _setup(threads)
     import deltaspec as ds
     from deltaspec import ranks as R
-    from deltaspec.io.write_peft import write_lora_adapter
+    from deltaspec.io.write.peft import write_lora_adapter
     from deltaspec.resize import resize
 
     t0, c0 = time.perf_counter(), time.process_time()

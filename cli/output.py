@@ -35,7 +35,7 @@ def output_format(fmt: str | None, out: str | None, allowed=("table", "json", "c
 def check_output(out: str | None, inputs) -> None:
     """Before any work: refuse an -o that is empty, inside (or equal to) an input path or the checkpoint
     folder of an input file, a folder, or a place that cannot be written. Creates nothing."""
-    from deltaspec.io.outputs import check_writable, refuse_inputs
+    from deltaspec.io.write.outputs import check_writable, refuse_inputs
 
     if out is None:
         return

@@ -61,7 +61,7 @@ def resize(ckpt, out, fixed, energy, fro_error, sv_ratio, knee, effective_rank, 
     import deltaspec as ds
     from deltaspec import ranks as R
     from deltaspec.errors import DeltaspecError
-    from deltaspec.io.write_peft import check_out_dir, conv1d_base, write_lora_adapter
+    from deltaspec.io.write.peft import check_out_dir, conv1d_base, write_lora_adapter
     from deltaspec.progress import Progress
     from deltaspec.resize import resize as run_resize
     from deltaspec.spectra import pick_device

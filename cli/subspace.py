@@ -19,7 +19,7 @@ def base_lookup(base, results, inputs):
     a layer whose W0 cannot be matched (a resized embedding, trainable tokens) gets no W0 metrics, and
     a warning says which; if no layer matches, the first error is raised (the wrong --base)."""
     from deltaspec.errors import FormatError, ShapeMismatchError
-    from deltaspec.io.basemap import base_weights
+    from deltaspec.io.model.basemap import base_weights
 
     get = base_weights(base, results[0].source["format"], str(inputs[0]))
     failed: list[tuple[str, Exception]] = []
@@ -120,7 +120,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     if failed and len(failed) == len(al.names):
         raise failed[0][1]
     if failed:
-        from deltaspec.io.names import summarize
+        from deltaspec.layernames import summarize
 
         names = summarize([n for n, _ in failed], 3)
         warn([f"no matching base weight for {len(failed)} layer(s) ({names}): amplification and intruders "

@@ -22,8 +22,8 @@ from .formatting import short_names
 from .progress import Progress
 from .results import AnalysisResult, LayerResult
 from .errors import DeltaspecError, NonFiniteError
-from .io.names import summarize
-from .io.tensors import float64_reads
+from .layernames import summarize
+from .io.files.tensors import float64_reads
 from .spectra import LayerOverflow, pick_device, pick_dtype, spectra_of
 from .updates import LayerUpdate, Updates
 

@@ -27,8 +27,8 @@ from typing import Optional
 
 from . import ranks as R
 from .errors import DeltaspecError
-from .io.names import is_embedding
-from .io.write_peft import LoraFactors
+from .io.model.names import is_embedding
+from .io.write.peft import LoraFactors
 from .updates import Updates
 
 

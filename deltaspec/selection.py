@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .errors import DeltaspecError
-from .updates import module_matches
+from .layernames import module_matches
 
 
 def ranges(ints: Sequence[int]) -> str:

@@ -22,7 +22,7 @@ from . import __version__
 from . import ranks as R
 from .formatting import short_names, wrap
 from .errors import DeltaspecError
-from .io.write_peft import exact_key, lora_config_fields  # noqa: F401  (re-exported)
+from .io.write.peft import exact_key, lora_config_fields  # noqa: F401  (re-exported)
 
 DEFAULT_LEVELS = (0.5, 0.8, 0.9, 0.99)
 SHORT = {"energy": "e", "fro_error": "fro", "sv_ratio": "ratio", "rank": "r", "knee": "knee",

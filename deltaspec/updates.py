@@ -14,7 +14,6 @@ form computes.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 from .formatting import shape_str, tally
+from .layernames import layer_index, module_matches, module_type, summarize  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -196,45 +196,6 @@ def is_factored(update: Update) -> bool:
     return hasattr(update, "factors")
 
 
-_LAYER_RE = re.compile(r"\.(\d+)(?:\.|$)")
-_UNDERSCORED_LAYER_RE = re.compile(r"_(\d+)(?:_|$)")
-_UNDERSCORED_TYPE_RE = re.compile(r"^.*_\d+_")
-
-
-def _underscored(name: str) -> bool:
-    """A kohya / LyCORIS name: the module path with its dots turned into underscores."""
-    return "." not in name and "_" in name
-
-
-def layer_index(name: str) -> int | None:
-    """First integer component of a module name: `model.layers.3.self_attn.q_proj` → 3
-    (kohya's `lora_te_text_model_encoder_layers_3_self_attn_q_proj` → 3)."""
-    m = (_UNDERSCORED_LAYER_RE if _underscored(name) else _LAYER_RE).search(name)
-    return int(m.group(1)) if m else None
-
-
-def module_type(name: str) -> str:
-    """What layers are grouped and selected by: the last component of a module name
-    (`model.layers.3.self_attn.q_proj` → `q_proj`), with the index of a ModuleList entry kept with
-    its list (diffusers' `attn1.to_out.0` → `to_out.0`, `ff.net.2` → `net.2`). A kohya name has no
-    dots to split at: its part after the last `_<index>_` (`…_transformer_blocks_0_attn1_to_q` →
-    `attn1_to_q`, `…_layers_3_self_attn_q_proj` → `self_attn_q_proj`)."""
-    if _underscored(name):
-        return _UNDERSCORED_TYPE_RE.sub("", name)
-    head, _, last = name.rpartition(".")
-    return f"{head.rpartition('.')[2]}.{last}" if last.isdigit() and head else last
-
-
-def module_matches(name: str, module: str, spec: str) -> bool:
-    """`spec` (one --modules entry) selects the layer: its module type, or a trailing part of its name
-    (`to_q` selects kohya's `…attn1_to_q`; `attn1.to_q` selects only self-attention)."""
-    if spec == module:
-        return True
-    if _underscored(name):
-        return name.endswith("_" + spec.replace(".", "_"))
-    return name.endswith("." + spec)
-
-
 @dataclass
 class LayerUpdate:
     """One layer's update, named like the base model's module, loaded only when asked for.
@@ -283,7 +244,6 @@ class Updates(Sequence):
     def __post_init__(self) -> None:
         empty = [u.name for u in self.layers if 0 in tuple(u.shape)]
         if empty:  # nothing to analyse, and every SVD path would fail on them
-            from .io.names import summarize  # (it imports this module)
 
             self.layers = [u for u in self.layers if 0 not in tuple(u.shape)]
             self.warnings = list(self.warnings) + [

@@ -123,7 +123,7 @@ def test_figure2_default_panels_follow_the_naming():
 def test_embeddings_are_told_by_the_last_name_part():
     """Linear layers inside an embedding block (SD's time_embedding.linear_1, Flux's x_embedder) are
     weights analysed by default; token/position embeddings and heads, dotted or kohya-named, are not."""
-    from deltaspec.io.names import is_embedding
+    from deltaspec.io.model.names import is_embedding
 
     emb = ["model.embed_tokens", "lm_head", "transformer.wte", "bert.embeddings.word_embeddings", "gpt_neox.embed_in",
            "lora_te1_text_model_embeddings_token_embedding", "lora_te_text_model_embeddings_position_embedding"]

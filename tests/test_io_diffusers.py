@@ -313,7 +313,7 @@ def test_subspace_finds_w0_by_diffusers_and_kohya_names(tmp_path):
 def test_missing_component_folder_is_named(tmp_path):
     """A kohya/LyCORIS module of a component the base pipeline folder lacks: the error names the module and
     the missing subfolder (it used to advise analysing one component of the pipeline)."""
-    from deltaspec.io.basemap import BaseLookup
+    from deltaspec.io.model.basemap import BaseLookup
 
     tiny_unet().save_pretrained(tmp_path / "base" / "unet")
     (tmp_path / "base" / "model_index.json").write_text("{}")

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from deltaspec.errors import CorruptFileError, FormatError  # noqa: E402
-from deltaspec.io.st_header import read_header, read_scalar  # noqa: E402
+from deltaspec.io.files.st_header import read_header, read_scalar  # noqa: E402
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
           torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]

@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 from deltaspec.errors import FormatError  # noqa: E402
 from deltaspec.io import load  # noqa: E402
-from deltaspec.io.experts import Layout  # noqa: E402
+from deltaspec.io.model.experts import Layout  # noqa: E402
 from io_fixtures import close, randomize_adapter  # noqa: E402
 
 SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=64)

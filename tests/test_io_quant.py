@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(__file__))
 from deltaspec.errors import FormatError, ShapeMismatchError  # noqa: E402
 from deltaspec.io import load  # noqa: E402
-from deltaspec.io.tensors import open_model  # noqa: E402
+from deltaspec.io.files.tensors import open_model  # noqa: E402
 from io_fixtures import LLAMA_LIKE, close, random_state, snapshot  # noqa: E402
 
 Q = "model.layers.0.self_attn.q_proj"

@@ -16,6 +16,23 @@ model's stored weight ((out, in) for experts). Loaders read only their own tenso
 upcast to float32 before any arithmetic, and raise NonFiniteError on NaN/Inf. Whatever a reader
 skips is counted and named in `Updates.warnings`; config values are validated (`validate`). Nothing
 here imports torch until a tensor is read, and nothing is ever written next to the inputs.
+
+Layout, bottom to top; a module imports only from its own folder or a lower one (tested in
+tests/test_import_graph.py, which also forbids import circles anywhere in the package):
+  files/     file access: safetensors headers (st_header), lazy tensor reading and shards (tensors,
+             model_files), Hub ids and caches (hub), FP8 dequantization and refusals (quant),
+             checked JSON configs (validate)
+  model/     model knowledge: layer names and embeddings (names), MoE expert layouts (experts),
+             Stable Diffusion key patterns (sdkeys), finding a base weight for an SD name (basemap)
+  algebra/   the merge math: multiplicative merges into W0 (merge_math: DoRA, IA3, OFT), LoHa/LoKr
+             tensors → factored forms (hadakron)
+  write/     writers and output checks: PEFT LoRA adapters (peft), where outputs may go (outputs)
+  formats/   one module per format family, each a `read_<format>(...) → Updates`: full, peft (+ its
+             helpers peft_keys, peft_copies, peft_experts, peft_tokens, peft_tuners), multilora,
+             kohya, lycoris, diffusers, initial (PiSSA/OLoRA and initial adapters)
+  detect.py  which format a path holds (FORMATS, from the files alone); this file: `load` dispatches.
+A new format: add formats/<name>.py with its reader, its name to `detect.FORMATS` and its detection
+rule to detect.py, and one branch to `load` below.
 """
 from __future__ import annotations
 
@@ -45,12 +62,12 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     initial: the adapter saved before training, for PiSSA/OLoRA-style adapters saved without
     conversion: ΔW = s(BA − B0A0), exact relative to the original base (see io/initial.py).
     """
-    from .full import read_full
-    from .kohya import read_kohya
-    from .multilora import read_mtl_multilora, read_multilora
-    from .peft import read_peft
-    from .peft_tuners import TUNERS, read_peft_tuner
-    from .tensors import read_json
+    from .formats.full import read_full
+    from .formats.kohya import read_kohya
+    from .formats.multilora import read_mtl_multilora, read_multilora
+    from .formats.peft import read_peft
+    from .formats.peft_tuners import TUNERS, read_peft_tuner
+    from .files.tensors import read_json
 
     if format in (None, "auto"):
         fmt, p = resolve(path)
@@ -86,11 +103,11 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     elif fmt == "mtl-multilora":
         u = read_mtl_multilora(p, base, include_embeddings, lora_alpha)
     elif fmt == "lycoris":
-        from .lycoris import read_lycoris
+        from .formats.lycoris import read_lycoris
 
         u = read_lycoris(_single_file(p, "LyCORIS"), base, include_embeddings)
     elif fmt == "diffusers":
-        from .diffusers import read_diffusers
+        from .formats.diffusers import read_diffusers
 
         u = read_diffusers(_single_file(p, "diffusers LoRA", DIFFUSERS_FILES), base, include_embeddings)
     else:
@@ -112,7 +129,7 @@ def _single_file(p: Path, what: str, preferred=()) -> Path:
     for n in preferred:
         if (p / n).is_file():
             return p / n
-    from .model_files import model_files
+    from .files.model_files import model_files
 
     files, _ = model_files(p)
     if len(files) != 1:
@@ -121,8 +138,8 @@ def _single_file(p: Path, what: str, preferred=()) -> Path:
 
 
 def _with_initial(u: Updates, initial, cfg: dict, include_embeddings: bool) -> Updates:
-    from .initial import with_initial
-    from .peft import read_peft
+    from .formats.initial import with_initial
+    from .formats.peft import read_peft
 
     fmt, d = resolve(initial)
     if fmt != "peft":

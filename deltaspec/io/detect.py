@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import FormatError
-from . import hub
-from .sdkeys import is_diffusers, is_lycoris
-from .model_files import SHARD_RE, STEMS, model_files, pipeline_hint
-from .tensors import SafetensorsFile, TorchFile, read_json
+from .files import hub
+from .model.sdkeys import is_diffusers, is_lycoris
+from .files.model_files import SHARD_RE, STEMS, model_files, pipeline_hint
+from .files.tensors import SafetensorsFile, TorchFile, read_json
 
 FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 _EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "

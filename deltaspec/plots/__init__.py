@@ -20,7 +20,8 @@ from .save import render, save
 from .similarity import mean_similarity, similarity
 from .spectrum import spectrum, spectrum_curves
 from .trajectory import trajectory, trajectory_data
-from .style import DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, STYLE_PATH, figsize, paper_style, use_paper_style
+from .paperstyle import STYLE_PATH, paper_style, use_paper_style
+from .style import DOUBLE_COLUMN, PALETTE, SINGLE_COLUMN, figsize
 
 __all__ = ["inline", "render", "hist", "histogram_data", "spectrum", "spectrum_curves", "energy", "energy_curves", "heatmap",
            "heatmap_data", "heads", "heads_data", "rank_needed", "rank_needed_data", "trajectory", "trajectory_data", "similarity", "mean_similarity", "save", "paper_style",

@@ -38,7 +38,7 @@ def default_modules(names: Sequence[str]) -> tuple:
     """The paper's k/v panels in the naming the layers use: diffusers' to_k/to_v where there are such layers
     (a Stable Diffusion / Flux LoRA, whose text encoder's k_proj/v_proj are not the main model), else
     k_proj/v_proj."""
-    from ..updates import module_matches, module_type
+    from ..layernames import module_matches, module_type
 
     def has(spec):
         return any(module_matches(n, module_type(n), spec) for n in names)

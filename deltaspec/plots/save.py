@@ -12,7 +12,7 @@ from typing import Optional
 
 from .. import __version__
 from ..errors import DeltaspecError
-from .style import paper_style
+from .paperstyle import paper_style
 
 FORMATS = ("pdf", "svg", "png")
 METADATA = {

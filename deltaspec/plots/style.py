@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -22,23 +20,13 @@ from ..compare import Aligned, Comparison, align
 from ..errors import DeltaspecError
 from ..results import AnalysisResult, LayerResult
 from .notebook import show_later
+from .paperstyle import paper_style
 
-STYLE_PATH = Path(__file__).with_name("paper.mplstyle")
 SINGLE_COLUMN = 3.3  # inches
 DOUBLE_COLUMN = 6.9
 # Okabe–Ito order chosen so the first three (blue, vermillion, bluish green) stay distinct in greyscale too.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 SIZES = {"single": SINGLE_COLUMN, "double": DOUBLE_COLUMN}
-
-
-def paper_style():
-    """Context manager: `with paper_style(): ...` applies the shipped style to what is created inside."""
-    return mpl.rc_context(fname=str(STYLE_PATH))
-
-
-def use_paper_style() -> None:
-    """Apply the shipped style globally (e.g. in a notebook)."""
-    mpl.rc_file(str(STYLE_PATH))
 
 
 # Line styles go with the colours, so methods stay apart in greyscale (Okabe–Ito's vermillion and
@@ -137,7 +125,7 @@ def metric_label(name: str) -> str:
 def pick(result: AnalysisResult, modules=None, layers=None) -> list[LayerResult]:
     """The layers of `result` whose module type (or trailing name part, see `updates.module_matches`) is in
     `modules` and layer index in `layers` (None: all)."""
-    from ..updates import module_matches
+    from ..layernames import module_matches
 
     if isinstance(modules, str):
         modules = [modules]

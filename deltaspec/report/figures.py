@@ -20,7 +20,7 @@ def svg_of(fig_or_axes, alt: str) -> str:
     """An inline <svg role="img"> of a Figure (or an Axes / list of Axes of one), labelled by `alt`."""
     import matplotlib as mpl
 
-    from ..plots.style import paper_style
+    from ..plots.paperstyle import paper_style
 
     fig = fig_or_axes
     if not hasattr(fig, "savefig"):

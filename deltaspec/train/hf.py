@@ -133,7 +133,7 @@ def load(path: str, max_len: int | None = None, progress: bool | None = None) ->
 
 def weight_files(path: str) -> list[Path]:
     """The model's weight file(s), shards in index order (what train_info.json's base_sha256 covers)."""
-    from ..io.model_files import model_files
+    from ..io.files.model_files import model_files
 
     files, _ = model_files(Path(path))
     if not files:

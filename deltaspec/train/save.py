@@ -28,7 +28,7 @@ def _cpu(t):
 
 def save_lora(model, out: str, cfg, base_path: str, task_type: str | None = None) -> None:
     """task_type "CAUSAL_LM" for a transformers base: PEFT then loads it as PeftModelForCausalLM."""
-    from ..io.write_peft import LoraFactors, write_lora_adapter
+    from ..io.write.peft import LoraFactors, write_lora_adapter
 
     layers = adapters(model)
     factors = []

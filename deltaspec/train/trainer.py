@@ -105,7 +105,7 @@ def check(cfg: TrainConfig) -> list[str]:
     base = cfg.hf_model or cfg.base
     if base and os.path.abspath(cfg.out) == os.path.abspath(base):
         raise DeltaspecError(f"--out {cfg.out} is the base model's directory; writing there would overwrite it")
-    from ..io.outputs import check_writable, refuse_inputs
+    from ..io.write.outputs import check_writable, refuse_inputs
 
     target = refuse_inputs(cfg.out, [base, cfg.data], what="--out")
     if target.exists() and not target.is_dir():

@@ -46,3 +46,7 @@ def is_diffusers(keys, metadata: dict) -> bool:
     """A diffusers LoRA file: component-prefixed PEFT keys, the old processor keys, or diffusers' metadata."""
     return any(OLD_RE.match(k) or (COMP_RE.match(k) and PEFT_RE.match(k)) for k in keys) or (
         METADATA_KEY in metadata and any(PEFT_RE.match(k) for k in keys))
+
+def split_component(key: str) -> tuple[str | None, str]:
+    m = COMP_RE.match(key)
+    return (m.group(1), key[m.end():]) if m else (None, key)

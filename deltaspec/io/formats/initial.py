@@ -13,9 +13,9 @@ form, so rsLoRA scales and fan_in_fan_out orientation carry over).
 """
 from __future__ import annotations
 
-from ..errors import FormatError
-from ..updates import LayerUpdate, LowRank, Updates
-from .names import summarize
+from ...errors import FormatError
+from ...updates import LayerUpdate, LowRank, Updates
+from ..model.names import summarize
 
 
 def with_initial(trained: Updates, initial: Updates, initial_path, cfg: dict) -> Updates:

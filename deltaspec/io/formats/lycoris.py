@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 
-from ..errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatchError
-from ..updates import Dense, LayerUpdate, LowRank, Updates
-from . import merge_math
-from .basemap import BaseLookup
-from .hadakron import loha_form, loha_layout, lokr_form, lokr_layout, tucker_factors
-from .names import is_embedding, sorted_layers, summarize
-from .sdkeys import KNOWN, LOHA_PARTS, LOKR_PARTS, split_key
-from .tensors import open_file
+from ...errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatchError
+from ...updates import Dense, LayerUpdate, LowRank, Updates
+from ..algebra import merge_math
+from ..model.basemap import BaseLookup
+from ..algebra.hadakron import loha_form, loha_layout, lokr_form, lokr_layout, tucker_factors
+from ..model.names import is_embedding, sorted_layers, summarize
+from ..model.sdkeys import KNOWN, LOHA_PARTS, LOKR_PARTS, split_key
+from ..files.tensors import open_file
 
 
 

@@ -20,21 +20,17 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatchError
-from ..updates import Dense, LayerUpdate, LowRank, Updates
-from . import merge_math
-from .basemap import BaseLookup
-from .names import is_embedding, sorted_layers, summarize
-from .peft import pattern_value
-from .sdkeys import COMP_RE, METADATA_KEY, OLD_RE, PEFT_RE
-from .tensors import open_file
+from ...errors import FormatError, MissingBaseError, NonFiniteError, ShapeMismatchError
+from ...updates import Dense, LayerUpdate, LowRank, Updates
+from ..algebra import merge_math
+from ..model.basemap import BaseLookup
+from ..model.names import is_embedding, sorted_layers, summarize
+from ..model.sdkeys import METADATA_KEY, OLD_RE, PEFT_RE, split_component
+from ..files.tensors import open_file
+from ..files.validate import pattern_value
 
 _TE_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
-
-def split_component(key: str) -> tuple[str | None, str]:
-    m = COMP_RE.match(key)
-    return (m.group(1), key[m.end():]) if m else (None, key)
 
 
 def old_module(component: str | None, stem: str, sep: str) -> str:

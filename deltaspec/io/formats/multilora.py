@@ -12,12 +12,12 @@ carry α/r, so the factored SVD sees [(α/r) diag(s_1) B_1 | …] @ [A_1; …].
 from __future__ import annotations
 
 from pathlib import Path
-from ..errors import FormatError, ShapeMismatchError
-from ..updates import LayerUpdate, SumOfLowRank, Updates
+from ...errors import FormatError, ShapeMismatchError
+from ...updates import LayerUpdate, SumOfLowRank, Updates
 from .peft import adapter_weights, parse_keys, strip_prefix
-from .names import is_embedding, sorted_layers, summarize
-from .tensors import TensorFile, TorchFile, open_file, read_json
-from .validate import check_scale, get_flag, get_number, number
+from ..model.names import is_embedding, sorted_layers, summarize
+from ..files.tensors import TensorFile, TorchFile, open_file, read_json
+from ..files.validate import check_scale, get_flag, get_number, number
 
 
 def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import DeltaspecError, ShapeMismatchError
+from ...errors import DeltaspecError, ShapeMismatchError
 
 PREFIX = "base_model.model."
 FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -77,7 +77,7 @@ def conv1d_base(base, ckpt=None, names: Sequence[str] = ()) -> bool:
     fan_in_fan_out), from the config.json of `base` or `ckpt` (a folder, or the folder of a file). Without
     any config, layer names GPT-2 and gpt_bigcode share (`c_attn`, …) are an error rather than a guess:
     the orientation decides whether the written adapter is ΔW or its transpose."""
-    from .validate import model_config
+    from ..files.validate import model_config
 
     for p in (base, ckpt):
         model_type = model_config(p)[0].get("model_type")

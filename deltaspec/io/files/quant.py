@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import FormatError, ShapeMismatchError
+from ...errors import FormatError, ShapeMismatchError
 from .validate import integer
 
 # tensor-name endings that only quantized layouts use → the layout's name

@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import FormatError, MissingBaseError, ShapeMismatchError
-from ..updates import Dense, LayerUpdate, Updates, layer_index
-from .experts import Layout, expert_matrix, expert_names, expert_shape, is_expert_stack
-from .names import Skipped, is_embedding, resized_vocab, sorted_layers, strip_wrappers, summarize
-from .model_files import model_files
-from .tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
+from ...errors import FormatError, MissingBaseError, ShapeMismatchError
+from ...layernames import layer_index
+from ...updates import Dense, LayerUpdate, Updates
+from ..model.experts import Layout, expert_matrix, expert_names, expert_shape, is_expert_stack
+from ..model.names import Skipped, is_embedding, resized_vocab, sorted_layers, strip_wrappers, summarize
+from ..files.model_files import model_files
+from ..files.tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
 
 
 def read_full(path, base=None, include_embeddings: bool = False, require_base: bool = True) -> Updates:

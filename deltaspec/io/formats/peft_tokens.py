@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from ..errors import FormatError, ShapeMismatchError
-from ..updates import Dense, LayerUpdate
+from ...errors import FormatError, ShapeMismatchError
+from ...updates import Dense, LayerUpdate
 
 _TOKENS_RE = re.compile(r"^(?P<mod>.+?)(?:\.token_adapter)?\.trainable_tokens_delta(?:\.[^.]+)?$")
 

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import CorruptFileError, FormatError, NonFiniteError, reason as _reason
+from ...errors import CorruptFileError, FormatError, NonFiniteError, reason as _reason
 from .model_files import model_files, pipeline_hint
 from .st_header import DTYPES, read_header
 from .validate import model_config, read_json  # noqa: F401 (read_json re-exported: readers import it from here)

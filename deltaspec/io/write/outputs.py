@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import DeltaspecError, reason
-from .model_files import SHARD_RE, STEMS
+from ...errors import DeltaspecError, reason
+from ..files.model_files import SHARD_RE, STEMS
 
 _MARKERS = ("adapter_config.json", "config.json", "model_index.json", "train_info.json")
 _MEMBERS = ("adapter_model.safetensors", "adapter_model.bin", "pytorch_lora_weights.safetensors",

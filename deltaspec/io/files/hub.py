@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..errors import FormatError, reason
+from ...errors import FormatError, reason
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@[A-Za-z0-9_./-]+)?$")
 _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")

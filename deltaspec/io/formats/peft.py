@@ -21,25 +21,21 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from ..errors import FormatError, MissingBaseError, ShapeMismatchError
-from ..updates import Dense, LayerUpdate, LowRank, Updates
-from .experts import Layout
-from .names import Skipped, is_embedding, sorted_layers, summarize
+from ...errors import FormatError, MissingBaseError, ShapeMismatchError
+from ...updates import Dense, LayerUpdate, LowRank, Updates
+from ..model.experts import Layout
+from ..model.names import Skipped, is_embedding, sorted_layers, summarize
 from .peft_copies import copy_layer
 from .peft_experts import adapter_layout, expert_layers, targeted_params
 from .peft_tokens import split_token_keys, token_layer
 from .peft_keys import PREFIX, adapter_weights, parse_keys, strip_prefix  # noqa: F401 (re-exported)
-from .tensors import TensorFile, TensorStore, open_file, open_model
-from .validate import (check_scale, get_flag, get_int, get_number, get_patterns, get_str, get_str_list,
+from ..files.tensors import TensorFile, TensorStore, open_file, open_model
+from ..files.validate import (check_scale, get_flag, get_int, get_number, get_patterns, get_str, get_str_list,
                        match_pattern, read_json)
 
 _BASE_MODIFYING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
 SUPPORTED = ("LORA", "ADALORA", "TRAINABLE_TOKENS")
 
-
-def pattern_value(patterns: Optional[dict], name: str, default):
-    """PEFT ≥ 0.15: first key k (dict order) with re.match(rf"(.*\\.)?({k})$", name)."""
-    return match_pattern(get_patterns({"p": patterns}, "p", "<patterns>"), name, default)
 
 
 class _Ctx:

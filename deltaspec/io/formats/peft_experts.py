@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 
-from ..errors import FormatError, ShapeMismatchError
-from ..updates import LayerUpdate, LowRank
-from .experts import FUSED, Layout, expert_names, half_rows, order_params
-from .validate import check_scale, match_pattern
+from ...errors import FormatError, ShapeMismatchError
+from ...updates import LayerUpdate, LowRank
+from ..model.experts import FUSED, Layout, expert_names, half_rows, order_params
+from ..files.validate import check_scale, match_pattern
 
 
 def targeted_params(mod: str, targets: list[str]) -> list[str]:
@@ -118,8 +118,8 @@ def adapter_layout(cfg: dict, adapter_dir, base) -> Layout:
     """The base architecture of an adapter, from the first of: --base's config.json, a config.json in
     the adapter folder, the local Hub cache of `base_model_name_or_path` (never downloads), PEFT's
     `auto_mapping.parent_library` (`transformers.models.<type>.modeling_<type>`)."""
-    from . import hub
-    from .validate import model_config
+    from ..files import hub
+    from ..files.validate import model_config
 
     config, path = model_config(base, adapter_dir)
     if path is not None:

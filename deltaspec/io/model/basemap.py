@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..errors import FormatError, ShapeMismatchError
-from .tensors import TensorStore, open_model
+from ...errors import FormatError, ShapeMismatchError
+from ..files.tensors import TensorStore, open_model
+from .sdkeys import split_component
 
 KOHYA_PREFIXES = {"lora_unet_": ("unet", "transformer"), "lora_te1_": ("text_encoder",), "lora_te2_": ("text_encoder_2",),
                   "lora_te3_": ("text_encoder_3",), "lora_te_": ("text_encoder",), "lycoris_": ()}
@@ -98,8 +99,6 @@ def base_weights(base, fmt: str, source: str = ""):
     (out, in·k), as the update is), for the subspace metrics. Layer names are looked up the way the
     reader of `fmt` named them: kohya/LyCORIS names through the underscored index, diffusers
     `component.module` names in that component's folder, everything else by module name."""
-    from .diffusers import split_component
-
     lookup = BaseLookup(base, source or str(base))
 
     def get(name: str, shape: tuple):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from ..updates import layer_index
+from ...layernames import layer_index, summarize  # noqa: F401 (summarize re-exported)
 
 _EMBED_PARTS = {"wte", "wpe", "lm_head", "embed_out", "shared", "relative_attention_bias"}  # T5: shared, rel. bias
 _EMBED_END = re.compile(r"(embed_tokens|embed_positions|embed_in|embed_out|embeddings?|embed|wte|wpe|lm_head)$")
@@ -45,21 +45,6 @@ def order_key(name: str) -> tuple:
 
 def sorted_layers(layers: list) -> list:
     return sorted(layers, key=lambda u: order_key(u.name))
-
-
-def summarize(names: list[str], k: int | None = 5, every_index: bool = False) -> str:
-    """A short list for messages: names that differ only in their layer index are said once
-    (`model.layers.*.input_layernorm.weight ×4`), at most `k` entries (None: all), then how many more.
-    every_index: also fold the later indices (experts), so the groups are few and all can be named."""
-    groups: dict[str, list[str]] = {}
-    for n in names:
-        groups.setdefault(_LAYER_INDEX.sub(".*.", n, count=0 if every_index else 1), []).append(n)
-    items = [f"{pattern} ×{len(g)}" if len(g) > 1 else g[0] for pattern, g in groups.items()]
-    shown = ", ".join(items[:k])
-    return shown + (f", … ({len(items) - k} more)" if k is not None and len(items) > k else "")
-
-
-_LAYER_INDEX = re.compile(r"\.\d+\.")
 
 
 def resized_vocab(where, name: str, n_base: int, n_ft: int, added_rows) -> tuple[dict, str]:

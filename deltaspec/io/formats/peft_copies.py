@@ -7,9 +7,10 @@
 """
 from __future__ import annotations
 
-from ..errors import ShapeMismatchError
-from ..updates import Dense, LayerUpdate, layer_index
-from .names import is_embedding, resized_vocab
+from ...errors import ShapeMismatchError
+from ...layernames import layer_index
+from ...updates import Dense, LayerUpdate
+from ..model.names import is_embedding, resized_vocab
 
 
 def copy_layer(mod: str, key: str, ctx):

@@ -12,7 +12,7 @@ import math
 import os
 import struct
 
-from ..errors import CorruptFileError, FormatError, reason
+from ...errors import CorruptFileError, FormatError, reason
 
 # safetensors dtype tag -> (torch dtype name, bytes per element; None where elements are sub-byte)
 DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from ..errors import FormatError, reason
+from ...errors import FormatError, reason
 
 # |scale| above this makes σ² of an ordinary update overflow float32 (σ₁ ≤ |s|·‖B‖·‖A‖); no real
 # adapter comes near it (α/r is ~1e-3…1e3), so a larger value is a broken config, not a choice.
@@ -158,3 +158,8 @@ def model_config(*dirs) -> tuple[dict, Path | None]:
         if (p / "config.json").is_file():
             return read_json(p / "config.json", "model config (config.json)"), p / "config.json"
     return {}, None
+
+
+def pattern_value(patterns: dict | None, name: str, default):
+    """PEFT ≥ 0.15: first key k (dict order) with re.match(rf"(.*\\.)?({k})$", name)."""
+    return match_pattern(get_patterns({"p": patterns}, "p", "<patterns>"), name, default)

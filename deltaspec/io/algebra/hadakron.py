@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 
-from ..errors import FormatError, ShapeMismatchError
-from ..updates import Dense, Kronecker, LowRank, hadamard_lowrank
-from .sdkeys import LOHA_PARTS, LOKR_PARTS
+from ...errors import FormatError, ShapeMismatchError
+from ...updates import Dense, Kronecker, LowRank, hadamard_lowrank
+from ..model.sdkeys import LOHA_PARTS, LOKR_PARTS
 
 
 

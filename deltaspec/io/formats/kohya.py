@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import re
 
-from ..errors import FormatError, ShapeMismatchError
-from ..updates import LayerUpdate, LowRank, Updates
-from .names import is_embedding, sorted_layers, summarize
-from .tensors import SafetensorsFile
-from .validate import check_scale
+from ...errors import FormatError, ShapeMismatchError
+from ...updates import LayerUpdate, LowRank, Updates
+from ..model.names import is_embedding, sorted_layers, summarize
+from ..files.tensors import SafetensorsFile
+from ..files.validate import check_scale
 
 _UNSUPPORTED = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "lora_mid": "LoCon Tucker (lora_mid)",
                 "dora_scale": "DoRA (dora_scale)", "oft_blocks": "OFT", "oft_diag": "OFT", "diff": "full diff"}

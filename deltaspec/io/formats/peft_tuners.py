@@ -21,13 +21,14 @@ import math
 import re
 from pathlib import Path
 
-from ..errors import FormatError, MissingBaseError, ShapeMismatchError
-from ..updates import Dense, LayerUpdate, LowRank, Updates
-from . import merge_math
-from .hadakron import LOHA_PARTS, LOKR_PARTS, loha_form, loha_layout, lokr_form, lokr_layout
-from .names import is_embedding, sorted_layers, summarize
-from .peft import PREFIX, adapter_weights, pattern_value
-from .tensors import open_file, open_model
+from ...errors import FormatError, MissingBaseError, ShapeMismatchError
+from ...updates import Dense, LayerUpdate, LowRank, Updates
+from ..algebra import merge_math
+from ..algebra.hadakron import LOHA_PARTS, LOKR_PARTS, loha_form, loha_layout, lokr_form, lokr_layout
+from ..model.names import is_embedding, sorted_layers, summarize
+from .peft_keys import PREFIX, adapter_weights
+from ..files.tensors import open_file, open_model
+from ..files.validate import pattern_value
 
 PARTS = {"LOHA": LOHA_PARTS, "LOKR": LOKR_PARTS, "VERA": ("vera_lambda_b", "vera_lambda_d"), "IA3": ("ia3_l",),
          "OFT": ("oft_embedding_R", "oft_R"), "BOFT": ("boft_R", "boft_s")}

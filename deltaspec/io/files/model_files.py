@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CorruptFileError, FormatError, reason as _reason
+from ...errors import CorruptFileError, FormatError, reason as _reason
 
 
 STEMS = ("model", "pytorch_model", "diffusion_pytorch_model")  # transformers, its legacy .bin, diffusers

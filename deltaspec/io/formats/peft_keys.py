@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import FormatError
-from .names import Skipped, strip_wrappers
-from .tensors import TensorFile
+from ...errors import FormatError
+from ..model.names import Skipped, strip_wrappers
+from ..files.tensors import TensorFile
 
 PREFIX = "base_model.model."
 _PARTS = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_scaling", "lora_A", "lora_B", "lora_E")

@@ -1,0 +1,2 @@
+"""Writers (PEFT LoRA adapters) and the checks on where outputs may go (never into an input).
+"""
