@@ -82,11 +82,11 @@ def heads(
                             else f"a {updates.format} checkpoint has no MultiLoRA heads")
     warnings = list(updates.warnings)
     if len(todo) < len(updates):
-        from .io.names import summarize
+        from .layernames import summarize
 
         other = [u.name for u in updates if u not in todo]
         warnings.append(f"{updates.path}: {len(other)} layer(s) without heads skipped: {summarize(other)}")
-    from .io.tensors import float64_reads
+    from .io.files.tensors import float64_reads
     from .progress import Progress
 
     out: list[Optional[HeadLayer]] = [None] * len(todo)
