@@ -28,6 +28,7 @@ from .hadakron import LOHA_PARTS, LOKR_PARTS, loha_form, loha_layout, lokr_form,
 from .names import is_embedding, sorted_layers, summarize
 from .peft import PREFIX, adapter_weights, pattern_value
 from .tensors import open_file, open_model
+from .unknown import refuse_unknown
 
 PARTS = {"LOHA": LOHA_PARTS, "LOKR": LOKR_PARTS, "VERA": ("vera_lambda_b", "vera_lambda_d"), "IA3": ("ia3_l",),
          "OFT": ("oft_embedding_R", "oft_R"), "BOFT": ("boft_R", "boft_s")}
@@ -59,6 +60,8 @@ def read_peft_tuner(path, cfg: dict, base=None, include_embeddings: bool = False
         else:
             other.append(key)
     ctx.shared = shared
+    strip = lambda k: k[len(PREFIX):] if k.startswith(PREFIX) else k  # noqa: E731
+    refuse_unknown(f.path, [k for k in other if not k.endswith(".bias")], modules, strip)
     layers = [_BUILD[peft_type](mod, parts, ctx) for mod, parts in modules.items()]
     layers += [u for mod, key in copies.items() if (u := _copy(mod, key, ctx)) is not None]
     kept = [u for u in layers if include_embeddings or not is_embedding(u.name)]
