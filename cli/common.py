@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import os
 import re
@@ -38,6 +39,29 @@ def cli_words(message: str) -> str:
     return _PY_ARG.sub(sub, message)
 
 
+class PathError(click.ClickException):
+    """A path argument that cannot be used (a symlink loop, unreadable): `error: <path>: …`, exit 2."""
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class UserPath(click.Path):
+    """click.Path that first refuses symbolic link loops and unreadable paths with one `error:` line
+    naming the path and the flag (UserPath(exists=True) would call a loop "does not exist")."""
+
+    def convert(self, value, param, ctx):
+        from deltaspec.io.paths import path_problem
+
+        problem = path_problem(value) if isinstance(value, (str, os.PathLike)) else None
+        if problem is not None:
+            opts = sorted(getattr(param, "opts", None) or [], key=len)
+            flag = f" ({opts[-1]})" if opts and opts[-1].startswith("-") else ""
+            raise PathError(f"{value}: {problem}{flag}")
+        return super().convert(value, param, ctx)
+
+
 def user_errors(fn):
     """Turn a DeltaspecError (a user mistake) into one line on stderr and exit code 2; no traceback.
     Python argument names in the message become the matching options (`cli_words`)."""
@@ -56,6 +80,9 @@ def user_errors(fn):
             sys.exit(1)
         except OSError as e:  # reading errors are DeltaspecErrors already: this is writing a result
             where = f"{e.filename}: " if e.filename else ""
+            if e.errno == errno.ELOOP:
+                click.echo(f"error: {where}a symbolic link loop (too many levels of symbolic links)", err=True)
+                sys.exit(2)
             click.echo(f"error: {where}cannot write it ({e.strerror or e})", err=True)
             sys.exit(2)
 

@@ -5,12 +5,12 @@ import json
 
 import click
 
-from .common import user_errors
+from .common import UserPath, user_errors
 from .options import initial_option, reader_options
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=UserPath())
 @reader_options
 @initial_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import FormatError
 from . import hub
 from .sdkeys import is_diffusers, is_lycoris
+from .paths import check_path
 from .model_files import SHARD_RE, STEMS, model_files, pipeline_hint
 from .tensors import SafetensorsFile, TorchFile, read_json
 
@@ -39,6 +40,7 @@ def locate(path, what: str = "") -> Path:
     """The local path a user's argument means: hub ids and cache folders resolved, index/shard/config
     files mapped to their model directory. `what` names the argument in errors (" (the --base model)")."""
     p = Path(path)
+    check_path(p, what)
     if not p.exists():
         if hub.is_hub_id(path):
             return hub.download(str(path))

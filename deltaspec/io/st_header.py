@@ -7,6 +7,7 @@ format detection run without importing torch (~1.5 s); tensors are read later wi
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -46,7 +47,11 @@ def read_header(path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict, dic
             raw = f.read(n)
     except FileNotFoundError:
         raise FormatError(f"{p}: no such file") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FormatError(f"{p}: a symbolic link loop (too many levels of symbolic links)") from None
+        raise _corrupt(p, e) from None
+    except ValueError as e:
         raise _corrupt(p, e) from None
     try:
         header = json.loads(raw)
