@@ -44,8 +44,7 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
         result = _analyze(ckpt, **opts)
         if distributed.is_main():
             chosen = result.check_metrics(parse_list(metrics))
-            if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
-                result.warnings = [cli_words(w) for w in result.warnings]
+            result.warnings = [cli_words(w) for w in result.warnings]  # every output in the CLI's words
             text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
                     else result.format_table(chosen, width=table_width(out)))
             emit(text, out)

@@ -20,12 +20,16 @@ CLI_FLAGS = {"base": "--base", "device": "--device", "dtype": "--dtype", "lora_a
              "n_ref": "--n-ref", "energy_k": "--energy-k", "svd_top_k": "--svd-top-k", "modules": "--modules",
              "layers": "--layers", "labels": "--labels", "metrics": "--metrics", "include_embeddings": "--include-embeddings",
              "initial": "--initial", "cmap": "--cmap", "vmin": "--vmin", "vmax": "--vmax", "top": "--top",
-             "bins": "--bins", "dpi": "--dpi"}
+             "bins": "--bins", "dpi": "--dpi",
+             # Python arguments without a flag: the words that say the same on the command line
+             "vectors": "singular vectors (give checkpoints, not saved analyses)"}
 _PY_ARG = re.compile(r"(?<![\w./-])(" + "|".join(CLI_FLAGS) + r")=(\[[^\]]*\]|\([^)]*\)|'[^']*'|[^\s,;:)]*)")
 
 
 def cli_words(message: str) -> str:
-    """`pass base=PATH` → `pass --base PATH`, `modules=['kproj']` → `--modules kproj`, `x=True` → the flag."""
+    """The one translation of library messages (which name Python arguments) for the command line, applied
+    to everything the CLI prints or writes (errors, warnings, notes, tables, JSON, reports):
+    `pass base=PATH` → `pass --base PATH`, `modules=['kproj']` → `--modules kproj`, `x=True` → the flag."""
     def sub(m):
         flag, value = CLI_FLAGS[m.group(1)], m.group(2)
         if value[:1] in "[('":
@@ -40,7 +44,7 @@ def cli_words(message: str) -> str:
 
 
 class PathError(click.ClickException):
-    """A path argument that cannot be used (a symlink loop, unreadable): `error: <path>: …`, exit 2."""
+    """A path argument that cannot be used (a symlink loop): `error: <path>: …`, exit 2."""
     exit_code = 2
 
     def show(self, file=None) -> None:

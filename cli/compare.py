@@ -134,9 +134,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
                            dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
-    if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
-        for res in results:
-            res.warnings = [cli_words(w) for w in res.warnings]
+    for res in results:  # every output in the CLI's words
+        res.warnings = [cli_words(w) for w in res.warnings]
     chosen = parse_list(metrics)
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
                       on_n_ref_mismatch="error" if strict_n_ref else "recompute")

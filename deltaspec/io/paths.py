@@ -1,4 +1,4 @@
-"""User paths are untrusted: a symbolic link loop or an unreadable path is a one-line error naming it.
+"""User paths are untrusted: a symbolic link loop is a one-line error naming it.
 
 `Path.exists()`/`is_file()` answer False for a loop (Python 3.11 swallows ELOOP), and `Path.resolve()`
 raises RuntimeError on one; `os.stat` says which it is, so every user path is checked with it first.
@@ -13,7 +13,8 @@ from ..errors import FormatError
 
 
 def path_problem(path) -> Optional[str]:
-    """Why `path` cannot be used ("symbolic link loop", …), or None when it exists or simply does not."""
+    """Why `path` cannot be used (a symbolic link loop, a dangling link), or None: it exists, or it does not
+    exist or is unreachable for an ordinary reason that the caller's own checks report."""
     try:
         os.stat(path)
     except FileNotFoundError:
@@ -21,7 +22,6 @@ def path_problem(path) -> Optional[str]:
     except OSError as e:
         if e.errno == errno.ELOOP:
             return "a symbolic link loop (too many levels of symbolic links)"
-        return f"cannot be read ({e.strerror or e})"
     except ValueError as e:  # an embedded NUL byte
         return f"not a usable path ({e})"
     return None
