@@ -29,6 +29,7 @@ from ..errors import FormatError, MissingBaseError, ShapeMismatchError
 from ..updates import Dense, LayerUpdate, LowRank, Updates
 from .experts import Layout
 from .names import Skipped, is_embedding, sorted_layers, summarize
+from .peft_adalora import adalora_masks, pruned_layer
 from .peft_copies import copy_layer
 from .peft_experts import adapter_layout, expert_layers, targeted_params
 from .peft_tokens import split_token_keys, token_layer
@@ -68,16 +69,19 @@ class _Ctx:
         self.unsplit: list[str] = []
         self.doubled: set[str] = set()
         self.rank_mismatch: list[str] = []
+        self.pruned: list[str] = []
         c, p = cfg, cfg_path
         self.peft_type = (get_str(c, "peft_type", p) or "LORA").upper()
         self.lora_alpha = get_number(c, "lora_alpha", p, 8)  # PEFT's default
         self.r = get_int(c, "r", p, 8)
         self.alpha_pattern = get_patterns(c, "alpha_pattern", p)
-        self.rank_pattern = get_patterns(c, "rank_pattern", p, "int")
+        self.init_r = get_int(c, "init_r", p, None) if self.peft_type == "ADALORA" else None
+        # AdaLoRA: rank_pattern holds the pruning masks (per module, which of init_r ranks were kept)
+        self.masks = adalora_masks(c, p, self.init_r) if self.peft_type == "ADALORA" else {}
+        self.rank_pattern = {} if self.peft_type == "ADALORA" else get_patterns(c, "rank_pattern", p, "int")
         self.use_rslora = get_flag(c, "use_rslora", p)
         self.fan_in_fan_out = get_flag(c, "fan_in_fan_out", p)
         self.target_parameters = get_str_list(c, "target_parameters", p)
-        self.init_r = get_int(c, "init_r", p, None) if self.peft_type == "ADALORA" else None
 
     @property
     def base(self) -> TensorStore:
@@ -174,6 +178,9 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         ctx.warnings.append(f"{d}: {len(ctx.unsplit)} fused expert parameter(s) analysed whole per expert, not split "
                             f"into gate/up halves ({summarize(ctx.unsplit)}): the base architecture is unknown "
                             "(pass base= with its config.json)")
+    if ctx.pruned:
+        ctx.warnings.append(f"{d}: {len(ctx.pruned)} layer(s) pruned by AdaLoRA to rank 0 ({summarize(ctx.pruned)}): "
+                            "ΔW = 0 there")
     if ctx.rank_mismatch:
         ctx.warnings.append(f"{cfg_path}: {len(ctx.rank_mismatch)} module(s) whose factors' rank is not the "
                             f"config's r / rank_pattern ({summarize(ctx.rank_mismatch, 3)}): α/r uses the factors' "
@@ -231,9 +238,13 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
         raise FormatError(f"{f.path}: module '{mod}' has {found} but not both LoRA factors (A and B)")
     sa, sb = f.shape(ka), f.shape(kb)
     r = sa[0] if sa else 0
+    if mod in ctx.masks and ctx.masks[mod] != r:
+        raise ShapeMismatchError(f"{f.path}: AdaLoRA module '{mod}' holds {r} ranks but adapter_config.json's "
+                                 f"rank_pattern keeps {ctx.masks[mod]}")
     if r == 0:
-        ctx.skipped.add("rank 0 (pruned by AdaLoRA)", mod)
-        return None
+        if ctx.peft_type != "ADALORA" and "lora_E" not in parts:
+            raise FormatError(f"{f.path}: LoRA module '{mod}' has rank 0")
+        return pruned_layer(mod, parts, ctx)
     if len(sa) < 2 or len(sb) < 2 or sb[1] != r or math.prod(sb[2:]) != 1:
         raise ShapeMismatchError(f"{f.path}: '{mod}' lora_B {list(sb)} does not fit lora_A {list(sa)} "
                                  "(expected B (out, r[, 1, 1]) and A (r, in[, kh, kw]))")
