@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import click
 
-from .common import cli_words, parse_layers, parse_list, user_errors
+from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
 from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=UserPath())
 @reader_options
 @initial_option
 @selection_options
 @compute_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Output format [default: from -o's extension, else table].")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @click.option("--svd-top-k", "svd_top_k", type=click.IntRange(min=1), default=None,
               help="Truncated mode for full fine-tuning deltas: only the top K singular values, by randomized "
                    "SVD, each with a certified upper bound; metrics needing the whole spectrum are left empty.")
@@ -44,8 +44,7 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
         result = _analyze(ckpt, **opts)
         if distributed.is_main():
             chosen = result.check_metrics(parse_list(metrics))
-            if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
-                result.warnings = [cli_words(w) for w in result.warnings]
+            result.warnings = [cli_words(w) for w in result.warnings]  # every output in the CLI's words
             text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
                     else result.format_table(chosen, width=table_width(out)))
             emit(text, out)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import os
 import re
@@ -19,12 +20,16 @@ CLI_FLAGS = {"base": "--base", "device": "--device", "dtype": "--dtype", "lora_a
              "n_ref": "--n-ref", "energy_k": "--energy-k", "svd_top_k": "--svd-top-k", "modules": "--modules",
              "layers": "--layers", "labels": "--labels", "metrics": "--metrics", "include_embeddings": "--include-embeddings",
              "initial": "--initial", "cmap": "--cmap", "vmin": "--vmin", "vmax": "--vmax", "top": "--top",
-             "bins": "--bins", "dpi": "--dpi"}
+             "bins": "--bins", "dpi": "--dpi",
+             # Python arguments without a flag: the words that say the same on the command line
+             "vectors": "singular vectors (give checkpoints, not saved analyses)"}
 _PY_ARG = re.compile(r"(?<![\w./-])(" + "|".join(CLI_FLAGS) + r")=(\[[^\]]*\]|\([^)]*\)|'[^']*'|[^\s,;:)]*)")
 
 
 def cli_words(message: str) -> str:
-    """`pass base=PATH` → `pass --base PATH`, `modules=['kproj']` → `--modules kproj`, `x=True` → the flag."""
+    """The one translation of library messages (which name Python arguments) for the command line, applied
+    to everything the CLI prints or writes (errors, warnings, notes, tables, JSON, reports):
+    `pass base=PATH` → `pass --base PATH`, `modules=['kproj']` → `--modules kproj`, `x=True` → the flag."""
     def sub(m):
         flag, value = CLI_FLAGS[m.group(1)], m.group(2)
         if value[:1] in "[('":
@@ -36,6 +41,29 @@ def cli_words(message: str) -> str:
         return flag if value in ("", "True") else f"{flag} {value}"
 
     return _PY_ARG.sub(sub, message)
+
+
+class PathError(click.ClickException):
+    """A path argument that cannot be used (a symlink loop): `error: <path>: …`, exit 2."""
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class UserPath(click.Path):
+    """click.Path that first refuses symbolic link loops and unreadable paths with one `error:` line
+    naming the path and the flag (UserPath(exists=True) would call a loop "does not exist")."""
+
+    def convert(self, value, param, ctx):
+        from deltaspec.io.files.paths import path_problem
+
+        problem = path_problem(value) if isinstance(value, (str, os.PathLike)) else None
+        if problem is not None:
+            opts = sorted(getattr(param, "opts", None) or [], key=len)
+            flag = f" ({opts[-1]})" if opts and opts[-1].startswith("-") else ""
+            raise PathError(f"{value}: {problem}{flag}")
+        return super().convert(value, param, ctx)
 
 
 def user_errors(fn):
@@ -56,6 +84,9 @@ def user_errors(fn):
             sys.exit(1)
         except OSError as e:  # reading errors are DeltaspecErrors already: this is writing a result
             where = f"{e.filename}: " if e.filename else ""
+            if e.errno == errno.ELOOP:
+                click.echo(f"error: {where}a symbolic link loop (too many levels of symbolic links)", err=True)
+                sys.exit(2)
             click.echo(f"error: {where}cannot write it ({e.strerror or e})", err=True)
             sys.exit(2)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import cli_words, parse_layers, parse_list, user_errors
+from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -93,7 +93,7 @@ def input_options(fn=None, *, metrics: bool = True, **selection):
         fn = compute_options(fn, metrics=metrics)
         fn = selection_options(fn, **selection)
         fn = reader_options(fn)
-        return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+        return click.argument("inputs", nargs=-1, required=True, type=UserPath(exists=True))(fn)
 
     return deco(fn) if fn is not None else deco
 
@@ -108,7 +108,7 @@ def input_options(fn=None, *, metrics: bool = True, **selection):
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "latex", "markdown"]), default=None,
               help="Output format; latex (booktabs) and markdown are paper tables of mean ± std [default: from -o's "
                    "extension (.json .csv .tex .md), else table].")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
 def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
             quiet, labels, per_layer, metrics, strict_n_ref, fmt, out):
@@ -134,9 +134,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
                            dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
-    if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
-        for res in results:
-            res.warnings = [cli_words(w) for w in res.warnings]
+    for res in results:  # every output in the CLI's words
+        res.warnings = [cli_words(w) for w in res.warnings]
     chosen = parse_list(metrics)
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
                       on_n_ref_mismatch="error" if strict_n_ref else "recompute")

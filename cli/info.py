@@ -5,12 +5,12 @@ import json
 
 import click
 
-from .common import user_errors
+from .common import UserPath, cli_words, user_errors
 from .options import initial_option, reader_options
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=UserPath())
 @reader_options
 @initial_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -32,7 +32,8 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
     rows = [{"name": x.name, "shape": list(x.shape), "kind": x.kind, "rank": x.rank_bound, "dtype": x.dtype,
              **{k: v for k, v in x.meta.items() if isinstance(v, (str, int, float, bool))}} for x in u]
     if fmt == "json":
-        click.echo(json.dumps({"path": u.path, "format": u.format, "base": u.base, "warnings": u.warnings,
+        warnings = [cli_words(w) for w in u.warnings]
+        click.echo(json.dumps({"path": u.path, "format": u.format, "base": u.base, "warnings": warnings,
                                "layers": rows}, indent=1))
         return
     width = table_width(None)

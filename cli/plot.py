@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import parse_list, user_errors
+from .common import UserPath, parse_list, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis, load_checkpoint, load_results
 from .heads import heads_reader_options, load_heads
 from .options import compute_options, parse_ints, selection_options
@@ -16,7 +16,7 @@ column width. Same input, same bytes."""
 
 def figure_options(fn):
     for opt in reversed([
-        click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
+        click.option("-o", "--out", type=UserPath(dir_okay=False), required=True,
                      help="Figure file: .pdf, .svg or .png."),
         click.option("--size", type=click.Choice(["single", "double"]), default=None,
                      help="Column width: single 3.3 in, double 6.9 in [default: single; hist with 2+ panels: double]."),

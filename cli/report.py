@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import user_errors
+from .common import UserPath, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis
 from .output import check_output
 from .suggest_rank import chosen_policy, policy_value_options
@@ -22,7 +22,7 @@ def command_line() -> str:
 
 @click.command(epilog=INPUTS_HELP)
 @input_options
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
+@click.option("-o", "--out", type=UserPath(dir_okay=False), required=True, help="The HTML file to write.")
 @click.option("--title", default=None, help="Report title [default: the labels].")
 @click.option("--policy", type=click.Choice(["energy", "fro-error", "sv-ratio", "knee", "effective-rank"]),
               default="energy", show_default=True, help="Rank policy whose LoraConfig is shown.")

@@ -8,7 +8,7 @@ import math
 
 import click
 
-from .common import user_errors
+from .common import UserPath, cli_words, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, load_results
 from .options import parse_ints
 from .output import check_output, emit, output_format, table_width, warn
@@ -69,7 +69,7 @@ def _fmt(v) -> str:
 @click.option("--eps", type=float, default=0.5, show_default=True, help="Intruder threshold on max |cos| with W0's vectors.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Output format [default: from -o's extension, else table].")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
 def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, quiet, labels, ks,
              old_ks, amp_r, intruder_k, eps, fmt, out):
@@ -126,7 +126,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
         warn([f"no matching base weight for {len(failed)} layer(s) ({names}): amplification and intruders "
               f"left out for them; the first reason: {failed[0][1]}"])
     rows = _rows(reports, al.labels, kk)
-    notes = al.notes + [f"phi@k against {al.labels[0]}" if len(al.labels) > 1 else "one input: no phi"]
+    notes = [cli_words(n) for n in al.notes] + [f"phi@k against {al.labels[0]}" if len(al.labels) > 1 else "one input: no phi"]
     if fmt == "json":
         emit(json.dumps({"labels": al.labels, "reference": al.labels[0], "inputs": list(inputs), "base": base,
                          "settings": {"phi_k": list(kk), "amp_r": amp_r, "intruder_k": intruder_k, "eps": eps},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import parse_layers, parse_list, user_errors
+from .common import UserPath, parse_layers, parse_list, user_errors
 from .options import reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -77,7 +77,7 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
 
 
 @click.command(epilog=POLICY_HELP)
-@click.argument("ckpt", type=click.Path(exists=True))
+@click.argument("ckpt", type=UserPath(exists=True))
 @reader_options
 @selection_options
 @device_options
@@ -86,11 +86,11 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
 @policy_value_options
 @click.option("--levels", default="0.5,0.8,0.9,0.99", show_default=True,
               help="Energy shares for the 'rank needed' table per module type.")
-@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_out", type=UserPath(dir_okay=False), default=None,
               help="Also draw rank needed vs layer at --levels (.pdf, .svg or .png).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Output format [default: from -o's extension, else table].")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, levels, plot_out, fmt, out, **kw):

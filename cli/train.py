@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import parse_list, user_errors
+from .common import UserPath, parse_list, user_errors
 
 DEFAULT_SCALING_LR_MULT = 30.0  # = deltaspec.train.trainer.DEFAULT_SCALING_LR_MULT (not imported: torch-free --help)
 TARGETS = "q_proj,k_proj,v_proj,o_proj"
@@ -13,11 +13,11 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.command()
 @click.option("--method", type=click.Choice(["full", "lora", "multilora", "pretrain"]), required=True,
               help="Fine-tuning method; 'pretrain' trains the built-in base model from scratch.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
+@click.option("-o", "--out", type=UserPath(file_okay=False), required=True,
               help="Output directory: new or empty (else --force); never inside --base/--model/--data.")
-@click.option("--base", type=click.Path(), default=None,
+@click.option("--base", type=UserPath(), default=None,
               help="Built-in GPT base dir [default: the bundled sample_checkpoints/base]. Not with --model.")
-@click.option("--model", "hf_model", type=click.Path(), default=None,
+@click.option("--model", "hf_model", type=UserPath(), default=None,
               help="Local HuggingFace transformers causal LM dir (config, weights, tokenizer) to fine-tune "
                    "instead of the built-in GPT; needs pip install 'deltaspec[hf]'. Nothing is downloaded.")
 @click.option("--max-len", type=int, default=None,
@@ -46,7 +46,7 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per step.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the adapter init and the data stream (the same for every method).")
-@click.option("--data", type=click.Path(dir_okay=False), default=None,
+@click.option("--data", type=UserPath(dir_okay=False), default=None,
               help="JSONL with {\"prompt\",\"response\"} or {\"text\"} lines [default: the built-in task mixture].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda.")
 @click.option("--preset", type=click.Choice(["sample", "tiny"]), default="sample", show_default=True,

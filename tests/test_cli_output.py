@@ -106,8 +106,8 @@ def test_lora_alpha_that_the_checkpoint_overrides_is_not_silent(tmp_path):
     assert r.exit_code == 0
     assert "warning: --lora-alpha 8.0 ignored: peft checkpoints store their own scale (α), which is used" in r.stderr
     assert "UserWarning" not in r.stderr and "DeltaspecWarning" not in r.stderr  # one clean line, not Python's
-    assert json.loads(r.stdout)["warnings"] == ["lora_alpha=8.0 ignored: peft checkpoints store their own scale (α), "
-                                                "which is used"]
+    assert json.loads(r.stdout)["warnings"] == ["--lora-alpha 8.0 ignored: peft checkpoints store their own scale (α), "
+                                                "which is used"]  # the CLI's JSON speaks in flags too (issue 23)
     r = CliRunner().invoke(cli, ["plot", "spectrum", str(S / "lora"), "-q", "--lora-alpha", "8", "-o",
                                  str(tmp_path / "s.png")])
     assert r.exit_code == 0 and "warning: lora: --lora-alpha 8.0 ignored" in r.stderr

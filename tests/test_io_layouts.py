@@ -122,8 +122,8 @@ def test_nothing_to_analyse_says_why(tmp_path):
     pruned = {"base_model.model.q.lora_A.weight": torch.zeros(0, 8),
               "base_model.model.q.lora_B.weight": torch.zeros(8, 0),
               "base_model.model.q.lora_E.weight": torch.zeros(0, 1)}
-    one_line("nothing to analyse", "rank 0", call=lambda: load(adapter(tmp_path / "a2", pruned,
-                                                             {"peft_type": "ADALORA", "init_r": 4, "lora_alpha": 8})))
+    all_pruned = load(adapter(tmp_path / "a2", pruned, {"peft_type": "ADALORA", "init_r": 4, "lora_alpha": 8}))
+    assert len(all_pruned) == 1 and any("rank 0" in w and "ΔW = 0" in w for w in all_pruned.warnings)  # issue 23
     emb = {"base_model.model.model.embed_tokens.lora_embedding_A": torch.zeros(4, 100),
            "base_model.model.model.embed_tokens.lora_embedding_B": torch.zeros(32, 4)}
     only = load(adapter(tmp_path / "a3", emb))  # embeddings only: analysed, and said so

@@ -22,6 +22,7 @@ from .files import hub
 from .model.sdkeys import is_diffusers, is_lycoris
 from .files.model_files import SHARD_RE, STEMS, model_files, pipeline_hint
 from .files.tensors import SafetensorsFile, TorchFile, read_json
+from .files.paths import check_path
 
 FORMATS = ("full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 _EXPECTED = ("expected a model directory or .safetensors/.bin file (full fine-tuning), a PEFT adapter directory "
@@ -39,6 +40,7 @@ def locate(path, what: str = "") -> Path:
     """The local path a user's argument means: hub ids and cache folders resolved, index/shard/config
     files mapped to their model directory. `what` names the argument in errors (" (the --base model)")."""
     p = Path(path)
+    check_path(p, what)
     if not p.exists():
         if hub.is_hub_id(path):
             return hub.download(str(path))

@@ -7,6 +7,7 @@ format detection run without importing torch (~1.5 s); tensors are read later wi
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -22,13 +23,16 @@ DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "
           "BOOL": ("bool", 1), "C64": ("complex64", 8), "F4": ("float4_e2m1fn_x2", None),
           "F6_E2M3": ("float6_e2m3", None), "F6_E3M2": ("float6_e3m2", None)}
 MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
+_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}  # sub-byte dtypes: bits per element
 
 
 def read_header(path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict, dict[str, tuple[int, int]]]:
     """({name: (shape, dtype name)} in file order, metadata, {name: (first byte, end byte) in the file}).
 
-    Every inconsistency (short file, oversized or non-JSON header, offsets outside the file or not
-    matching shape × dtype) is a one-line CorruptFileError naming the file.
+    Every inconsistency the safetensors library refuses is a one-line CorruptFileError naming the file:
+    a short file, an oversized or non-JSON header, a tensor name given twice, an unknown dtype, metadata
+    that is not strings, offsets outside the file or not matching shape × dtype, and tensors that
+    overlap, leave holes or do not cover the data exactly (each tensor starts where the previous ends).
     """
     p = str(path)
     try:
@@ -43,10 +47,16 @@ def read_header(path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict, dic
             raw = f.read(n)
     except FileNotFoundError:
         raise FormatError(f"{p}: no such file") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FormatError(f"{p}: a symbolic link loop (too many levels of symbolic links)") from None
+        raise _corrupt(p, e) from None
+    except ValueError as e:
         raise _corrupt(p, e) from None
     try:
         header = json.loads(raw)
+        if isinstance(header, dict) and raw.count(b'"data_offsets"') != len(header) - ("__metadata__" in header):
+            header = json.loads(raw, object_pairs_hook=_unique)  # slower: only to name a repeated key, if any
         entries, meta, offsets = _parse(header, size - 8 - n)
         return entries, meta, {k: (8 + n + b, 8 + n + e) for k, (b, e) in offsets.items()}
     except (ValueError, TypeError, RecursionError, KeyError) as e:
@@ -58,12 +68,22 @@ def _corrupt(p: str, e: BaseException) -> CorruptFileError:
     return CorruptFileError(f"{p}: not a readable safetensors file ({why}); the file may be truncated or corrupt")
 
 
+def _unique(pairs: list) -> dict:
+    """A JSON object without repeated names (json.loads would keep the last one silently)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the header names '{dup}' twice")
+    return d
+
+
 def _parse(header, data_size: int):
     if not isinstance(header, dict):
         raise ValueError(f"header is a JSON {type(header).__name__}, not an object")
     meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("__metadata__ is not an object")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError("__metadata__ is not an object of strings")
     entries, offsets = {}, {}
     for name, e in header.items():
         if name == "__metadata__":
@@ -78,13 +98,33 @@ def _parse(header, data_size: int):
         begin, end = offs
         if begin > end or end > data_size:
             raise ValueError(f"tensor '{name}' lies outside the file's {data_size} data bytes (offsets {offs})")
-        dtype, itemsize = DTYPES.get(tag, (tag.lower(), None))
-        if itemsize is not None and math.prod(shape) * itemsize != end - begin:
-            raise ValueError(f"tensor '{name}' {tag}{shape} needs {math.prod(shape) * itemsize} bytes, "
-                             f"its offsets give {end - begin}")
+        if tag not in DTYPES:
+            raise ValueError(f"tensor '{name}' has an unknown dtype {tag!r}")
+        dtype, itemsize = DTYPES[tag]
+        bits = math.prod(shape) * (_BITS[tag] if itemsize is None else 8 * itemsize)
+        if bits % 8 or bits // 8 != end - begin:
+            raise ValueError(f"tensor '{name}' {tag}{shape} needs {bits / 8:g} bytes, its offsets give {end - begin}")
         entries[name] = (tuple(shape), dtype)
         offsets[name] = (begin, end)
+    _check_coverage(offsets, data_size)
     return entries, {str(k): v for k, v in meta.items()}, offsets
+
+
+def _check_coverage(offsets: dict, data_size: int) -> None:
+    """The tensors tile the data exactly, in offset order: no overlap, no hole, nothing left over."""
+    spans = sorted(offsets.values())
+    if (spans[0][0] if spans else 0) == 0 and (spans[-1][1] if spans else 0) == data_size and \
+            all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
+        return  # the fast path; otherwise name the first tensor out of place
+    pos = 0
+    for name, (begin, end) in sorted(offsets.items(), key=lambda kv: kv[1]):
+        if begin != pos:
+            raise ValueError(f"tensor '{name}' starts at data byte {begin}, expected {pos}: "
+                             + ("it overlaps the tensor before it" if begin < pos else
+                                f"a hole of {begin - pos} bytes lies before it"))
+        pos = end
+    if pos != data_size:
+        raise ValueError(f"the tensors cover {pos} of the file's {data_size} data bytes")
 
 
 _SCALAR = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i", "I16": "<h", "I8": "<b", "U8": "<B"}

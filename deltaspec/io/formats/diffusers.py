@@ -28,6 +28,7 @@ from ..model.names import is_embedding, sorted_layers, summarize
 from ..model.sdkeys import METADATA_KEY, OLD_RE, PEFT_RE, split_component
 from ..files.tensors import open_file
 from ..files.validate import pattern_value
+from .unknown import refuse_parts, refuse_unknown
 
 _TE_NAMES = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
@@ -64,6 +65,12 @@ def read_diffusers(path, base=None, include_embeddings: bool = False) -> Updates
             parts["_stem"] = m["stem"] + m["sep"]
         else:
             other.append(key)
+    read = {f"{c}|{m}" for c, m in modules}
+    for (c, _), p in modules.items():  # old layout: keys are named by their stem (`…to_q_lora`), not the module
+        if "_stem" in p:
+            read |= {f"{c}|{p['_stem']}", f"None|{p['_stem']}"}
+    refuse_unknown(path, [k for k in other if not k.endswith(".bias")], read,  # a bias is not part of ΔW
+                   lambda k: "{}|{}".format(*split_component(k)))
     lookup = BaseLookup(base, f.path) if base is not None else None
     warnings: list[str] = []
     layers = []
@@ -114,6 +121,8 @@ def _number(f, what: str, v) -> float:
 
 def _layer(f, comp, mod, parts, cfg, kalpha, lookup) -> LayerUpdate:
     name = f"{comp}.{mod}" if comp else mod
+    refuse_parts(f.path, name, parts, ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
+                                       "lora_magnitude_vector"))
     emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
     ka, kb = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
     if ka is None or kb is None:

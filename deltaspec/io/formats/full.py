@@ -26,6 +26,7 @@ from ..model.experts import Layout, expert_matrix, expert_names, expert_shape, i
 from ..model.names import Skipped, is_embedding, resized_vocab, sorted_layers, strip_wrappers, summarize
 from ..files.model_files import model_files
 from ..files.tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
+from ..model.relayout import expert_relayout, renamed_pairs
 
 
 def read_full(path, base=None, include_embeddings: bool = False, require_base: bool = True) -> Updates:
@@ -45,10 +46,15 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
                           f"base (e.g. '{ft.keys()[0]}' vs '{b0.keys()[0]}'); is base= the model it was "
                           "fine-tuned from?")
     warnings: list[str] = []
+    relaid = []
     if base is not None:
         matched_ft, matched_b = {k for _, k, _ in pairs}, {bk for _, _, bk in pairs}
         extra = [k for k in ft.keys() if k not in matched_ft]
         missing = [k for k in b0.keys() if k not in matched_b]
+        relaid = expert_relayout(ft, b0, extra, missing, layout)  # the same experts in the other layout
+        pairs += renamed_pairs(extra, missing)
+        extra = [k for k in extra if k not in {x[2] for x in relaid} | {k for _, k, _ in pairs}]
+        missing = [k for k in missing if k not in {x[3] for x in relaid} | {bk for _, _, bk in pairs}]
         if extra:
             warnings.append(f"{path}: {len(extra)} tensor(s) not in the base, skipped: {summarize(extra)}")
         if missing:
@@ -57,6 +63,10 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     r = _Reader(ft, b0, base is not None, layout, include_embeddings)
     for nk, k, bk in pairs:
         r.add(nk, k, bk)
+    for name, shape, k, bk, load in relaid:
+        meta = {"variant": "full", "base_dtype": b0.dtype(bk), "relayout": "experts fused ↔ per expert"}
+        r.layers.append(LayerUpdate(name, shape, "dense", min(shape), lambda load=load: Dense(load()), ft.source(k),
+                                    ft.dtype(k), meta))
     warnings += r.warnings + r.skipped.messages(path)
     if r.embeddings:
         warnings.append(f"{path}: {len(r.embeddings)} embedding update(s) skipped ({summarize(r.embeddings)}): "

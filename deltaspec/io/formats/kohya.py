@@ -16,6 +16,7 @@ from ...updates import LayerUpdate, LowRank, Updates
 from ..model.names import is_embedding, sorted_layers, summarize
 from ..files.tensors import SafetensorsFile
 from ..files.validate import check_scale
+from .unknown import refuse_unknown
 
 _UNSUPPORTED = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "lora_mid": "LoCon Tucker (lora_mid)",
                 "dora_scale": "DoRA (dora_scale)", "oft_blocks": "OFT", "oft_diag": "OFT", "diff": "full diff"}
@@ -39,6 +40,7 @@ def read_kohya(path, base=None, include_embeddings: bool = False) -> Updates:
             other.append(key)
     if not modules:
         raise FormatError(f"{path}: no lora_down / lora_up tensors: not a kohya LoRA file")
+    other = refuse_unknown(path, other, modules)
     warnings = [f"{path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}"] if other else []
     if _is_dylora(f.metadata):
         warnings.append(f"{path}: a DyLoRA file (its metadata says so): trained with randomly truncated ranks, read "

@@ -30,6 +30,7 @@ from ..algebra.hadakron import loha_form, loha_layout, lokr_form, lokr_layout, t
 from ..model.names import is_embedding, sorted_layers, summarize
 from ..model.sdkeys import KNOWN, LOHA_PARTS, LOKR_PARTS, split_key
 from ..files.tensors import open_file
+from .unknown import refuse_parts, refuse_unknown
 
 
 
@@ -48,6 +49,7 @@ def read_lycoris(path, base=None, include_embeddings: bool = False) -> Updates:
             other.append(parts.pop("weight"))
         if not parts.keys() - {"alpha", "on_input", "rescale", "dora_scale"}:  # no update tensors
             other += modules.pop(name).values()
+    other = refuse_unknown(path, other, modules)
     ctx = _Ctx(f, base, f.metadata.get("ss_network_module") == "networks.oft")
     layers, skipped = [], []
     for name, parts in modules.items():
@@ -111,6 +113,9 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
         raise FormatError(f"{f.path}: '{name}': tensors of several algorithms ({', '.join(found)}) in one module")
     if "diff_b" in parts:
         ctx.bias.append(parts["diff_b"])
+    if len(found) == 1:  # a tensor the family does not use would be dropped from ΔW
+        refuse_parts(f.path, name, parts, {*_FAMILIES[found[0]], *_EXTRAS[found[0]], "alpha", "dora_scale", "diff_b"},
+                     "tensors")
     if "w_norm" in parts or "b_norm" in parts:
         ctx.norms.append(name)
         return None
@@ -156,6 +161,10 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
 
 _FAMILIES = {"LoRA/LoCon": ("lora_down", "lora_up", "lora_mid"), "LoHa": LOHA_PARTS, "LoKr": LOKR_PARTS,
              "full": ("diff",), "OFT": ("oft_blocks",), "IA3": ("on_input",), "GLoRA": ("a1", "a2", "b1", "b2")}
+
+
+_EXTRAS = {"LoRA/LoCon": (), "LoHa": (), "LoKr": (), "full": (), "OFT": ("rescale",), "IA3": ("weight",),
+           "GLoRA": ("bm",)}  # bm: refused by _glora with its own message
 
 
 def _dtype(f, parts) -> str:

@@ -18,6 +18,7 @@ from .peft import adapter_weights, parse_keys, strip_prefix
 from ..model.names import is_embedding, sorted_layers, summarize
 from ..files.tensors import TensorFile, TorchFile, open_file, read_json
 from ..files.validate import check_scale, get_flag, get_number, number
+from .unknown import owner, refuse_parts, refuse_unknown, unknown_error
 
 
 def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates:
@@ -28,6 +29,10 @@ def read_multilora(path, base=None, include_embeddings: bool = False) -> Updates
     fan_in_fan_out = get_flag(cfg, "fan_in_fan_out", cfg_path)
     f = open_file(adapter_weights(d), keep_open=True)
     modules, copies, other = parse_keys(f)
+    read = {mod for mod, _ in modules}
+    other = refuse_unknown(f.path, other, read, strip_prefix)
+    for mod in [m for m in copies if owner(m, read)]:
+        raise unknown_error(f.path, copies[mod], owner(mod, read), "MultiLoRA factors")
     warnings = []
     if copies or other:
         names = list(copies.values()) + other
@@ -60,10 +65,7 @@ def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_a
     modules: dict[str, dict[str, str]] = {}
     ignored = []
     for key in f.keys():
-        k = key
-        while k.startswith("module."):
-            k = k[len("module."):]
-        k = strip_prefix(k)
+        k = strip_prefix(_unwrap(key))
         mod, _, part = k.rpartition(".")
         if part == "weight" and mod.endswith((".lora_A", ".lora_B", ".lora_scaling")):
             mod, _, part = mod.rpartition(".")
@@ -71,12 +73,20 @@ def read_mtl_multilora(path, base=None, include_embeddings: bool = False, lora_a
             modules.setdefault(mod, {})[part] = key
         elif part != "lora_scaler":  # the tunable scaler is unused by MultiLoRALinear.forward
             ignored.append(key)
+    ignored = refuse_unknown(file, ignored, modules, lambda k: strip_prefix(_unwrap(k)),
+                             "MultiLoRA factors")
     warnings = [f"{file}: {len(ignored)} tensor(s) that are not MultiLoRA factors, skipped: {summarize(ignored)}"] \
         if ignored else []
     if not modules:
         raise FormatError(f"{file}: no MultiLoRA tensors (lora_A, lora_B, lora_scaling) found")
     layers = [_layer(mod, parts, f, lora_alpha, False, (file, "lora_alpha")) for mod, parts in modules.items()]
     return _finish(layers, path, "mtl-multilora", base, warnings, include_embeddings)
+
+
+def _unwrap(key: str) -> str:
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key
 
 
 def _finish(layers, path, fmt, base, warnings, include_embeddings) -> Updates:
@@ -90,6 +100,7 @@ def _finish(layers, path, fmt, base, warnings, include_embeddings) -> Updates:
 
 def _layer(mod: str, parts: dict, f: TensorFile, alpha: float, fan_in_fan_out: bool, alpha_from: tuple) -> LayerUpdate:
     """alpha_from: (file, key) that α came from, for the message when the scale is unusable."""
+    refuse_parts(f.path, mod, parts, ("lora_A", "lora_B", "lora_scaling"), "MultiLoRA factors")
     missing = [p for p in ("lora_A", "lora_B", "lora_scaling") if p not in parts]
     if missing:
         raise FormatError(f"{f.path}: MultiLoRA module '{mod}' has no {', '.join(missing)}")

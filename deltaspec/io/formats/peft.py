@@ -7,6 +7,10 @@ DESIGN §2 is the spec. Per adapted module, in the orientation of the base model
   Conv2d          s·B.flatten(1)@A.flatten(1), analysed as (out, in·kh·kw)
   AdaLoRA         B@(A⊙E)·α/(init_r+1e-5)
   DoRA            V = W0 + s·B@A, W' = m·V/‖V‖_row, ΔW = W' − W0 (needs the base)
+  KaSA            s·B·diag(lora_diag)@A − (W0's r smallest singular components, which KaSA removes from the
+                  base at init) (needs the base)
+  VeLoRA, MonteCLoRA  merged by PEFT as plain LoRA: their extra per-module tensors do not enter ΔW
+A tensor of an adapted module that is none of these is an error (`unknown`), never dropped.
   experts         s·B_e@A_e per expert of a 3-D parameter (`target_parameters`, see `peft_experts`)
   modules_to_save saved copy − W0 (needs the base); a resized embedding: the shared rows, the added
                   rows reported in meta; a head the base does not have (a new `score`): skipped
@@ -25,15 +29,25 @@ from ...errors import FormatError, MissingBaseError, ShapeMismatchError
 from ...updates import Dense, LayerUpdate, LowRank, Updates
 from ..model.experts import Layout
 from ..model.names import Skipped, is_embedding, sorted_layers, summarize
+from .peft_adalora import adalora_masks, pruned_layer
 from .peft_copies import copy_layer
 from .peft_experts import adapter_layout, expert_layers, targeted_params
 from .peft_tokens import split_token_keys, token_layer
 from .peft_keys import PREFIX, adapter_weights, parse_keys, strip_prefix  # noqa: F401 (re-exported)
 from ..files.tensors import TensorFile, TensorStore, open_file, open_model
+from .unknown import owner, refuse_parts, refuse_unknown, unknown_error
 from ..files.validate import (check_scale, get_flag, get_int, get_number, get_patterns, get_str, get_str_list,
                        match_pattern, read_json)
 
 _BASE_MODIFYING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
+# PEFT 0.21 LoRA variants whose stored factors are not ΔW = s·B@A (or whose update is no fixed weight)
+_UNREAD_VARIANTS = {"use_qalora": "QALoRA (lora_A acts on pooled input groups; PEFT cannot merge it)",
+                    "use_bdlora": "BD-LoRA (block-diagonal lora_A or lora_B stored as blocks)",
+                    "arrow_config": "Arrow (a router over several adapters; PEFT cannot merge it)"}
+# per-module tensors of LoRA variants that PEFT's merge does not use (VeLoRA, MonteCLoRA): not part of ΔW
+_NOT_IN_DELTA = (".lora_velora_embed", ".lora_monteclora_sampler.")
+_LORA_PARTS = ("lora_A", "lora_B", "lora_E", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector",
+               "lora_diag")
 SUPPORTED = ("LORA", "ADALORA", "TRAINABLE_TOKENS")
 
 
@@ -51,16 +65,19 @@ class _Ctx:
         self.unsplit: list[str] = []
         self.doubled: set[str] = set()
         self.rank_mismatch: list[str] = []
+        self.pruned: list[str] = []
         c, p = cfg, cfg_path
         self.peft_type = (get_str(c, "peft_type", p) or "LORA").upper()
         self.lora_alpha = get_number(c, "lora_alpha", p, 8)  # PEFT's default
         self.r = get_int(c, "r", p, 8)
         self.alpha_pattern = get_patterns(c, "alpha_pattern", p)
-        self.rank_pattern = get_patterns(c, "rank_pattern", p, "int")
+        self.init_r = get_int(c, "init_r", p, None) if self.peft_type == "ADALORA" else None
+        # AdaLoRA: rank_pattern holds the pruning masks (per module, which of init_r ranks were kept)
+        self.masks = adalora_masks(c, p, self.init_r) if self.peft_type == "ADALORA" else {}
+        self.rank_pattern = {} if self.peft_type == "ADALORA" else get_patterns(c, "rank_pattern", p, "int")
         self.use_rslora = get_flag(c, "use_rslora", p)
         self.fan_in_fan_out = get_flag(c, "fan_in_fan_out", p)
         self.target_parameters = get_str_list(c, "target_parameters", p)
-        self.init_r = get_int(c, "init_r", p, None) if self.peft_type == "ADALORA" else None
 
     @property
     def base(self) -> TensorStore:
@@ -113,6 +130,9 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
                             + ("" if cfg.get("loftq_config") or str(init).lower().startswith("loftq") else
                                "; pass initial=DIR (the adapter saved before training) for the exact "
                                "ΔW = s(BA − B0A0) relative to the original base"))
+    for key, what in _UNREAD_VARIANTS.items():
+        if cfg.get(key) and ctx.peft_type == "LORA":
+            raise FormatError(f"{cfg_path}: {key}: {what} is not supported: its ΔW is not s·B@A")
     if get_flag(cfg, "lora_bias", cfg_path):
         ctx.warnings.append(f"{cfg_path}: lora_bias is set: bias updates are not analysed")
     f = ctx.f
@@ -121,6 +141,11 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
     modules, copies, other = parse_keys(f, ctx.skipped)
     _mha_out_proj(modules, ctx)
     tokens, other = split_token_keys(other, strip_prefix)
+    other = [k for k in other if not any(t in strip_prefix(k) + "." for t in _NOT_IN_DELTA)]
+    read = {mod for mod, _ in modules}
+    other = refuse_unknown(f.path, other, read, strip_prefix)
+    for mod in [m for m in copies if owner(m, read)]:  # `<lora module>.<something>.weight`
+        raise unknown_error(f.path, copies[mod], owner(mod, read))
     if other:
         ctx.warnings.append(f"{f.path}: {len(other)} tensor(s) not understood, skipped: {summarize(other)}")
     if not modules and not copies and not tokens:
@@ -149,6 +174,9 @@ def read_peft(path, base=None, include_embeddings: bool = False, require_base: b
         ctx.warnings.append(f"{d}: {len(ctx.unsplit)} fused expert parameter(s) analysed whole per expert, not split "
                             f"into gate/up halves ({summarize(ctx.unsplit)}): the base architecture is unknown "
                             "(pass base= with its config.json)")
+    if ctx.pruned:
+        ctx.warnings.append(f"{d}: {len(ctx.pruned)} layer(s) pruned by AdaLoRA to rank 0 ({summarize(ctx.pruned)}): "
+                            "ΔW = 0 there")
     if ctx.rank_mismatch:
         ctx.warnings.append(f"{cfg_path}: {len(ctx.rank_mismatch)} module(s) whose factors' rank is not the "
                             f"config's r / rank_pattern ({summarize(ctx.rank_mismatch, 3)}): α/r uses the factors' "
@@ -197,6 +225,7 @@ def _module_layers(modules: dict, ctx: _Ctx) -> list[LayerUpdate]:
 
 def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
     f = ctx.f
+    refuse_parts(f.path, mod, parts, _LORA_PARTS)
     emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
     ka, kb = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else \
         (parts.get("lora_A"), parts.get("lora_B"))
@@ -205,9 +234,13 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
         raise FormatError(f"{f.path}: module '{mod}' has {found} but not both LoRA factors (A and B)")
     sa, sb = f.shape(ka), f.shape(kb)
     r = sa[0] if sa else 0
+    if mod in ctx.masks and ctx.masks[mod] != r:
+        raise ShapeMismatchError(f"{f.path}: AdaLoRA module '{mod}' holds {r} ranks but adapter_config.json's "
+                                 f"rank_pattern keeps {ctx.masks[mod]}")
     if r == 0:
-        ctx.skipped.add("rank 0 (pruned by AdaLoRA)", mod)
-        return None
+        if ctx.peft_type != "ADALORA" and "lora_E" not in parts:
+            raise FormatError(f"{f.path}: LoRA module '{mod}' has rank 0")
+        return pruned_layer(mod, parts, ctx)
     if len(sa) < 2 or len(sb) < 2 or sb[1] != r or math.prod(sb[2:]) != 1:
         raise ShapeMismatchError(f"{f.path}: '{mod}' lora_B {list(sb)} does not fit lora_A {list(sa)} "
                                  "(expected B (out, r[, 1, 1]) and A (r, in[, kh, kw]))")
@@ -233,7 +266,7 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
     transposed = emb or (ctx.fan_in_fan_out and len(sa) == 2)
     shape = (d_in, d_out) if transposed else (d_out, d_in)
     stored_shape = shape if len(sa) == 2 else (d_out, *sa[1:])
-    km = parts.get("lora_magnitude_vector")
+    km, kd = parts.get("lora_magnitude_vector"), parts.get("lora_diag")
     meta = {"variant": variant, "scale": scale, "r": r, "alpha": alpha}
     if emb:
         meta["embedding"] = True
@@ -247,8 +280,12 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
         B = f.get(kb).flatten(1)  # (d_out, r)
         if ke is not None:
             A = A * f.get(ke).reshape(-1, 1)  # A ⊙ E
+        if kd is not None:
+            B = B * f.get(kd).reshape(1, -1)  # B·diag(d) (KaSA)
         return B, A
 
+    if kd is not None:
+        return _kasa(mod, ctx, kd, km, factors, shape, sa, meta, emb or transposed or len(sa) > 2 or ke is not None)
     if km is None:
         def load() -> LowRank:
             B, A = factors()
@@ -280,6 +317,36 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
         return Dense((delta.T if transposed else delta).contiguous().float())
 
     return LayerUpdate(mod, shape, "dense", min(shape), load_dora, f.path, f.dtype(ka), meta)
+
+
+def _kasa(mod, ctx, kd, km, factors, shape, sa, meta, unusual) -> LayerUpdate:
+    """KaSA: PEFT replaces W0 by its top (k − r) singular components at init and merges s·B·diag(d)@A
+    into that, so relative to the base ΔW = s·B·diag(d)@A − (W0's r smallest singular components)."""
+    f, r = ctx.f, sa[0]
+    if km is not None or unusual:
+        raise FormatError(f"{f.path}: '{mod}': lora_diag (KaSA) is read on plain Linear LoRA layers only")
+    if tuple(f.shape(kd)) != (r,):
+        raise ShapeMismatchError(f"{f.path}: '{kd}': {list(f.shape(kd))} is not one value per rank ({r})")
+    meta["variant"] = "kasa"
+    need = (f"{f.path}: a KaSA adapter (lora_diag) needs base=PATH: KaSA removes the base weight's {r} smallest "
+            f"singular components, which are part of ΔW (module '{mod}')")
+    if ctx.base_path is None:
+        if ctx.require_base:
+            raise MissingBaseError(need)
+        return LayerUpdate(mod, shape, "dense", min(shape), _raise(need), f.path, f.dtype(kd), meta)
+    bkey = ctx.base_key(mod, shape, "KaSA")
+    base = ctx.base
+
+    def load() -> Dense:
+        import torch
+        B, A = factors()
+        W0 = base.get(bkey).double()
+        U, S, Vh = torch.linalg.svd(W0, full_matrices=False)
+        k = S.shape[0] - r
+        dropped = (U[:, k:] * S[k:]) @ Vh[k:]
+        return Dense((meta["scale"] * (B.double() @ A.double()) - dropped).float())
+
+    return LayerUpdate(mod, shape, "dense", min(shape), load, f.path, f.dtype(kd), meta)
 
 
 def _raise(message: str):

@@ -21,6 +21,7 @@ from ...errors import FormatError, ShapeMismatchError
 from ...updates import LayerUpdate, LowRank
 from ..model.experts import FUSED, Layout, expert_names, half_rows, order_params
 from ..files.validate import check_scale, match_pattern
+from .unknown import refuse_parts
 
 
 def targeted_params(mod: str, targets: list[str]) -> list[str]:
@@ -47,6 +48,7 @@ def expert_layers(mod: str, wrappers: dict, ctx, layout: Layout) -> list[LayerUp
     dims = {}
     for depth, parts in wrappers.items():
         p = params[k - 1 - depth]  # innermost = first registered
+        refuse_parts(f.path, f"{mod}.{p}", parts, ("lora_A", "lora_B"))
         ka, kb = parts.get("lora_A"), parts.get("lora_B")
         if ka is None or kb is None or len(f.shape(ka)) != 2 or len(f.shape(kb)) != 2:
             raise FormatError(f"{f.path}: '{mod}' ({p}): expected 2-D lora_A and lora_B, "

@@ -16,7 +16,8 @@ from ..model.names import Skipped, strip_wrappers
 from ..files.tensors import TensorFile
 
 PREFIX = "base_model.model."
-_PARTS = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_scaling", "lora_A", "lora_B", "lora_E")
+_PARTS = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "lora_scaling", "lora_diag", "lora_A", "lora_B",
+          "lora_E")
 _KEY_RE = re.compile(r"^(?P<mod>.+?)\.(?P<part>" + "|".join(_PARTS) + r")(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
 _BASE_LAYER = ".base_layer"
 

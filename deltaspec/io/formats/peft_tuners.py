@@ -29,6 +29,7 @@ from ..model.names import is_embedding, sorted_layers, summarize
 from .peft_keys import PREFIX, adapter_weights
 from ..files.tensors import open_file, open_model
 from ..files.validate import pattern_value
+from .unknown import refuse_unknown
 
 PARTS = {"LOHA": LOHA_PARTS, "LOKR": LOKR_PARTS, "VERA": ("vera_lambda_b", "vera_lambda_d"), "IA3": ("ia3_l",),
          "OFT": ("oft_embedding_R", "oft_R"), "BOFT": ("boft_R", "boft_s")}
@@ -60,6 +61,8 @@ def read_peft_tuner(path, cfg: dict, base=None, include_embeddings: bool = False
         else:
             other.append(key)
     ctx.shared = shared
+    strip = lambda k: k[len(PREFIX):] if k.startswith(PREFIX) else k  # noqa: E731
+    refuse_unknown(f.path, [k for k in other if not k.endswith(".bias")], modules, strip)
     layers = [_BUILD[peft_type](mod, parts, ctx) for mod, parts in modules.items()]
     layers += [u for mod, key in copies.items() if (u := _copy(mod, key, ctx)) is not None]
     kept = [u for u in layers if include_embeddings or not is_embedding(u.name)]
