@@ -14,8 +14,8 @@ from .formatting import (fmt_num, fmt_signed, fmt_spread, hoist_constant, html_t
 # Default metric columns of the terminal tables (every metric is in JSON/CSV; `--metrics` to choose).
 TABLE_METRICS = ("frobenius_norm", "top1_energy", "top4_energy", "effective_rank", "normalized_entropy", "stable_rank")
 # With initial factors (`analyze --initial`): the learned-vs-initial columns (docs/TRAINING.md).
-INITIAL_TABLE_METRICS = ("top1_energy", "effective_rank", "init_share", "learned_top1_energy", "learned_effective_rank",
-                         "moveA", "moveB")
+INITIAL_COLUMNS = ("init_share", "learned_top1_energy", "learned_effective_rank", "moveA", "moveB")
+INITIAL_TABLE_METRICS = ("top1_energy", "effective_rank") + INITIAL_COLUMNS
 
 
 def default_metrics(names: Sequence[str]) -> tuple:
