@@ -157,7 +157,7 @@ def test_cli_initial_table_compare_and_errors(tmp_path):
     assert "its base" in error("analyze", tmp_path / "ft", "--base", tmp_path / "ft", "--initial", run)
 
 
-def test_rebuilt_initial_is_refused_for_other_formats(tmp_path):
+def test_initial_is_refused_for_other_formats(tmp_path):
     run, _ = run_dirs(tmp_path, "multilora")
     with pytest.raises(FormatError, match="LoRA and MultiLoRA"):
         ds.load(run, format="kohya", initial=run / "checkpoint-0")
