@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
-from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
+from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options, initial_for
 from .output import check_output, emit, output_format, table_width, warn
 
 
@@ -61,7 +61,7 @@ def _analyze(ckpt, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
 
     pick_device(device)  # a bad --device fails before any reading
     updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
-                      initial=initial)
+                      initial=initial_for(ckpt, initial))
     result = ds.analyze(updates, device=device, dtype=dtype, energy_k=parse_ints(energy_k, "--energy-k"),
                         n_ref=parse_n_ref(n_ref), modules=parse_list(modules), layers=parse_layers(layers),
                         progress=False if quiet else None, svd_top_k=svd_top_k)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
-from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
+from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options, initials_for, initials_option
 from .output import check_output, emit, output_format, table_width, warn
 
 INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
@@ -42,7 +42,7 @@ def input_labels(inputs, labels: str | None) -> list[str]:
     return out
 
 
-def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings):
+def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, initial=None):
     """deltaspec.load with the shared --base: readers open it only where a layer needs W0 (full
     fine-tuning, DoRA, IA3/OFT, modules_to_save copies, trainable tokens), so plain adapters never touch it."""
     import deltaspec as ds
@@ -50,15 +50,15 @@ def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings):
 
     try:
         return ds.load(path, base=base or None, format=ckpt_type, lora_alpha=lora_alpha,
-                       include_embeddings=include_embeddings)
+                       include_embeddings=include_embeddings, initial=initial)
     except MissingBaseError as e:
         raise MissingBaseError(str(e) if "base=" in str(e) else f"{e} (pass --base BASE)") from None
 
 
 def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,
                  layers=None, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16", vectors=False,
-                 quiet=False):
-    """One AnalysisResult per input, restricted to --modules/--layers."""
+                 quiet=False, initials=None):
+    """One AnalysisResult per input, restricted to --modules/--layers. initials: one --initial per input."""
     import deltaspec as ds
     from deltaspec.errors import DeltaspecError
     from deltaspec.spectra import pick_device
@@ -67,13 +67,16 @@ def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, includ
     if not all(is_saved_analysis(p) for p in inputs):
         pick_device(device)  # a bad --device fails before any reading
     out = []
-    for path in inputs:
+    for path, initial in zip(inputs, initials or [None] * len(inputs)):
         if is_saved_analysis(path):
+            if initial is not None:
+                raise DeltaspecError(f"{path}: a saved analysis; --initial applies to checkpoints (analyze it with "
+                                     "--initial instead)")
             if vectors:
                 raise DeltaspecError(f"{path}: saved analyses keep no singular vectors; give the checkpoint instead")
             res = ds.AnalysisResult.from_json(path).select(mods, lays)
         else:
-            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
+            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, initial)
             res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, energy_k=parse_ints(energy_k, "--energy-k"),
                              n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
         if not res.layers:
@@ -100,6 +103,7 @@ def input_options(fn=None, *, metrics: bool = True, **selection):
 
 @click.command(epilog=INPUTS_HELP)
 @input_options
+@initials_option
 @click.option("--per-layer", is_flag=True, help="One block per layer instead of means per module type.")
 @click.option("--metrics", default=None, help="Metrics to show, e.g. 'top1_energy,effective_rank' "
               "[default: the analyze table's columns; JSON/CSV: all].")
@@ -111,7 +115,7 @@ def input_options(fn=None, *, metrics: bool = True, **selection):
 @click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @user_errors
 def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-            quiet, labels, per_layer, metrics, strict_n_ref, fmt, out):
+            quiet, labels, per_layer, metrics, strict_n_ref, fmt, out, initial):
     """Metrics of several checkpoints side by side, with differences to the first.
 
     \b
@@ -126,20 +130,21 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     n_ref = min(d_out, d_in) when the inputs disagree). The report says so.
     """
     from deltaspec.compare import compare as run_compare
-    from deltaspec.results import TABLE_METRICS
+    from deltaspec.tables import default_metrics
 
     fmt = output_format(fmt, out, allowed=("table", "json", "csv", "latex", "markdown"))
-    check_output(out, [*inputs, base])
+    initials = initials_for(inputs, initial)
+    check_output(out, [*inputs, base, *initials])
     names = input_labels(inputs, labels)
     results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
                            include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
-                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
+                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet, initials=initials)
     for res in results:  # every output in the CLI's words
         res.warnings = [cli_words(w) for w in res.warnings]
     chosen = parse_list(metrics)
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
                       on_n_ref_mismatch="error" if strict_n_ref else "recompute")
-    shown = chosen or [m for m in TABLE_METRICS if m in cmp.metrics]
+    shown = chosen or [m for m in default_metrics(cmp.metrics) if m in cmp.metrics]
     text = {"table": lambda: cmp.format_table(shown, width=table_width(out)), "json": cmp.to_json,
             "csv": lambda: cmp.to_csv().rstrip("\n"), "latex": lambda: cmp.to_latex(shown),
             "markdown": lambda: cmp.to_markdown(shown)}[fmt]()

@@ -24,11 +24,53 @@ def reader_options(fn):
     return fn
 
 
+INITIAL_HELP = ("The adapter saved before training (DIR; `deltaspec train` writes RUN/checkpoint-0; 'auto': "
+                "CKPT/checkpoint-0). LoRA/MultiLoRA: adds init_share, learned_* and moveA/moveB. PiSSA/OLoRA "
+                "saved unconverted: the exact ΔW = s(BA − B0A0) relative to the original base.")
+
+
 def initial_option(fn):
-    """--initial DIR: the adapter saved before training, for PiSSA/OLoRA adapters saved unconverted."""
-    return click.option("--initial", type=UserPath(), default=None,
-                        help="PiSSA/OLoRA-style adapter saved without conversion: the adapter saved before training "
-                             "(DIR); gives the exact ΔW = s(BA − B0A0) relative to the original base.")(fn)
+    """--initial DIR|auto: the adapter saved before training (LoRA/MultiLoRA init share; PiSSA/OLoRA exact ΔW)."""
+    return click.option("--initial", type=UserPath(), default=None, help=INITIAL_HELP)(fn)
+
+
+def initials_option(fn):
+    """--initial DIR,DIR,… for commands with several inputs: one per input, '-' for none, or 'auto'."""
+    return click.option("--initial", "initial", default=None,
+                        help="Adapters saved before training, one per input, comma-separated ('-': none), or "
+                             "'auto': each input's checkpoint-0/ where it has one. Adds init_share, learned_* "
+                             "and moveA/moveB (see analyze --initial).")(fn)
+
+
+def initial_for(ckpt, initial):
+    """--initial of one checkpoint: 'auto' → CKPT/checkpoint-0 (an error when there is none)."""
+    from pathlib import Path
+
+    from deltaspec.errors import DeltaspecError
+
+    if initial != "auto":
+        return initial
+    d = Path(ckpt) / "checkpoint-0"
+    if not d.is_dir():
+        raise DeltaspecError(f"{ckpt}: --initial auto needs {d}/ (written by `deltaspec train`); pass --initial DIR")
+    return str(d)
+
+
+def initials_for(inputs, value) -> list:
+    """One --initial per input (None: none) from 'auto', '-' or a comma-separated list."""
+    from pathlib import Path
+
+    from deltaspec.errors import DeltaspecError
+
+    if value is None:
+        return [None] * len(inputs)
+    if value == "auto":
+        return [str(Path(p) / "checkpoint-0") if (Path(p) / "checkpoint-0").is_dir() else None for p in inputs]
+    items = [v.strip() for v in value.split(",")]
+    if len(items) != len(inputs):
+        raise DeltaspecError(f"--initial has {len(items)} entries for {len(inputs)} inputs; give one per input "
+                             "('-' for none) or 'auto'")
+    return [None if v in ("-", "") else v for v in items]
 
 
 MODULES_HELP = ("Module types, e.g. 'k_proj,v_proj', or trailing parts of layer names ('attn1.to_q'; 'to_q' "

@@ -9,6 +9,7 @@ import click
 
 from .common import UserPath, user_errors
 from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis
+from .options import initials_for, initials_option
 from .output import check_output
 from .suggest_rank import chosen_policy, policy_value_options
 
@@ -27,10 +28,11 @@ def command_line() -> str:
 @click.option("--policy", type=click.Choice(["energy", "fro-error", "sv-ratio", "knee", "effective-rank"]),
               default="energy", show_default=True, help="Rank policy whose LoraConfig is shown.")
 @policy_value_options
+@initials_option
 @click.option("--no-hash", is_flag=True, help="Do not compute SHA-256 of the input files (large models).")
 @user_errors
 def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, no_hash):
+           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, no_hash, initial):
     """Write one self-contained HTML report of the INPUTS.
 
     \b
@@ -52,18 +54,21 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     from .compare import load_checkpoint
     from .options import parse_ints, parse_n_ref
 
-    check_output(out, [*inputs, base])
+    initials = initials_for(inputs, initial)
+    check_output(out, [*inputs, base, *initials])
     names = input_labels(inputs, labels)
     chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
     mods, lays = parse_list(modules), parse_layers(layers)
     results, suggestions, prov = {}, {}, []
-    for lab, path in zip(names, inputs):
+    for lab, path, init in zip(names, inputs, initials):
+        if is_saved_analysis(path) and init is not None:
+            raise ds.DeltaspecError(f"{path}: a saved analysis; --initial applies to checkpoints")
         if is_saved_analysis(path):
             res = ds.AnalysisResult.from_json(path)
             res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
             scales, used_base = None, res.source.get("base")
         else:
-            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings)
+            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, init)
             res = ds.analyze(updates, device=device, dtype=dtype, energy_k=parse_ints(energy_k, "--energy-k"),
                              n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
             scales, used_base = source_scales(updates), updates.base

@@ -62,6 +62,8 @@ def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alp
     Same base, data stream, steps and seed for every method, so LoRA, MultiLoRA and full
     fine-tuning differ only in the method. Writes train_info.json with per-task accuracy.
     With --model, a local transformers model gets the same adapters on its own projections.
+    LoRA and MultiLoRA runs also keep OUT/checkpoint-0/, the adapter before the first step
+    (`deltaspec analyze OUT --initial auto`: how much of ΔW is the initial factors).
     """
     from deltaspec.errors import DeltaspecError
     from deltaspec.train import GPTConfig, TrainConfig, default_base, run

@@ -108,7 +108,36 @@ def analyze_layers(layers: Sequence[LayerUpdate], settings: AnalysisSettings,
     spectra = spectra_of(items, device, dtype, settings.vectors, on_done=done, top_k=settings.svd_top_k)
     with float64_reads(dtype == torch.float64):
         out = _results(_named_errors(spectra, layers), layers, settings, out, eps)
+        if any(u.initial is not None for u in layers):
+            _learned_vs_initial(out, layers, settings, eps)
     return out
+
+
+def _learned_vs_initial(out: list, layers: Sequence[LayerUpdate], settings: AnalysisSettings, eps: float) -> None:
+    """Layers with initial factors (`load(…, initial=)`): add init_share, init_cos, moveA, moveB and the
+    learned part's spectrum and metrics (`learned_<metric>`, same n_ref) to their results (init_split.py)."""
+    from .init_split import init_split, learned_part
+
+    todo = [i for i, u in enumerate(layers) if u.initial is not None]
+    parts = [LayerUpdate(layers[i].name, layers[i].shape, "lowrank", min(2 * layers[i].rank_bound, *layers[i].shape),
+                         lambda u=layers[i]: _paired(u, learned_part), layers[i].source) for i in todo]
+    spectra = spectra_of(_loaded(parts, torch.device("cpu")), pick_device(settings.device), pick_dtype(settings.dtype))
+    for k, spec in _named_errors(spectra, parts):
+        i = todo[k]
+        r, u = out[i], layers[i]
+        learned = M.all_metrics(spec.sigma, u.shape, eps, r.n_ref, settings.energy_k)
+        r.metrics.update(_paired(u, init_split).as_dict(), **{f"learned_{m}": v for m, v in learned.items()})
+        r.learned_singular_values = spec.sigma
+
+
+def _paired(u: LayerUpdate, fn):
+    """fn(trained update, initial update); factors that do not fit are another run's (FormatError)."""
+    from .errors import FormatError
+
+    try:
+        return fn(u.load(), u.initial())
+    except ValueError as e:
+        raise FormatError(f"{u.meta.get('initial', 'initial=')}: '{u.name}': {e}") from None
 
 
 def _results(spectra, layers, settings, out, eps) -> list:

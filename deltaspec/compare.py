@@ -238,6 +238,7 @@ def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] =
     a = align(results, labels, on_n_ref_mismatch)
     have = [set(res.metric_names) for res in a.results]
     all_names = [m for m in a.results[0].metric_names if all(m in h for h in have)]
+    all_names += _initial_names(a.results, all_names)  # shown as NaN for inputs without --initial (full FT)
     if metrics:
         missing = [m for m in metrics if m not in all_names]
         if missing:
@@ -251,9 +252,18 @@ def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] =
     groups: dict[str, list[int]] = {}
     for k, r in enumerate(a.results[0].layers):
         groups.setdefault(r.name if per_layer else r.module, []).append(k)
-    per = lambda f: {g: {m: {lab: f([res.layers[k].metrics[m] for k in ks]) for lab, res in zip(a.labels, a.results)}
+    per = lambda f: {g: {m: {lab: f([res.layers[k].metrics.get(m, math.nan) for k in ks]) for lab, res in zip(a.labels, a.results)}
                          for m in chosen} for g, ks in groups.items()}
     return Comparison(a, per_layer, chosen, per(_mean), {g: len(ks) for g, ks in groups.items()}, per(_std))
+
+
+def _initial_names(results, shared) -> list:
+    """The learned-vs-initial fields (init_split.py) that some input has and not every one."""
+    from .init_split import SPLIT_FIELDS
+
+    names = dict.fromkeys(m for res in results for m in res.metric_names
+                          if m in SPLIT_FIELDS or m.startswith("learned_"))
+    return [m for m in names if m not in shared]
 
 
 def _std(vals) -> float:

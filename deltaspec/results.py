@@ -44,6 +44,7 @@ class LayerResult:
     U: object = field(default=None, repr=False)
     V: object = field(default=None, repr=False)
     upper: Optional[np.ndarray] = field(default=None, repr=False)  # truncated mode: bounds σ_i ≤ upper_i
+    learned_singular_values: Optional[np.ndarray] = field(default=None, repr=False)  # of ΔW − ΔW_0 (initial=)
 
     def __repr__(self) -> str:
         top = f"σ_1 {fmt_num(float(self.singular_values[0]))}" if len(self.singular_values) else "no σ"
@@ -58,6 +59,8 @@ class LayerResult:
 
     def to_dict(self) -> dict:
         extra = {} if self.upper is None else {"singular_values_upper_bound": [float(x) for x in self.upper]}
+        if self.learned_singular_values is not None:
+            extra["learned_singular_values"] = [float(x) for x in self.learned_singular_values]
         return {
             "name": self.name, "module": self.module, "layer": self.layer, "shape": list(self.shape),
             "kind": self.kind, "rank": self.rank, "n_ref": self.n_ref,
@@ -68,8 +71,10 @@ class LayerResult:
     @classmethod
     def from_dict(cls, d: dict) -> "LayerResult":
         metrics = {k: (math.nan if v is None else v) for k, v in d["metrics"].items()}
+        learned = d.get("learned_singular_values")
         return cls(d["name"], d["module"], d.get("layer"), tuple(d["shape"]), d["kind"], d["rank"],
-                   d.get("n_ref", min(d["shape"])), np.asarray(d["singular_values"], dtype=np.float64), metrics)
+                   d.get("n_ref", min(d["shape"])), np.asarray(d["singular_values"], dtype=np.float64), metrics,
+                   learned_singular_values=None if learned is None else np.asarray(learned, dtype=np.float64))
 
 
 def _json_num(v):

@@ -13,6 +13,14 @@ from .formatting import (fmt_num, fmt_signed, fmt_spread, hoist_constant, html_t
 
 # Default metric columns of the terminal tables (every metric is in JSON/CSV; `--metrics` to choose).
 TABLE_METRICS = ("frobenius_norm", "top1_energy", "top4_energy", "effective_rank", "normalized_entropy", "stable_rank")
+# With initial factors (`analyze --initial`): the learned-vs-initial columns (docs/TRAINING.md).
+INITIAL_COLUMNS = ("init_share", "learned_top1_energy", "learned_effective_rank", "moveA", "moveB")
+INITIAL_TABLE_METRICS = ("top1_energy", "effective_rank") + INITIAL_COLUMNS
+
+
+def default_metrics(names: Sequence[str]) -> tuple:
+    """The terminal tables' default columns for results with these metric names."""
+    return INITIAL_TABLE_METRICS if "init_share" in names else TABLE_METRICS
 
 
 def by_module(names: Sequence[str]) -> str:
@@ -24,7 +32,7 @@ def by_module(names: Sequence[str]) -> str:
 def analysis_table(res, metrics: Optional[Sequence[str]] = None, aggregates: bool = True,
                    width: Optional[int] = None) -> str:
     """The `analyze` report: one line per layer, then the mean per module type."""
-    cols = [m for m in (metrics or TABLE_METRICS) if m in res.metric_names]
+    cols = [m for m in (metrics or default_metrics(res.metric_names)) if m in res.metric_names]
     s = res.source
     lines = wrap(f"{s.get('path')}  [{s.get('format')}]" + (f"  base: {s['base']}" if s.get("base") else "")
                  + f"  {len(res.layers)} layers, {res.settings.get('dtype', '')}", width)

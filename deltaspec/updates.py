@@ -204,7 +204,8 @@ class LayerUpdate:
     `rank_bound` is min(shape) for dense updates and the factored rank, or rank W1 · rank W2 for
     Kronecker updates, capped by the shape, otherwise. `source` is the file
     the tensors come from (for error messages). `meta` holds reader facts worth reporting
-    (adapter variant, scale, heads, original dtype).
+    (adapter variant, scale, heads, original dtype). `initial`, when the reader was given the adapter
+    saved before training (LoRA, MultiLoRA), loads this layer's update at step 0 (io/initial_factors.py).
     """
 
     name: str
@@ -215,6 +216,7 @@ class LayerUpdate:
     source: str = ""
     dtype: str = "float32"
     meta: dict = field(default_factory=dict)
+    initial: Callable[[], Update] | None = field(default=None, repr=False)  # the layer at step 0 (`initial=`)
 
     @property
     def module(self) -> str:

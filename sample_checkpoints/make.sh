@@ -58,14 +58,17 @@ START=$(date +%s)
 jobs_list | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _
 echo "training took $(( $(date +%s) - START )) s of wall time"
 
-if [[ ",$SEEDS," == *",0,"* ]]; then  # the shipped samples: seed 0's final checkpoints, without step folders
+if [[ ",$SEEDS," == *",0,"* ]]; then  # the shipped samples: seed 0's final checkpoints and checkpoint-0
   for m in full lora multilora; do
     rm -rf sample_checkpoints/$m && mkdir sample_checkpoints/$m
     find $RUNS/seed0/$m -maxdepth 1 -type f -exec cp {} sample_checkpoints/$m/ \;
+    if [ -d $RUNS/seed0/$m/checkpoint-0 ]; then cp -r $RUNS/seed0/$m/checkpoint-0 sample_checkpoints/$m/; fi
   done
   python figures/fig_trajectory.py --runs $RUNS/seed0
 fi
 python sample_checkpoints/seed_table.py --base $BASE --json $RUNS/seed_table.json \
   $(for seed in ${SEEDS//,/ }; do echo $RUNS/seed$seed/{lora,multilora,full}; done)
+python sample_checkpoints/init_table.py --base $BASE \
+  $(for seed in ${SEEDS//,/ }; do echo $RUNS/seed$seed/{lora,multilora}; done)
 deltaspec compare sample_checkpoints/lora sample_checkpoints/multilora sample_checkpoints/full --base $BASE \
   --labels LoRA,MultiLoRA,FT --modules k_proj,v_proj --metrics top1_energy,normalized_entropy,effective_rank -q

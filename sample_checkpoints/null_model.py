@@ -3,9 +3,9 @@ and how much comes with the random Kaiming-uniform B_i every head starts with?
 
     python sample_checkpoints/null_model.py RUN_DIR [--scalings-only OUT]
 
-RUN_DIR is a trained MultiLoRA (`deltaspec train --method multilora`). Its initial A_i, B_i are rebuilt
-exactly from the seed in its train_info.json (the trainer seeds, loads the base, then initialises the
-adapters, in that order). For every k_proj / v_proj layer, with s_i the learned scalings:
+RUN_DIR is a trained MultiLoRA (`deltaspec train --method multilora`). Its initial A_i, B_i are read from
+RUN/checkpoint-0/ (which the trainer writes), or rebuilt from the seed in its train_info.json (exact on
+the same torch build). For every k_proj / v_proj layer, with s_i the learned scalings:
 
   trained      ΔW      = (α/r) Σ diag(s_i) B_i A_i        what the checkpoint holds
   init factors ΔW_0    = (α/r) Σ diag(s_i) B_i⁰ A_i⁰      learned scalings on the INITIAL A, B
@@ -14,7 +14,8 @@ adapters, in that order). For every k_proj / v_proj layer, with s_i the learned 
 
 --scalings-only OUT also trains "MultiLoRA with 0 effective steps on A and B": the same config, data,
 steps and seed, with A_i, B_i frozen at their init and only the scalings trained (at the same lr).
-Metrics are computed here from a float64 numpy SVD; normalized_entropy uses n_ref = 128 = min(d_out, d_in).
+Everything is factored (deltaspec/init_split.py, `deltaspec analyze RUN --initial RUN/checkpoint-0` reports
+the same init share); spectra are exact float64; normalized_entropy uses n_ref = 128 = min(d_out, d_in).
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file
 
+import deltaspec as ds
+from deltaspec.init_split import init_split, initial_part, learned_part
 from deltaspec.train.layers import adapters
-from deltaspec.train.null_model import balance, initial_adapters, run_config
-from deltaspec.train.null_model import multilora_delta as delta, train_scalings_only as _train
+from deltaspec.train.null_model import balance, cosine, initial_dir, run_config
+from deltaspec.train.null_model import train_scalings_only as _train
 from deltaspec.train.save import save_run
 from deltaspec.train.trainer import build, evaluate
+from deltaspec.updates import SumOfLowRank
 
 MODULES = ("k_proj", "v_proj")
 
@@ -43,32 +45,30 @@ def config(run_dir: Path, base: str, out: str = "unused"):
         raise SystemExit(str(e)) from None
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """⟨a, b⟩_F / (‖a‖ ‖b‖); NaN when either is zero."""
-    n = np.linalg.norm(a) * np.linalg.norm(b)
-    return float((a * b).sum() / n) if n > 0 else float("nan")
+def pairs(run_dir: Path, base: str, initial=None) -> dict:
+    """Layer name → (LayerUpdate, trained update, initial update): the run read with its initial adapter
+    (`initial`, else RUN/checkpoint-0, else rebuilt from the seed when the run has none)."""
+    u = ds.load(run_dir, initial=initial or initial_dir(run_dir, base=base))
+    return {x.name: (x, x.load(), x.initial()) for x in u}
 
 
-def decompose(run_dir: Path, base: str) -> dict:
+def decompose(run_dir: Path, base: str, initial=None) -> dict:
     """Mean over k/v layers of each variant's balance metrics, plus how much of ΔW the initial factors carry."""
-    init = initial_adapters(config(run_dir, base))
-    sd = load_file(run_dir / "adapter_model.safetensors")
     rows: dict[str, list[dict]] = {k: [] for k in ("trained", "init factors", "learned part", "random")}
     moved = []  # how far each factor got from its init (all adapted modules)
-    for name, layer in init.items():
-        k = f"base_model.model.{name}"
-        A, B, S = sd[f"{k}.lora_A.weight"], sd[f"{k}.lora_B.weight"], sd[f"{k}.lora_scaling"]
+    for name, (u, trained, init) in pairs(run_dir, base, initial).items():
+        S = torch.stack([s for s, _, _ in trained.terms]) / u.meta["scale"]  # the learned s_i (c = α/r divided out)
+        sp = init_split(trained, init)
         moved.append({"mean |s|": float(S.abs().mean()), "max |s|": float(S.abs().max()),
-                      "‖A−A⁰‖/‖A⁰‖": float((A - layer.lora_A.detach()).norm() / layer.lora_A.detach().norm()),
-                      "‖B−B⁰‖/‖B⁰‖": float((B - layer.lora_B.detach()).norm() / layer.lora_B.detach().norm())})
-        if name.rsplit(".", 1)[-1] not in MODULES:
+                      "‖A−A⁰‖/‖A⁰‖": sp.moveA, "‖B−B⁰‖/‖B⁰‖": sp.moveB})
+        if u.module not in MODULES:
             continue
-        full, null = delta(layer.scaling, S, B, A), delta(layer.scaling, S, layer.lora_B, layer.lora_A)
-        rand = delta(layer.scaling, torch.ones_like(S), layer.lora_B, layer.lora_A)
-        share = float(np.linalg.norm(null) ** 2 / np.linalg.norm(full) ** 2)
-        for key, d in (("trained", full), ("init factors", null), ("learned part", full - null), ("random", rand)):
-            rows[key].append({**balance(d), "cos_with_trained": cosine(full, d), "init_cos": cosine(full, null),
-                              "init_energy_share": share})
+        variants = {"trained": trained, "init factors": initial_part(trained, init),
+                    "learned part": learned_part(trained, init),
+                    "random": SumOfLowRank([(u.meta["scale"], B0, A0) for _, B0, A0 in init.terms])}
+        for key, d in variants.items():
+            rows[key].append({**balance(d, min(u.shape)), "cos_with_trained": cosine(trained, d),
+                              "init_cos": sp.init_cos, "init_energy_share": sp.init_share})
     out = {k: {m: statistics.fmean(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
     out["factors"] = {m: statistics.fmean(r[m] for r in moved) for m in moved[0]}
     out["factors"]["max |s|"] = max(r["max |s|"] for r in moved)
@@ -79,19 +79,18 @@ def ablation_accuracy(run_dir: Path, base: str) -> dict:
     """Mean held-out accuracy with every adapted module's update replaced by a part of it: the trained ΔW
     (a check: equals train_info.json), ΔW − ΔW_0 (the init-factor part removed), ΔW_0 alone."""
     cfg = config(run_dir, base)
-    sd = load_file(run_dir / "adapter_model.safetensors")
+    split = pairs(run_dir, base)
     out = {}
     for variant in ("trained", "without init factors", "init factors only"):
         model = build(cfg)[0]
         for name, layer in adapters(model).items():
-            k = f"base_model.model.{name}"
-            A, B, S = sd[f"{k}.lora_A.weight"], sd[f"{k}.lora_B.weight"], sd[f"{k}.lora_scaling"]
-            full, null = delta(layer.scaling, S, B, A), delta(layer.scaling, S, layer.lora_B, layer.lora_A)
-            d = {"trained": full, "without init factors": full - null, "init factors only": null}[variant]
+            _, trained, init = split[name]
+            part = {"trained": trained, "without init factors": learned_part(trained, init),
+                    "init factors only": initial_part(trained, init)}[variant]
             parent, _, child = name.rpartition(".")
             merged = torch.nn.Linear(layer.base.in_features, layer.base.out_features, bias=False)
-            with torch.no_grad():
-                merged.weight.copy_(layer.base.weight.double() + torch.from_numpy(d))
+            with torch.no_grad():  # merging into a weight is the one place the matrix is formed
+                merged.weight.copy_(layer.base.weight.double() + part.materialize().double())
             setattr(model.get_submodule(parent), child, merged)
         acc = evaluate(model.eval(), cfg.seed, cfg.eval_per_task, model.config.max_len, torch.device("cpu"))
         out[variant] = {"accuracy": statistics.fmean(acc.values()), "per_task_accuracy": acc}
@@ -119,19 +118,21 @@ def main() -> None:
     p.add_argument("--over-training", action="store_true",
                    help="also decompose every RUN/checkpoint-<step>/ (from --save-every)")
     a = p.parse_args()
-    result = {"decomposition": decompose(a.run, a.base), "ablation": ablation_accuracy(a.run, a.base)}
+    init = initial_dir(a.run, base=a.base)  # RUN/checkpoint-0, else rebuilt from the seed
+    result = {"decomposition": decompose(a.run, a.base, init), "ablation": ablation_accuracy(a.run, a.base)}
     if a.over_training:
-        ckpts = sorted(a.run.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+        ckpts = sorted((c for c in a.run.glob("checkpoint-*") if int(c.name.split("-")[1]) > 0),
+                       key=lambda c: int(c.name.split("-")[1]))  # step 0 is the initial adapter: ΔW = 0
         result["over_training"] = {}
         print("| step | top-1 energy ΔW | top-1 energy ΔW_0 | init factors' share of ‖ΔW‖² |\n|---|---|---|---|")
         for c in [*ckpts, a.run]:
-            d, step = decompose(c, a.base), json.loads((c / "train_info.json").read_text())["step"]
+            d, step = decompose(c, a.base, init), json.loads((c / "train_info.json").read_text())["step"]
             result["over_training"][step] = d
             print(f"| {step} | {d['trained']['top1_energy']:.3f} | {d['init factors']['top1_energy']:.3f} | "
                   f"{d['trained']['init_energy_share']:.3f} |")
     if a.scalings_only:
         info = train_scalings_only(a.run, a.base, a.scalings_only)
-        result["scalings_only"] = {**decompose(Path(a.scalings_only), a.base)["trained"],
+        result["scalings_only"] = {**decompose(Path(a.scalings_only), a.base, init)["trained"],
                                    "accuracy": statistics.fmean(info["per_task_accuracy"].values()),
                                    "per_task_accuracy": info["per_task_accuracy"]}
     print("| k/v ΔW (mean over layers) | top-1 energy | normalized entropy | eff. rank | ‖·‖_F | cos with trained ΔW |")

@@ -89,4 +89,4 @@ def test_initial_errors(tmp_path):
         load(tmp_path / "trained", initial=tmp_path / "init")
     res = CliRunner().invoke(cli, ["analyze", str(tmp_path / "init" / "adapter_model.safetensors"), "--type", "kohya",
                                    "--initial", str(tmp_path / "init")])
-    assert res.exit_code == 2 and "--initial applies to PEFT LoRA adapters" in res.output
+    assert res.exit_code == 2 and "--initial applies to LoRA and MultiLoRA adapters, not to kohya" in res.output

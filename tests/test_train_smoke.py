@@ -32,6 +32,28 @@ def test_every_method_end_to_end(tmp_path):
         assert len(attn) == 8 and all(r.metrics["frobenius_norm"] > 0 for r in attn)
         if method != "full":
             assert all(r.rank == 8 for r in res.layers)
+    # LoRA and MultiLoRA runs keep their adapter before the first step: ΔW = 0 there, PEFT loads it
+    assert not (tmp_path / "full" / "checkpoint-0").exists()  # full FT's initial weights are its base
+    for method in ("lora", "multilora"):
+        c0 = tmp_path / method / "checkpoint-0"
+        assert json.loads((c0 / "train_info.json").read_text())["step"] == 0
+        assert all(r.metrics["frobenius_norm"] == 0 for r in ds.analyze(c0, device="cpu", progress=False).layers)
+        res = ds.analyze(ds.load(tmp_path / method, initial=c0), device="cpu", progress=False)
+        shares = [r.metrics["init_share"] for r in res.layers]  # LoRA: B⁰ = 0; MultiLoRA after 3 steps: mostly init
+        assert all(x == 0 for x in shares) if method == "lora" else all(0.5 < x < 1.5 for x in shares)
+    try:
+        from peft import PeftModel
+    except ImportError:
+        PeftModel = None
+    if PeftModel is not None:
+        x = torch.randint(0, 50, (2, 10))
+        peft_model = PeftModel.from_pretrained(ds.train.load_model(str(base)), str(tmp_path / "lora" / "checkpoint-0"))
+        a0 = load_file(tmp_path / "lora" / "checkpoint-0" / "adapter_model.safetensors")
+        key = next(k for k in a0 if k.endswith("lora_A.weight"))
+        got = dict(peft_model.named_parameters())[key.replace(".weight", ".default.weight")]
+        assert torch.equal(got.detach(), a0[key]) and float(a0[key].abs().sum()) > 0
+        with torch.no_grad():
+            torch.testing.assert_close(peft_model(x), ds.train.load_model(str(base))(x))  # B = 0: the base model
     # analyze reads the trainer's output with no extra flags
     r = CliRunner().invoke(cli, ["analyze", str(tmp_path / "multilora"), "--format", "json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["source"]["format"] == "multilora"

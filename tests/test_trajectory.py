@@ -68,7 +68,7 @@ def by_hand(deltas):
 def test_collect_finds_every_step_and_the_final_one(runs):
     series = collect([runs / "lora", runs / "multilora"])
     assert list(series) == ["lora", "multilora"]
-    assert [s for s, _ in series["lora"]] == [2, 4, 6]
+    assert [s for s, _ in series["lora"]] == [0, 2, 4, 6]  # checkpoint-0: the adapter before training
     assert series["lora"][-1][1] == str(runs / "lora")  # the run folder is the last step (train_info.json)
     # single checkpoints are points of the run they belong to
     assert collect([runs / "full" / "checkpoint-4", runs / "full" / "checkpoint-2"]) == {
@@ -80,7 +80,7 @@ def test_runs_with_the_same_name_stay_apart(runs, tmp_path):
     other = tmp_path / "seed1" / "lora"
     shutil.copytree(runs / "lora", other)
     series = collect([runs / "lora", other])
-    assert list(series) == ["lora", str(other)] and [s for s, _ in series[str(other)]] == [2, 4, 6]
+    assert list(series) == ["lora", str(other)] and [s for s, _ in series[str(other)]] == [0, 2, 4, 6]
 
 
 def no_step_model(runs, tmp_path):
@@ -105,8 +105,11 @@ def test_trajectory_numbers_equal_metrics_of_the_rebuilt_updates(runs):
                                  device="cpu", progress=False)) for s, p in pts] for lab, pts in series.items()}
     traj = trajectory_data(data)
     for lab, pts in series.items():
-        assert list(traj[lab]["step"]) == [2, 4, 6]
+        assert list(traj[lab]["step"]) == ([2, 4, 6] if lab == "full" else [0, 2, 4, 6])
         for i, (step, _) in enumerate(pts):
+            if step == 0:  # ΔW = 0: its norm is drawn, the ratio metrics are undefined
+                assert traj[lab]["frobenius_norm"][i] == 0 and np.isnan(traj[lab]["top1_energy"][i])
+                continue
             want = by_hand(delta(runs, lab, None if step == 6 else f"checkpoint-{step}"))
             got = [traj[lab][m][i] for m in ("top1_energy", "normalized_entropy", "effective_rank", "frobenius_norm")]
             np.testing.assert_allclose(got, want, rtol=2e-4)
@@ -114,7 +117,8 @@ def test_trajectory_numbers_equal_metrics_of_the_rebuilt_updates(runs):
     axes = trajectory(data, metrics=["top1_energy", "frobenius_norm"])
     assert len(axes) == 2 and [ln.get_label() for ln in axes[0].lines] == ["lora", "multilora", "full"]
     np.testing.assert_allclose(axes[1].lines[1].get_ydata(), traj["multilora"]["frobenius_norm"])
-    np.testing.assert_array_equal(axes[1].lines[1].get_xdata(), [2, 4, 6])
+    np.testing.assert_array_equal(axes[1].lines[1].get_xdata(), [0, 2, 4, 6])
+    assert axes[0].get_xlim() == axes[1].get_xlim()  # every panel on the same steps, step 0 included
     # axes from the caller; saved trajectory data (e.g. read back from JSON) draws the same lines
     fig = matplotlib.figure.Figure()
     ax = fig.add_subplot()

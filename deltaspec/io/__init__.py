@@ -59,8 +59,11 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
     for `deltaspec info`); loading such a layer then raises MissingBaseError.
     A checkpoint with nothing to analyse (empty, names that miss the base's, only skipped tensors)
     raises FormatError saying which.
-    initial: the adapter saved before training, for PiSSA/OLoRA-style adapters saved without
-    conversion: ΔW = s(BA − B0A0), exact relative to the original base (see io/initial.py).
+    initial: the adapter saved before training (`deltaspec train` writes RUN/checkpoint-0/). For
+    PiSSA/OLoRA-style adapters saved without conversion: ΔW = s(BA − B0A0), exact relative to the
+    original base (io/initial.py). For plain LoRA and MultiLoRA ΔW is unchanged and every layer gets
+    its initial factors (`LayerUpdate.initial`): `analyze` then reports the init share, the learned
+    part ΔW − ΔW_0 and the factor movement (io/initial_factors.py, deltaspec/init_split.py).
     """
     from .formats.full import read_full
     from .formats.kohya import read_kohya
@@ -81,9 +84,11 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         raise FormatError(f"unknown checkpoint format {format!r}: expected one of auto, {', '.join(FORMATS)}")
     if base is not None:
         base = locate(base, " (base=, the base model)")
-    if initial is not None and fmt != "peft":
-        raise FormatError(f"{path}: initial= applies to PEFT LoRA adapters (PiSSA/OLoRA-style inits), "
-                          f"not to {fmt} checkpoints")
+    if initial is not None and fmt == "full":
+        raise FormatError(f"{path}: initial= applies to LoRA and MultiLoRA adapters; a full fine-tune's initial "
+                          "weights are its base (pass base=)")
+    if initial is not None and fmt not in ("peft", "multilora", "mtl-multilora"):
+        raise FormatError(f"{path}: initial= applies to LoRA and MultiLoRA adapters, not to {fmt} checkpoints")
     if fmt == "full":
         u = read_full(p, base, include_embeddings, require_base)
     elif fmt == "peft":
@@ -96,7 +101,7 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         else:
             u = read_peft(p, base, include_embeddings, require_base)
             if initial is not None:
-                u = _with_initial(u, initial, cfg, include_embeddings)
+                u = _with_initial(u, p, initial, cfg, include_embeddings)
     elif fmt == "multilora":
         _need_config(p)
         u = read_multilora(p, base, include_embeddings)
@@ -112,6 +117,9 @@ def load(path, base=None, format: str = "auto", lora_alpha=None, include_embeddi
         u = read_diffusers(_single_file(p, "diffusers LoRA", DIFFUSERS_FILES), base, include_embeddings)
     else:
         u = read_kohya(_single_file(p, "kohya LoRA"), base, include_embeddings)
+    if initial is not None and fmt in ("multilora", "mtl-multilora"):
+        u = _initial_factors(u, p, initial, fmt, lambda q: (read_multilora(q, None, include_embeddings) if fmt ==
+                             "multilora" else read_mtl_multilora(q, None, include_embeddings, lora_alpha)))
     u.path = str(path)
     if p.parent == Path(path) and p.name != Path(path).name and p.is_dir():
         u.warnings.insert(0, f"{path}: holds one adapter, in the subfolder {p.name}/ (a named PEFT adapter): read that")
@@ -137,15 +145,30 @@ def _single_file(p: Path, what: str, preferred=()) -> Path:
     return files[0]
 
 
-def _with_initial(u: Updates, initial, cfg: dict, include_embeddings: bool) -> Updates:
+def _with_initial(u: Updates, p: Path, initial, cfg: dict, include_embeddings: bool) -> Updates:
     from .formats.initial import with_initial
-    from .formats.peft import read_peft
+    from .formats.peft import _BASE_MODIFYING_INITS, read_peft
 
     fmt, d = resolve(initial)
     if fmt != "peft":
         raise FormatError(f"{initial}: initial= must be a PEFT LoRA adapter directory (the adapter saved before "
                           f"training), found a {fmt} checkpoint")
-    return with_initial(u, read_peft(d, None, include_embeddings), initial, cfg)
+    init = str(cfg.get("init_lora_weights", "")).lower()
+    if init.startswith(_BASE_MODIFYING_INITS) or cfg.get("loftq_config"):
+        return with_initial(u, read_peft(d, None, include_embeddings), initial, cfg)
+    return _initial_factors(u, p, initial, "peft", lambda q: read_peft(q, None, include_embeddings))
+
+
+def _initial_factors(u: Updates, p: Path, initial, fmt: str, read) -> Updates:
+    """Plain LoRA / MultiLoRA: attach each layer's initial factors (io/initial_factors.py)."""
+    from .formats.initial_factors import attach_initial, check_same_run
+
+    got, d = resolve(initial)
+    if got != fmt:
+        raise FormatError(f"{initial}: initial= must be the {fmt} adapter saved before training (step 0), "
+                          f"found a {got} checkpoint")
+    check_same_run(p if p.is_dir() else p.parent, d if d.is_dir() else d.parent, initial)
+    return attach_initial(u, read(d), initial)
 
 
 def _need_config(d: Path) -> None:

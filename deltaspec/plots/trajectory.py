@@ -6,7 +6,9 @@ HF Trainer / PEFT runs write `checkpoint-<N>/` folders too. The step is taken fr
 else trainer_state.json (`global_step`), else deltaspec's train_info.json (`step`).
 
 Each point is the mean of the metric over the selected layers (e.g. the 4 k_proj and v_proj layers).
-Step 0 is not drawn: the update is exactly zero there (LoRA's B = 0, MultiLoRA's scalings = 0).
+At step 0 (`RUN/checkpoint-0/`, which `deltaspec train` writes for LoRA and MultiLoRA) the update is
+exactly zero (LoRA's B = 0, MultiLoRA's scalings = 0): ‖ΔW‖_F = 0 is drawn there, the ratio metrics are
+undefined and left out, and every panel shares the step axis. With log_x, step 0 is left out.
 """
 from __future__ import annotations
 
@@ -169,11 +171,18 @@ def trajectory(data, *, metrics: Sequence[str] = METRICS, modules=None, layers: 
     d = _as_data(data, metrics, modules, layers)
     own = ax is None
     fig, axes = panel_axes(ax, metrics, "metrics", size, height)
+    steps = np.concatenate([t["step"] for t in d.values()]) if d else np.zeros(0)
+    steps = steps[steps > 0] if log_x else steps
     for a, m in zip(axes, metrics):
         for n, (lab, t) in enumerate(d.items()):
-            a.plot(t["step"], t[m], color=color(n), marker="o", ms=2.5, label=lab)
+            keep = t["step"] > 0 if log_x else slice(None)
+            a.plot(t["step"][keep], np.asarray(t[m])[keep], color=color(n), marker="o", ms=2.5, label=lab)
         if log_x:
             a.set_xscale("log")
+        elif steps.size:  # ratio metrics are NaN at step 0: keep every panel on the same steps
+            lo, hi = float(steps.min()), float(steps.max())
+            pad = 0.04 * (hi - lo) or 0.5
+            a.set_xlim(lo - pad, hi + pad)
         a.set_xlabel("training step")
         a.set_ylabel(YLABELS.get(m, m))
     if own and len(axes) > 1:

@@ -11,10 +11,11 @@ from typing import Mapping, Optional, Sequence
 
 from .. import __version__
 from ..errors import DeltaspecError
-from ..results import TABLE_METRICS
+from ..tables import INITIAL_COLUMNS, TABLE_METRICS
 from . import html as H
 from .figures import svg_of
 
+REPORT_METRICS = TABLE_METRICS + INITIAL_COLUMNS  # the second part only with --initial
 FIG_LEVEL = 0.9  # energy share of the rank-needed figures (the tables show every level)
 
 
@@ -54,7 +55,7 @@ def summary(results: Mapping) -> str:
     out = []
     for lab, res in results.items():
         agg = res.aggregates()
-        cols = [m for m in TABLE_METRICS if m in res.metric_names]
+        cols = [m for m in REPORT_METRICS if m in res.metric_names]
         rows = [[m, a["n_layers"]] + [a["mean"][c] for c in cols] for m, a in agg.items()]
         src = res.source
         out.append(f"<h3>{H.esc(lab)}</h3><p class='muted'>{len(res.layers)} layers, format "
@@ -72,7 +73,7 @@ def comparison(results: Mapping) -> str:
     except DeltaspecError as e:
         return f"<p>No comparison: {H.esc(e)}</p>"
     first = cmp.labels[0]
-    metrics = [m for m in TABLE_METRICS if m in cmp.metrics]
+    metrics = [m for m in REPORT_METRICS if m in cmp.metrics]
     head = ["module", "metric"] + cmp.labels + [f"{lab} − {first}" for lab in cmp.labels[1:]]
     rows = []
     for g in cmp.values:
@@ -156,7 +157,7 @@ def per_layer(results: Mapping) -> str:
 
     out = []
     for lab, res in results.items():
-        cols = [m for m in TABLE_METRICS if m in res.metric_names]
+        cols = [m for m in REPORT_METRICS if m in res.metric_names]
         short = short_names([r.name for r in res.layers])
         names = [short[r.name] for r in res.layers]
         rows = [[n, f"{r.shape[0]}×{r.shape[1]}", r.kind, r.rank] + [r.metrics[c] for c in cols]

@@ -78,6 +78,8 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
             save_run(model, cfg, {**info, "step": step, "loss": sum(losses[-20:]) / len(losses[-20:])},
                      os.path.join(cfg.out, f"checkpoint-{step}"))
 
+    if adapted:  # the adapter before any step: `analyze RUN --initial RUN/checkpoint-0` splits off ΔW_0
+        save_run(model, cfg, {**info, "step": 0, "loss": None}, os.path.join(cfg.out, "checkpoint-0"))
     t0 = time.perf_counter()
     losses = train_loop(model, batches(cfg, max_len, tok), cfg, device, on_step=checkpoint)
     train_s = time.perf_counter() - t0

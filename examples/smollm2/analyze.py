@@ -149,7 +149,8 @@ def main() -> None:
 def trajectory(run: Path, base: Path, out: Path, final: ds.AnalysisResult, steps: int) -> list[dict]:
     """k/v metric means per step checkpoint (and the final step); each step's analysis written as JSON."""
     points = []
-    ckpts = sorted((int(c.name.split("-")[1]), c) for c in run.glob("checkpoint-*") if c.name.split("-")[1].isdigit())
+    ckpts = sorted((int(c.name.split("-")[1]), c) for c in run.glob("checkpoint-*")
+                   if c.name.split("-")[1].isdigit() and int(c.name.split("-")[1]) > 0)  # step 0: ΔW = 0 (the init)
     if not ckpts:
         return points
     for step, path in [*ckpts, (steps, None)]:

@@ -5,9 +5,9 @@ the samples.)
     python examples/smollm2/null_model.py runs/smollm2 [--model DIR] [--scalings-only 0] [-o figures/smollm2_data]
 
 Every MultiLoRA head starts with Kaiming-uniform A_i⁰ AND B_i⁰; only the zero scalings keep ΔW = 0 at
-step 0. For each run WORK/multilora_s<seed> (and its step checkpoints) the initial factors are rebuilt
-exactly from the seed (the trainer seeds, loads the model, then initialises the adapters), and for
-every k/v layer, with s_i the learned scalings:
+step 0. For each run WORK/multilora_s<seed> (and its step checkpoints) the initial factors are read from
+RUN/checkpoint-0/ (written by the trainer), or rebuilt from the seed for older runs (exact on the same
+torch build), and for every k/v layer, with s_i the learned scalings (factored, deltaspec/init_split.py):
   ΔW   = (α/r) Σ diag(s_i) B_i A_i        trained        ΔW_0 = (α/r) Σ diag(s_i) B_i⁰ A_i⁰   init factors
   init share = ‖ΔW_0‖² / ‖ΔW‖² (0 for LoRA, whose B starts at 0), and the spectra of ΔW_0 and ΔW − ΔW_0.
 --scalings-only SEED also trains that seed's MultiLoRA with A_i, B_i frozen at init (only the scalings
@@ -21,12 +21,9 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import load_file
-
-from deltaspec.train.null_model import balance, initial_adapters, multilora_delta as delta, run_config
-from deltaspec.train.null_model import train_scalings_only
+import deltaspec as ds
+from deltaspec.init_split import init_split, initial_part, learned_part
+from deltaspec.train.null_model import balance, initial_dir, run_config, train_scalings_only
 from deltaspec.train.save import save_run
 
 KV = ("k_proj", "v_proj")
@@ -36,23 +33,19 @@ def config(run: Path, model: Path, out: str = "unused"):
     return run_config(run, hf_model=str(model), out=out)
 
 
-@torch.no_grad()
-def decompose(run: Path, init: dict) -> dict:
-    """k/v means: the balance of ΔW, ΔW_0 and ΔW − ΔW_0, the init share, and how far A, B moved."""
-    sd = load_file(run / "adapter_model.safetensors")
+def decompose(run: Path, init: Path) -> dict:
+    """k/v means: the balance of ΔW, ΔW_0 and ΔW − ΔW_0, the init share, and how far A, B moved
+    (factored: deltaspec/init_split.py; `init` is the run's initial adapter folder)."""
     rows = {"trained": [], "init factors": [], "learned part": []}
     share, moved = [], []
-    for name, layer in init.items():
-        if name.rsplit(".", 1)[-1] not in KV:
-            continue
-        k = f"base_model.model.{name}"
-        A, B, S = sd[f"{k}.lora_A.weight"], sd[f"{k}.lora_B.weight"], sd[f"{k}.lora_scaling"]
-        full, null = delta(layer.scaling, S, B, A), delta(layer.scaling, S, layer.lora_B, layer.lora_A)
-        for key, d in (("trained", full), ("init factors", null), ("learned part", full - null)):
-            rows[key].append(balance(d))
-        share.append(float(np.linalg.norm(null) ** 2 / np.linalg.norm(full) ** 2))
-        moved.append(float(((A - layer.lora_A).norm() / layer.lora_A.norm()
-                            + (B - layer.lora_B).norm() / layer.lora_B.norm()) / 2))
+    for u in ds.load(run, initial=init).select(list(KV)):
+        trained, init0 = u.load(), u.initial()
+        for key, d in (("trained", trained), ("init factors", initial_part(trained, init0)),
+                       ("learned part", learned_part(trained, init0))):
+            rows[key].append(balance(d, min(u.shape)))
+        sp = init_split(trained, init0)
+        share.append(sp.init_share)
+        moved.append((sp.moveA + sp.moveB) / 2)
     out = {key: {m: statistics.fmean(r[m] for r in v) for m in v[0]} for key, v in rows.items()}
     return {**out, "init_share": statistics.fmean(share), "factor_change": statistics.fmean(moved)}
 
@@ -88,8 +81,9 @@ def main() -> None:
         if not (run / "train_info.json").exists():
             continue
         print(f"decomposing {run.name}", flush=True)
-        init = initial_adapters(config(run, model))
-        ckpts = sorted(run.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+        init = initial_dir(run, hf_model=str(model))  # RUN/checkpoint-0, else rebuilt from the seed
+        ckpts = sorted((c for c in run.glob("checkpoint-*") if int(c.name.split("-")[1]) > 0),
+                       key=lambda c: int(c.name.split("-")[1]))
         steps = {json.loads((c / "train_info.json").read_text())["step"]: c for c in [*ckpts, run]}
         result[run.name] = {"final": decompose(run, init),
                             "over_training": {s: decompose(c, init) for s, c in steps.items()} if ckpts else {}}
@@ -98,7 +92,7 @@ def main() -> None:
         done = out / "train_info.json"
         print(f"{'reading' if done.exists() else 'training'} {out.name}", flush=True)
         info = json.loads(done.read_text()) if done.exists() else scalings_only(run, model, out)
-        init = initial_adapters(config(run, model))
+        init = initial_dir(run, hf_model=str(model))
         result[out.name] = {"final": decompose(out, init), **{k: info[k] for k in ("per_task_accuracy",
                                                                                     "mean_accuracy", "final_loss")}}
     a.out.mkdir(parents=True, exist_ok=True)
