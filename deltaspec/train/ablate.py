@@ -233,6 +233,16 @@ def score(model, seed: int, per_task: int) -> dict:
             "mean_accuracy": float(np.mean(list(acc.values())))}
 
 
+_BASE_SCORES: dict = {}  # (base, seed, per_task) → score: runs of one seed share their base's
+
+
+def base_score(run: Run, per_task: int) -> dict:
+    key = (os.path.realpath(run.base), run.seed, per_task)
+    if key not in _BASE_SCORES:
+        _BASE_SCORES[key] = score(load_model(run.base, run.info), run.seed, per_task)
+    return _BASE_SCORES[key]
+
+
 def ablate_run(run: Run, ks: Sequence, modes: Sequence[str], per_task: int,
                step: Callable[[str], None] = lambda s: None) -> dict:
     """JSON-ready results of one run: the base, the run itself, and every (mode, k)."""
@@ -240,7 +250,7 @@ def ablate_run(run: Run, ks: Sequence, modes: Sequence[str], per_task: int,
            "layers": [x.name for x in run.layers], "ranks": sorted({x.rank for x in run.layers}),
            "svd_seconds": round(run.svd_seconds, 3), "results": []}
     step(f"{run.label}: base")
-    out["base_model"] = score(load_model(run.base, run.info), run.seed, per_task)
+    out["base_model"] = base_score(run, per_task)
     zero = None  # remove and random at k = full are both ΔW' = 0: scored once
     for k in ks:
         for mode in modes:
@@ -264,3 +274,22 @@ def cost_per_k(runs: list[dict]) -> dict:
         for x in r["results"]:
             acc.setdefault(str(x["k"]), []).append(x["seconds"])
     return {k: round(float(np.mean(v)), 3) for k, v in acc.items()}
+
+
+def summary(runs: list[dict]) -> dict:
+    """label → {"n": runs, "base"/"run": {"loss", "acc"}, (mode, k): {"loss", "acc"}}: lists over the
+    label's runs (its seeds), in input order; k as given ("full" stays a string)."""
+    out: dict = {}
+    for r in runs:
+        s = out.setdefault(r["label"], {"n": 0, "base": {"loss": [], "acc": []}, "run": {"loss": [], "acc": []}})
+        s["n"] += 1
+        s["base"]["loss"].append(r["base_model"]["loss"])
+        s["base"]["acc"].append(r["base_model"]["mean_accuracy"])
+        for x in r["results"]:
+            cell = s.setdefault((x["mode"], x["k"]), {"loss": [], "acc": []})
+            cell["loss"].append(x["loss"])
+            cell["acc"].append(x["mean_accuracy"])
+            if x["mode"] == "trunc" and x["k"] == "full":
+                s["run"]["loss"].append(x["loss"])
+                s["run"]["acc"].append(x["mean_accuracy"])
+    return out
