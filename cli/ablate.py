@@ -11,7 +11,7 @@ from .output import check_output, emit, output_format, table_width
 ABLATE_HELP = """Modes, per selected layer, with ΔW = U Σ Vᵀ its exact SVD (factored for adapters, dense
 for full FT) and m its rank: trunc keeps the top k directions (rank-k truncation); remove drops
 them (ΔW minus the truncation); random is the control: it removes c·ΔW Q Qᵀ, Q k random orthonormal
-directions in ΔW's row space (seeded), c chosen so the removed energy ‖ΔW − ΔW'‖²_F equals the top-k
+directions in ΔW's row space (--random-seed), c chosen so the removed energy ‖ΔW − ΔW'‖²_F equals the top-k
 energy σ_1² + … + σ_k². k = full: each layer's rank m (trunc: the run itself; remove, random: ΔW = 0).
 Score: exact-match accuracy per task on the held-out split of the built-in task mixture (the run's
 seed, as `deltaspec train` scores it) and the held-out loss (cross-entropy on the answers). Base: the
@@ -70,6 +70,8 @@ def format_table(data: dict, width=None) -> str:
               help="The base model [default: train_info.json's base].")
 @click.option("--per-task", type=click.IntRange(min=1), default=40, show_default=True,
               help="Held-out examples per task family.")
+@click.option("--random-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the random control's directions (layer i: seed + i).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Write the table or JSON (.json).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Output format [default: from -o's extension, else table].")
@@ -77,7 +79,7 @@ def format_table(data: dict, width=None) -> str:
               help="Also draw accuracy and loss against k (.png, .pdf, .svg).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @user_errors
-def ablate(runs, labels, ks, modes, modules, base, per_task, out, fmt, plot_out, quiet):
+def ablate(runs, labels, ks, modes, modules, base, per_task, random_seed, out, fmt, plot_out, quiet):
     """Evaluate trained runs with each selected layer's ΔW truncated to its top k directions,
     stripped of them, or of k random directions of the same energy.
 
@@ -121,9 +123,9 @@ def ablate(runs, labels, ks, modes, modules, base, per_task, out, fmt, plot_out,
         log(f"{lab}: {r.method}, {len(r.layers)} layers, ranks {sorted({x.rank for x in r.layers})} ({path})")
     results, t0 = [], time.perf_counter()
     for r in opened:
-        results.append(AB.ablate_run(r, k_list, mode_list, per_task, step=lambda s: log(
+        results.append(AB.ablate_run(r, k_list, mode_list, per_task, random_seed=random_seed, step=lambda s: log(
             f"[{time.perf_counter() - t0:6.0f} s] {s}")))
-    data = {"k": k_list, "modes": mode_list, "per_task": per_task, "random_seed": AB.RANDOM_SEED,
+    data = {"k": k_list, "modes": mode_list, "per_task": per_task, "random_seed": random_seed,
             "random_definition": "remove c*dW*Q*Q^T, Q: k Haar-random orthonormal directions in dW's row space, "
                                  "c such that ||removed||_F^2 = sigma_1^2 + ... + sigma_k^2",
             "cost_per_k": AB.cost_per_k(results), "runs": results}

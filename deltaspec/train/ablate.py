@@ -29,7 +29,7 @@ from . import hf
 from .layers import matches
 from .trainer import DEFAULT_TARGETS, evaluate, tokenizer_and_len
 
-RANDOM_SEED = 0  # the control's frames: seed + layer index, the same for every run and k
+RANDOM_SEED = 0  # the control's frames: seed + layer index (same for every run and k; --random-seed)
 
 
 @dataclass
@@ -164,14 +164,14 @@ def resolve_k(run: Run, k) -> list[int]:
 
 
 @torch.no_grad()
-def set_ablation(run: Run, mode: Optional[str], k) -> tuple[float, float]:
+def set_ablation(run: Run, mode: Optional[str], k, seed: int = RANDOM_SEED) -> tuple[float, float]:
     """Set every selected weight to W0 + ΔW' (mode None: the run's own ΔW). Returns (removed energy
     share Σ‖ΔW − ΔW'‖² / Σ‖ΔW‖², the control's mean scale c)."""
     total = removed = 0.0
     scales = []
     ks = resolve_k(run, k) if mode else [0] * len(run.layers)
     for i, (x, kk) in enumerate(zip(run.layers, ks)):
-        a = A.ablate(x.sigma, x.U, x.V, mode or "remove", kk, RANDOM_SEED + i)
+        a = A.ablate(x.sigma, x.U, x.V, mode or "remove", kk, seed + i)
         delta = torch.from_numpy(a.dense()).to(x.weight.dtype)
         x.weight.copy_(x.w0 + delta)
         total += float((x.sigma**2).sum())
@@ -252,7 +252,7 @@ def base_score(run: Run, per_task: int) -> dict:
 
 
 def ablate_run(run: Run, ks: Sequence, modes: Sequence[str], per_task: int,
-               step: Callable[[str], None] = lambda s: None) -> dict:
+               step: Callable[[str], None] = lambda s: None, random_seed: int = RANDOM_SEED) -> dict:
     """JSON-ready results of one run: the base, the run itself, and every (mode, k)."""
     out = {"label": run.label, "path": run.path, "method": run.method, "seed": run.seed, "base": run.base,
            "layers": [x.name for x in run.layers], "ranks": sorted({x.rank for x in run.layers}),
@@ -265,7 +265,7 @@ def ablate_run(run: Run, ks: Sequence, modes: Sequence[str], per_task: int,
         for mode in modes:
             step(f"{run.label}: {mode} k={k}")
             t0 = time.perf_counter()
-            share, c = set_ablation(run, mode, k)
+            share, c = set_ablation(run, mode, k, random_seed)
             at_full = resolve_k(run, k) == full
             key = ("run",) if at_full and mode == "trunc" else ("zero",) if at_full else (mode, k)
             reused = key in done
