@@ -42,7 +42,7 @@ if a.merge:
     data = {**parts[0], "runs": [r for x in parts for r in x["runs"]]}
     data["cost_per_k"] = {k: round(float(np.mean([x["cost_per_k"][k] for x in parts])), 3) for k in parts[0]["cost_per_k"]}
     for r in data["runs"]:
-        r["path"] = r["path"].split("runs/")[-1] if "runs/" in r["path"] else r["path"]  # no machine paths
+        r["path"] = r["path"][r["path"].index("runs/"):] if "runs/" in r["path"] else r["path"]  # no machine paths
     Path(a.data).write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {a.data}")
 data = json.loads(Path(a.data).read_text())
