@@ -83,6 +83,10 @@ def test_cli_json_table_plot_and_errors(tmp_path):
     from deltaspec_cli.ablate import format_table
 
     assert max(len(line) for line in format_table(d, 80).splitlines()) <= 80
+    res = r.invoke(cli, ["plot", "ablation", str(out), "-o", str(tmp_path / "b.png")])  # redrawn from the JSON
+    assert res.exit_code == 0 and (tmp_path / "b.png").read_bytes() == fig.read_bytes()
+    res = r.invoke(cli, ["plot", "ablation", os.path.join(S, "lora", "adapter_config.json"), "-o", str(fig)])
+    assert res.exit_code == 2 and "not ablation data" in res.output
 
     def err(*args):
         res = r.invoke(cli, ["ablate", *args, "-q"])

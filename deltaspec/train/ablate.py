@@ -142,6 +142,8 @@ def open_run(path: str, label: str, *, base: Optional[str] = None, modules: Opti
                 raise DeltaspecError(f"{path}: layer {u.name} is not a module of the rebuilt model") from None
             if not isinstance(mod, torch.nn.Linear) or tuple(mod.weight.shape) != tuple(u.shape):
                 raise DeltaspecError(f"{path}: layer {u.name} {tuple(u.shape)} does not fit the rebuilt model")
+            if full and u.name not in names:
+                continue  # the fine-tuned weight stays
             delta = u.load()
             base_w = (hf.named(w0).get_submodule(u.name).weight if full else mod.weight).detach().clone()
             if not full:  # an adapter: the run's model is the base plus every ΔW
