@@ -7,6 +7,7 @@ import click
 
 # name -> "module:attribute"; each subcommand lives in its own small module under cli/.
 COMMANDS = {
+    "ablate": "deltaspec_cli.ablate:ablate",
     "analyze": "deltaspec_cli.analyze:analyze",
     "info": "deltaspec_cli.info:info",
     "compare": "deltaspec_cli.compare:compare",
@@ -20,6 +21,7 @@ COMMANDS = {
 }
 # One-line help for `deltaspec --help`, so listing commands imports neither torch nor matplotlib.
 SHORT_HELP = {
+    "ablate": "Accuracy and loss of a trained run without its top-k (or random) directions.",
     "analyze": "Spectra and balance metrics of the weight update in a checkpoint.",
     "info": "Detected format, layers, shapes, ranks and dtypes of a checkpoint.",
     "compare": "Metrics of several checkpoints side by side (LoRA vs MultiLoRA vs FT).",

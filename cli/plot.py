@@ -77,6 +77,7 @@ def plot():
     deltaspec plot heatmap CKPT… --metric normalized_entropy -o heat.pdf
         # several inputs share one colour scale
     deltaspec plot similarity CKPT_A CKPT_B --modules v_proj -o phi.pdf
+    deltaspec plot ablation ablation.json -o abl.png  # `ablate -o` output
     deltaspec plot hist spectra.json …
         # saved `analyze -o` output: nothing recomputed
     """
@@ -300,3 +301,33 @@ def heads(**kw):
     ax = draw(result, kw["metric"], modules=parse_list(kw["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
               vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
+
+
+@plot.command(epilog=FIG_HELP)
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@figure_options
+@user_errors
+def ablation(data, **kw):
+    """Accuracy and loss against k from `deltaspec ablate -o x.json`: one column per mode (keep top k,
+    remove top k, remove k random), one line per label (mean over its runs, band from lowest to
+    highest), the base model dotted.
+
+    \b
+    deltaspec plot ablation ablation.json -o ablation.png
+    """
+    import json
+
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.plots.ablation import ablation as draw
+    from deltaspec.plots.save import figure_format
+
+    figure_format(kw["out"])
+    check_output(kw["out"], [data])
+    try:
+        content = json.loads(open(data).read())
+    except (ValueError, UnicodeDecodeError):
+        raise DeltaspecError(f"{data}: not JSON; expected what `deltaspec ablate -o x.json` writes") from None
+    if not isinstance(content, dict):
+        raise DeltaspecError(f"{data}: not ablation data; expected what `deltaspec ablate -o x.json` writes")
+    axes = draw(content, title=kw["title"], size=kw["size"] or "double", height=kw["height"])
+    _save(axes, kw)
