@@ -39,6 +39,10 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
     fmt = output_format(fmt, out)
     check_output(out, [ckpt, opts["base"], opts["initial"]])
     opts["svd_top_k"] = opts["svd_top_k"] or old_top_k
+    if parse_list(metrics) and parse_list(metrics) != ["all"]:  # a mistyped name fails before any SVD
+        from deltaspec.metrics import check_metric_names, metric_names
+
+        check_metric_names(parse_list(metrics), metric_names(parse_ints(opts["energy_k"], "--energy-k")))
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
         result = _analyze(ckpt, **opts)

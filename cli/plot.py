@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from .common import parse_list, user_errors
-from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis, load_checkpoint, load_results
+from .compare import (INPUTS_HELP, analyse_opened, input_labels, input_options, is_saved_analysis, load_checkpoint,
+                      load_results, open_common, shared_metrics)
 from .options import parse_ints
 from .output import check_output, warn
 
@@ -27,8 +28,10 @@ def figure_options(fn):
     return fn
 
 
-def _load(kw: dict, vectors: bool = False):
-    """Shared: labels, results; pops the input options out of `kw` and leaves the figure ones."""
+def _load(kw: dict, vectors: bool = False, metrics=()):
+    """Shared: labels, results on the layers every input has (chosen from the headers, before any SVD);
+    pops the input options out of `kw` and leaves the figure ones. `metrics` are checked before any SVD."""
+    from deltaspec.metrics import check_metric_names
     from deltaspec.plots.save import figure_format
 
     inputs = kw.pop("inputs")
@@ -38,7 +41,10 @@ def _load(kw: dict, vectors: bool = False):
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
     opts = {k: kw.pop(k) for k in keys if k in kw}  # --n-ref/--energy-k only where a metric is drawn
-    results = load_results(inputs, vectors=vectors, **opts)
+    opened, _ = open_common(inputs, labels, vectors=vectors, **opts)
+    if metrics:
+        check_metric_names(metrics, shared_metrics(opened, opts.get("energy_k", "1,4,16")))
+    results = analyse_opened(opened, labels, vectors=vectors, **opts)
     warn(f"{lab}: {w}" for lab, res in zip(labels, results) for w in res.warnings)
     return dict(zip(labels, results)), opts
 
@@ -179,7 +185,7 @@ def heatmap(**kw):
     """
     from deltaspec.plots import heatmap as draw
 
-    data, opts = _load(kw)
+    data, opts = _load(kw, metrics=[kw["metric"]])
     ax = draw(data, kw["metric"], modules=parse_list(opts["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
               vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
@@ -252,6 +258,10 @@ def trajectory(**kw):
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
     opts = {k: kw.pop(k) for k in keys}
+    from deltaspec.metrics import check_metric_names, metric_names
+
+    if not any(is_saved_analysis(p) for _, pts in series.items() for _, p in pts):  # before any SVD
+        check_metric_names(parse_list(kw["traj_metrics"]) or [], metric_names(parse_ints(opts["energy_k"], "--energy-k")))
     data = {}
     for label, (name, points) in zip(labels or list(series), series.items()):
         results = load_results([p for _, p in points], **opts)

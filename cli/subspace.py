@@ -9,7 +9,7 @@ import math
 import click
 
 from .common import user_errors
-from .compare import INPUTS_HELP, input_labels, input_options, load_results
+from .compare import INPUTS_HELP, analyse_opened, input_labels, input_options, open_common
 from .options import parse_ints
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -106,10 +106,11 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     if len(inputs) < 2 and not base:
         raise DeltaspecError("give two or more inputs (φ similarity) and/or --base (amplification, intruders)")
     kk = parse_ints(old_ks or ks, "--phi-k")
-    results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
-                           include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
-                           dtype=dtype, quiet=quiet)
-    al = align(results, names)
+    opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
+                include_embeddings=include_embeddings, modules=modules, layers=layers, device=device, dtype=dtype,
+                quiet=quiet)
+    opened, left_out = open_common(inputs, names, **opts)  # only the shared layers are read and solved
+    al = align(analyse_opened(opened, names, **opts), names, left_out=left_out)
     warn(f"{lab}: {w}" for lab, res in zip(al.labels, al.results) for w in res.warnings)
     lookup, failed = base_lookup(base, al.results, inputs) if base else (None, [])
     reports = []

@@ -181,13 +181,9 @@ class AnalysisResult:
             return None
         if list(metrics) == ["all"]:
             return self.metric_names
-        unknown = [m for m in metrics if m not in self.metric_names]
-        if unknown:
-            from .errors import DeltaspecError
+        from .metrics import check_metric_names
 
-            raise DeltaspecError(f"unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                                 f"available: {', '.join(self.metric_names)}")
-        return list(metrics)
+        return check_metric_names(metrics, self.metric_names)
 
     def rows(self, metrics: Optional[Sequence[str]] = None) -> list[dict]:
         """One flat dict per layer: identity columns then every metric (or those in `metrics`)."""
