@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from .common import cli_words, parse_layers, parse_list, user_errors
+from .common import paths_exist, cli_words, parse_layers, parse_list, user_errors
 from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=click.Path(), callback=paths_exist(hub=True))
 @reader_options
 @initial_option
 @selection_options

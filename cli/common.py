@@ -62,6 +62,34 @@ def user_errors(fn):
     return wrapper
 
 
+def check_paths(paths, hub: bool = True, what: str = "") -> None:
+    """Before any work (and before torch is imported): every given path exists, else one line
+    `X: no such file or directory (did you mean Y?)`. hub=True lets a Hugging Face Hub id through
+    (`org/name`); a path that looks local (`./x`, `a/b` with `a/` here) never counts as one."""
+    from deltaspec.errors import FormatError
+    from deltaspec.io.hub import is_hub_id
+    from deltaspec.io.local_paths import missing_message
+
+    for p in paths:
+        if p is not None and not os.path.exists(os.path.expanduser(str(p))) and not (hub and is_hub_id(p)):
+            raise FormatError(missing_message(p, what))
+
+
+def paths_exist(hub: bool = False, what: str = ""):
+    """A click callback running `check_paths` while the command line is parsed, so a missing path is
+    one line `error: X: no such file or directory (did you mean Y?)` and exit 2 before the command
+    runs (and before torch is imported)."""
+    def callback(ctx, param, value):
+        try:
+            check_paths(value if isinstance(value, (tuple, list)) else [value], hub, what)
+        except DeltaspecError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        return value
+
+    return callback
+
+
 def parse_list(value: str | None) -> list[str] | None:
     """'k_proj,v_proj' -> ['k_proj', 'v_proj']; None or '' -> None."""
     if not value:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .common import cli_words, parse_layers, parse_list, user_errors
+from .common import cli_words, paths_exist, parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -161,7 +161,8 @@ def input_options(fn=None, *, metrics: bool = True, **selection):
         fn = compute_options(fn, metrics=metrics)
         fn = selection_options(fn, **selection)
         fn = reader_options(fn)
-        return click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))(fn)
+        return click.argument("inputs", nargs=-1, required=True, type=click.Path(),
+                              callback=paths_exist())(fn)
 
     return deco(fn) if fn is not None else deco
 

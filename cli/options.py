@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import click
 
+from .common import paths_exist
+
 FORMATS = ("auto", "full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 
 
 def reader_options(fn):
     """--base, --type, --lora-alpha, --include-embeddings: how to read a checkpoint."""
     for opt in reversed([
-        click.option("--base", type=click.Path(), default=None,
+        click.option("--base", type=click.Path(), default=None, callback=paths_exist(True, " (--base, the base model)"),
                      help="Base model (dir or file). Needed for full fine-tuning, DoRA, IA3, OFT/BOFT and VeRA."),
         click.option("--type", "ckpt_type", type=click.Choice(FORMATS), default="auto", show_default=True,
                      help="Checkpoint format; 'auto' detects it from the files."),
@@ -24,7 +26,7 @@ def reader_options(fn):
 
 def initial_option(fn):
     """--initial DIR: the adapter saved before training, for PiSSA/OLoRA adapters saved unconverted."""
-    return click.option("--initial", type=click.Path(), default=None,
+    return click.option("--initial", type=click.Path(), default=None, callback=paths_exist(True),
                         help="PiSSA/OLoRA-style adapter saved without conversion: the adapter saved before training "
                              "(DIR); gives the exact ΔW = s(BA − B0A0) relative to the original base.")(fn)
 
