@@ -38,6 +38,21 @@ def cli_words(message: str) -> str:
     return _PY_ARG.sub(sub, message)
 
 
+class SuggestingGroup(click.Group):
+    """A click group that answers a mistyped command with the closest name (`anlyze` → did you mean analyze?)."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        names = self.list_commands(ctx)
+        if name and not name.startswith("-") and name not in names:
+            from deltaspec.errors import did_you_mean
+
+            hint = did_you_mean(name, names)
+            if hint:
+                ctx.fail(f"No such command '{name}'{hint}; commands: {', '.join(names)}")
+        return super().resolve_command(ctx, args)
+
+
 def user_errors(fn):
     """Turn a DeltaspecError (a user mistake) into one line on stderr and exit code 2; no traceback.
     Python argument names in the message become the matching options (`cli_words`)."""

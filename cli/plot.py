@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import parse_list, user_errors
+from .common import SuggestingGroup, parse_list, user_errors
 from .compare import (INPUTS_HELP, analyse_opened, input_labels, input_options, is_saved_analysis, load_checkpoint,
                       load_results, open_common, shared_metrics)
 from .options import parse_ints
@@ -70,7 +70,7 @@ def _save(ax, kw: dict) -> None:
     click.echo(f"wrote {kw['out']}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SuggestingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def plot():
     """Paper figures: Figure-2 histograms, spectra, energy curves, heatmaps, subspace similarity.
 
