@@ -5,7 +5,7 @@ import click
 
 from .common import paths_exist, cli_words, parse_layers, parse_list, user_errors
 from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_output, emit, output_format, table_width, warn
+from .output import check_output, emit, output_format, table_width, warn_results
 
 
 @click.command()
@@ -50,11 +50,12 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
             chosen = result.check_metrics(parse_list(metrics))
             if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
                 result.warnings = [cli_words(w) for w in result.warnings]
+                result.notes = [cli_words(n) for n in result.notes]
             text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
                     else result.format_table(chosen, width=table_width(out)))
             emit(text, out)
             if fmt != "table" or out:  # the table already lists them
-                warn(result.warnings)
+                warn_results([(None, result)])
     finally:
         distributed.finish()
 

@@ -64,14 +64,18 @@ def user_errors(fn):
                 warnings.simplefilter("ignore", DeltaspecWarning)
                 return fn(*args, **kwargs)
         except DeltaspecError as e:
-            click.echo(f"error: {cli_words(str(e))}", err=True)
+            from .output import echo_err
+
+            echo_err(f"error: {cli_words(str(e))}")
             sys.exit(2)
         except BrokenPipeError:  # `deltaspec … | head`: the reader left; stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except OSError as e:  # reading errors are DeltaspecErrors already: this is writing a result
+            from .output import echo_err
+
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"error: {where}cannot write it ({e.strerror or e})", err=True)
+            echo_err(f"error: {where}cannot write it ({e.strerror or e})")
             sys.exit(2)
 
     return wrapper
@@ -98,7 +102,9 @@ def paths_exist(hub: bool = False, what: str = ""):
         try:
             check_paths(value if isinstance(value, (tuple, list)) else [value], hub, what)
         except DeltaspecError as e:
-            click.echo(f"error: {e}", err=True)
+            from .output import echo_err
+
+            echo_err(f"error: {e}")
             ctx.exit(2)
         return value
 

@@ -11,7 +11,7 @@ import click
 
 from .common import cli_words, paths_exist, parse_layers, parse_list, user_errors
 from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options
-from .output import check_output, emit, output_format, table_width, warn
+from .output import check_output, emit, output_format, table_width, warn_results
 
 INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
 JSON file written by `deltaspec analyze -o X.json` (read back, nothing recomputed). --base is used for
@@ -210,7 +210,7 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     results = analyse_opened(opened, names, **opts)
     if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
         for res in results:
-            res.warnings = [cli_words(w) for w in res.warnings]
+            res.warnings, res.notes = [cli_words(w) for w in res.warnings], [cli_words(n) for n in res.notes]
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
                       on_n_ref_mismatch="error" if strict_n_ref else "recompute", left_out=left_out)
     shown = chosen or [m for m in TABLE_METRICS if m in cmp.metrics]
@@ -219,4 +219,4 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
             "markdown": lambda: cmp.to_markdown(shown)}[fmt]()
     emit(text, out)
     if fmt != "table" or out:  # the table already lists them
-        warn(f"{lab}: {w}" for lab, res in zip(cmp.labels, cmp.aligned.results) for w in res.warnings)
+        warn_results(zip(cmp.labels, cmp.aligned.results))

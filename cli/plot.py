@@ -7,7 +7,7 @@ from .common import SuggestingGroup, parse_list, user_errors
 from .compare import (INPUTS_HELP, analyse_opened, input_labels, input_options, is_saved_analysis, load_checkpoint,
                       load_results, open_common, shared_metrics)
 from .options import parse_ints
-from .output import check_output, warn
+from .output import check_output, warn_results
 
 FIG_HELP = """Output: -o FILE.pdf / .svg (vector, fonts embedded) or .png (--dpi); the shipped paper style
 (8 pt sans-serif, Okabe-Ito colour-blind-safe colours); --size single (3.3 in) or double (6.9 in)
@@ -45,7 +45,7 @@ def _load(kw: dict, vectors: bool = False, metrics=()):
     if metrics:
         check_metric_names(metrics, shared_metrics(opened, opts.get("energy_k", "1,4,16")))
     results = analyse_opened(opened, labels, vectors=vectors, **opts)
-    warn(f"{lab}: {w}" for lab, res in zip(labels, results) for w in res.warnings)
+    warn_results(zip(labels, results))
     return dict(zip(labels, results)), opts
 
 

@@ -72,6 +72,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
         else:
             scales, used_base = source_scales(item), item.base
         res.warnings = [cli_words(w) for w in res.warnings]  # the report is made on the command line: its words
+        res.notes = [cli_words(n) for n in res.notes]
         if left_out.get(lab):
             res.warnings.append(f"{len(left_out[lab])} layer(s) not in every input left out "
                                 f"({by_module(left_out[lab])})")

@@ -11,7 +11,7 @@ import click
 from .common import user_errors
 from .compare import INPUTS_HELP, analyse_opened, input_labels, input_options, open_common
 from .options import parse_ints
-from .output import check_output, emit, output_format, table_width, warn
+from .output import check_output, emit, output_format, table_width, warn, warn_results
 
 
 def base_lookup(base, results, inputs):
@@ -111,7 +111,7 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
                 quiet=quiet)
     opened, left_out = open_common(inputs, names, **opts)  # only the shared layers are read and solved
     al = align(analyse_opened(opened, names, **opts), names, left_out=left_out)
-    warn(f"{lab}: {w}" for lab, res in zip(al.labels, al.results) for w in res.warnings)
+    warn_results(zip(al.labels, al.results))
     lookup, failed = base_lookup(base, al.results, inputs) if base else (None, [])
     reports = []
     for k, name in enumerate(al.names):

@@ -216,4 +216,5 @@ def analyze(
         settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "energy_k": list(settings.energy_k),
                   "vectors": vectors, "svd_top_k": svd_top_k},
         warnings=list(updates.warnings) + extra,
+        notes=list(updates.notes),
     )

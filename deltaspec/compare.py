@@ -93,8 +93,8 @@ def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = N
     notes = [f"{lab}: {len(d)} layer{'s' if len(d) > 1 else ''} not in every input left out ({by_module(d)})"
              for lab, d in dropped.items() if d]
     by_name = [{r.name: r for r in res.layers} for res in results]
-    out = [AnalysisResult([idx[n] for n in names], dict(res.source), dict(res.settings), list(res.warnings))
-           for idx, res in zip(by_name, results)]
+    out = [AnalysisResult([idx[n] for n in names], dict(res.source), dict(res.settings), list(res.warnings),
+                          list(res.notes)) for idx, res in zip(by_name, results)]
     _common_n_ref(out, labels, names, on_n_ref_mismatch, notes)
     return Aligned(labels, out, names, {k: v for k, v in dropped.items() if v}, notes)
 

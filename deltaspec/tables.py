@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from .formatting import (fmt_num, fmt_signed, fmt_spread, hoist_constant, html_table, name_legend, short_names, tally,
                          text_grid, wrap)
+from .omissions import summary, without_source
 
 # Default metric columns of the terminal tables (every metric is in JSON/CSV; `--metrics` to choose).
 TABLE_METRICS = ("frobenius_norm", "top1_energy", "top4_energy", "effective_rank", "normalized_entropy", "stable_rank")
@@ -41,6 +42,8 @@ def analysis_table(res, metrics: Optional[Sequence[str]] = None, aggregates: boo
     n_refs = sorted({r.n_ref for r in res.layers})
     lines += [""] + wrap(f"normalized_entropy = spectral_entropy / ln(n_ref), n_ref = "
                          f"{res.settings.get('n_ref', 'shape')} ({', '.join(map(str, n_refs))})", width)
+    if res.notes:
+        lines += wrap(f"note: {summary(res.notes)}", width)
     for w in res.warnings:
         lines += wrap(f"warning: {w}", width)
     return "\n".join(lines)
@@ -97,8 +100,11 @@ def comparison_table(cmp, metrics: Optional[Sequence[str]] = None, width: Option
     for note in [cmp.n_ref_note()] + [f"note: {x}" for x in a.notes]:
         lines += wrap(note, width)
     for lab, res in zip(a.labels, a.results):
+        if res.notes:
+            lines += wrap(f"note: {lab}: {summary(res.notes)}", width)
+    for lab, res in zip(a.labels, a.results):
         for w in res.warnings:
-            lines += wrap(f"warning: {lab}: {w}", width)
+            lines += wrap(f"warning: {lab}: {without_source(w, res.source.get('path'), lab)}", width)
     return "\n".join(lines)
 
 
