@@ -34,8 +34,6 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
     LoRA file, or a fine-tuned model (then pass --base). Under torchrun the layers are shared across
     ranks and rank 0 writes the report.
     """
-    from deltaspec import distributed
-
     fmt = output_format(fmt, out)
     check_output(out, [ckpt, opts["base"], opts["initial"]])
     opts["svd_top_k"] = opts["svd_top_k"] or old_top_k
@@ -43,6 +41,8 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
         from deltaspec.metrics import check_metric_names, metric_names
 
         check_metric_names(parse_list(metrics), metric_names(parse_ints(opts["energy_k"], "--energy-k")))
+    from deltaspec import distributed  # imports torch: after the checks above
+
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
         result = _analyze(ckpt, **opts)

@@ -96,12 +96,13 @@ def analyse_opened(opened, labels=None, *, device="auto", dtype="float32", n_ref
 
 
 def checked_compute(inputs, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16", **_) -> None:
-    """Compute options checked before any input is opened (a bad --device, --dtype, --energy-k, --n-ref)."""
-    from deltaspec.spectra import pick_device, pick_dtype
-
+    """Compute options checked before any SVD (a bad --energy-k, --n-ref, --device, --dtype); torch is imported
+    only for the device check, last."""
     parse_ints(energy_k, "--energy-k")
     parse_n_ref(n_ref)
     if not all(is_saved_analysis(p) for p in inputs):
+        from deltaspec.spectra import pick_device, pick_dtype  # imports torch: last
+
         pick_device(device)
         pick_dtype(dtype)
 
@@ -119,14 +120,20 @@ def cut_to_common(opened, labels) -> dict:
     return {lab: d for lab, d in left_out.items() if d}
 
 
-def open_common(inputs, labels, **opts):
+def open_common(inputs, labels, metrics=(), problem="unknown metric", **opts):
     """(opened, left_out): every input opened (headers only, see `open_inputs`) and cut to the layers
     they all have, before any tensor is read or any SVD runs (a LoRA on q/v against a full fine-tune
     then costs what its 16 shared layers cost), and {label: names left out} for `compare(left_out=)`.
-    Compute options are checked first; pass `opened` to `analyse_opened`."""
-    checked_compute(inputs, **opts)
+    Then `metrics` (names the command will show) and the compute options are checked; all of it before
+    torch is imported (pick_device imports it last). Pass `opened` to `analyse_opened`."""
+    from deltaspec.metrics import check_metric_names
+
     opened = open_inputs(inputs, **opts)
-    return opened, cut_to_common(opened, labels)
+    left_out = cut_to_common(opened, labels)
+    if metrics:
+        check_metric_names(metrics, shared_metrics(opened, opts.get("energy_k", "1,4,16")), problem)
+    checked_compute(inputs, **opts)
+    return opened, left_out
 
 
 def shared_metrics(opened, energy_k="1,4,16") -> list[str]:
@@ -195,7 +202,6 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     n_ref = min(d_out, d_in) when the inputs disagree). The report says so.
     """
     from deltaspec.compare import compare as run_compare
-    from deltaspec.metrics import check_metric_names
     from deltaspec.results import TABLE_METRICS
 
     fmt = output_format(fmt, out, allowed=("table", "json", "csv", "latex", "markdown"))
@@ -203,10 +209,8 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     names = input_labels(inputs, labels)
     opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
                 modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
-    opened, left_out = open_common(inputs, names, **opts)
-    chosen = parse_list(metrics)
-    if chosen:  # checked before any SVD
-        check_metric_names(chosen, shared_metrics(opened, energy_k), "unknown or not shared metric")
+    chosen = parse_list(metrics)  # checked with the inputs, before any SVD
+    opened, left_out = open_common(inputs, names, chosen, "unknown or not shared metric", **opts)
     results = analyse_opened(opened, names, **opts)
     if fmt == "table":  # the table lists the warnings: in the CLI's words (JSON keeps the library's)
         for res in results:

@@ -5,7 +5,7 @@ import click
 
 from .common import SuggestingGroup, parse_list, user_errors
 from .compare import (INPUTS_HELP, analyse_opened, input_labels, input_options, is_saved_analysis, load_checkpoint,
-                      load_results, open_common, shared_metrics)
+                      load_results, open_common)
 from .options import parse_ints
 from .output import check_output, warn_results
 
@@ -31,19 +31,16 @@ def figure_options(fn):
 def _load(kw: dict, vectors: bool = False, metrics=()):
     """Shared: labels, results on the layers every input has (chosen from the headers, before any SVD);
     pops the input options out of `kw` and leaves the figure ones. `metrics` are checked before any SVD."""
-    from deltaspec.metrics import check_metric_names
-    from deltaspec.plots.save import figure_format
-
     inputs = kw.pop("inputs")
-    figure_format(kw["out"])  # .pdf/.svg/.png, checked before any work
     check_output(kw["out"], [*inputs, kw.get("base")])
     labels = input_labels(inputs, kw.pop("labels"))
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
     opts = {k: kw.pop(k) for k in keys if k in kw}  # --n-ref/--energy-k only where a metric is drawn
-    opened, _ = open_common(inputs, labels, vectors=vectors, **opts)
-    if metrics:
-        check_metric_names(metrics, shared_metrics(opened, opts.get("energy_k", "1,4,16")))
+    opened, _ = open_common(inputs, labels, metrics, vectors=vectors, **opts)
+    from deltaspec.plots.save import figure_format  # imports torch (deltaspec.plots): after the header checks
+
+    figure_format(kw["out"])  # .pdf/.svg/.png, checked before any SVD
     results = analyse_opened(opened, labels, vectors=vectors, **opts)
     warn_results(zip(labels, results))
     return dict(zip(labels, results)), opts
@@ -135,9 +132,9 @@ def spectrum(**kw):
     the band the interquartile range; σ_i / σ_1 per layer unless --raw. Factored updates end at
     their rank (dot): their other singular values are exactly zero.
     """
+    data, opts = _load(kw)
     from deltaspec.plots import spectrum as draw
 
-    data, opts = _load(kw)
     ax = draw(data, modules=parse_list(opts["modules"]), normalize=not kw["raw"], iqr=not kw["no_band"],
               log_x=kw["log_x"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
@@ -156,9 +153,9 @@ def energy(**kw):
     The curve behind the `top{k}_energy` metrics: median over the selected layers with an
     interquartile band. A rank-r update reaches 1 at k = r.
     """
+    data, opts = _load(kw)
     from deltaspec.plots import energy as draw
 
-    data, opts = _load(kw)
     mark = parse_ints(kw["mark"], "--mark") if kw["mark"] else ()
     ax = draw(data, modules=parse_list(opts["modules"]), iqr=not kw["no_band"], log_x=not kw["linear_x"], mark=mark,
               title=kw["title"], size=kw["size"], height=kw["height"])
@@ -183,9 +180,9 @@ def heatmap(**kw):
     deltaspec plot heatmap A B C --labels LoRA,MultiLoRA,FT --vmin 0 \\
         --vmax 1 -o heat.pdf
     """
+    data, opts = _load(kw, metrics=[kw["metric"]])
     from deltaspec.plots import heatmap as draw
 
-    data, opts = _load(kw, metrics=[kw["metric"]])
     ax = draw(data, kw["metric"], modules=parse_list(opts["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
               vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)

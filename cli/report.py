@@ -58,12 +58,12 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
     opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
                 modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
-    checked_compute(inputs, **opts)
     opened = open_inputs(inputs, **opts)
     try:  # the layers every input has, from the headers, before any SVD (else every input in full)
         left_out = cut_to_common(opened, names)
     except ds.DeltaspecError:  # no shared layers, or shapes that differ: no comparison, each input on its own
         left_out = {}
+    checked_compute(inputs, **opts)  # imports torch: after the header checks
     analysed = analyse_opened(opened, names, **opts)
     results, suggestions, prov = {}, {}, []
     for lab, path, item, res in zip(names, inputs, opened, analysed):

@@ -131,18 +131,27 @@ def test_a_local_typo_is_never_a_hub_id(tmp_path, monkeypatch):
         assert "did you mean ckpts/lora?" in r.output and r.output.count("\n") == 1, (argv, r.output)
 
 
-def test_missing_paths_are_caught_before_torch_is_imported():
+def test_validation_errors_come_before_torch_is_imported():
+    """Typos in paths and names, and a missing --base, fail from the headers alone: torch (~1.5 s to import)
+    is never loaded for them."""
+    cases = [["analyze", "sample_checkpoints/lroa"], ["compare", "sample_checkpoints/lora", "sample_checkpoints/lroa"],
+             ["plot", "hist", "sample_checkpoints/lroa", "-o", "x.pdf"],
+             ["analyze", "sample_checkpoints/full", "--base", "sample_checkpoints/bsae"],
+             ["analyze", "sample_checkpoints/lora", "--metrics", "top1_energi"],
+             ["compare", "sample_checkpoints/lora", "sample_checkpoints/full", "--base", "sample_checkpoints/base",
+              "--metrics", "top1_energi"],
+             ["compare", "sample_checkpoints/lora", "sample_checkpoints/full"],
+             ["plot", "heatmap", "sample_checkpoints/lora", "--metric", "top1_energi", "-o", "x.pdf"]]
     code = ("import sys\nfrom deltaspec_cli.main import cli\nout = []\n"
-            "for args in (['analyze', 'sample_checkpoints/lroa'], ['compare', 'sample_checkpoints/lora', "
-            "'sample_checkpoints/lroa'], ['plot', 'hist', 'sample_checkpoints/lroa', '-o', 'x.pdf'], "
-            "['analyze', 'sample_checkpoints/full', '--base', 'sample_checkpoints/bsae']):\n"
+            f"for args in {cases!r}:\n"
             "    try:\n        cli.main(args, prog_name='deltaspec')\n"
             "    except SystemExit as e:\n        out.append(e.code)\n"
             "print(out, 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.stdout.split("\n")[0] == "[2, 2, 2, 2] False", r.stdout + r.stderr
+    assert r.stdout.split("\n")[0] == f"{[2] * len(cases)} False", r.stdout + r.stderr
     assert r.stderr.count("did you mean sample_checkpoints/lora?") == 3
     assert "did you mean sample_checkpoints/base?" in r.stderr
+    assert r.stderr.count("did you mean top1_energy?") == 3 and "needs the base weights" in r.stderr
 
 
 def test_a_mistyped_command_gets_the_closest_name():
