@@ -14,15 +14,17 @@ import re
 EXPECTED = (
     (re.compile(r"(\d+) tensor\(s\) not analysed, 1-D \(norm scales, biases\)"), "{} 1-D tensor(s) (norm scales, biases)"),
     (re.compile(r"(\d+) tensor\(s\) not analysed, not floating point"), "{} integer/bool buffer(s)"),
-    (re.compile(r"(\d+) embedding update\(s\) skipped"), "{} embedding update(s) (include_embeddings=True analyses them)"),
+    (re.compile(r"(\d+) embedding update\(s\) skipped"), "{} embedding update(s)"),
 )
+_HINT = re.compile(r"(pass \S+ to analyse them)")  # the note's own words (the CLI's after cli_words)
 
 
 def _short(message: str):
     for pattern, short in EXPECTED:
         m = pattern.search(message)
         if m:
-            return short.format(m.group(1))
+            hint = _HINT.search(message)
+            return short.format(m.group(1)) + (f" ({hint.group(1)})" if hint else "")
     return None
 
 
@@ -38,7 +40,7 @@ def summary(notes) -> str:
     """One line for all of an input's expected omissions ('' if none), e.g. 'not analysed, as
     expected: 9 1-D tensor(s) (norm scales, biases), 3 embedding update(s) (…)'."""
     parts = [s for s in (_short(n) for n in notes) if s]
-    return f"not analysed, as expected: {', '.join(parts)} ; `deltaspec info` names them" if parts else ""
+    return f"not analysed, as expected: {', '.join(parts)}; `deltaspec info` names them" if parts else ""
 
 
 def without_source(message: str, *sources) -> str:
