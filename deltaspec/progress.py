@@ -9,11 +9,12 @@ A timer thread redraws it every `refresh` seconds, so the clock, the ETA and the
 current step keep moving while one long step (a 4096x4096 SVD: ~20 s on one core) runs; it never
 freezes at "6/56, ETA 1:44" until the step ends.
 
-Own code rather than tqdm or rich (measured in benchmarks/README.md, "Progress bar"): tqdm redraws
-only when `update()` is called, so it would freeze during a long SVD exactly as the old bar did;
-rich.progress refreshes on a timer but is not a core dependency (the design allows torch, numpy,
-scipy, matplotlib, safetensors and click) and imports ~15x slower than this module; ~100 lines
-cover what deltaspec needs.
+Own code rather than tqdm or rich (measured, benchmarks/README.md "Progress bar"): tqdm redraws only
+inside update() (its monitor thread merely resets `miniters` after 10 s without a redraw), so it
+would freeze during a long SVD exactly as the old bar did; rich.progress refreshes on a timer but is
+not a core dependency (the design allows torch, numpy, scipy, matplotlib, safetensors and click) and
+imports ~30x slower than this module (0.42 s vs 0.013 s, tqdm 0.28 s, best of 5 on the loaded 2-core
+test machine); ~110 lines cover what deltaspec needs.
 """
 from __future__ import annotations
 
