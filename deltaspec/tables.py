@@ -155,10 +155,11 @@ def comparison_markdown(cmp, metrics: Optional[Sequence[str]] = None) -> str:
 
 
 # ---- notebooks (_repr_html_) -----------------------------------------------------------------------
-def _warnings_html(warnings) -> str:
+def _warnings_html(warnings, notes=()) -> str:
     import html
 
-    return "".join(f"<div>warning: {html.escape(w)}</div>" for w in warnings)
+    note = f"<div style='opacity:.7'>note: {html.escape(summary(notes))}</div>" if notes else ""
+    return note + "".join(f"<div>warning: {html.escape(w)}</div>" for w in warnings)
 
 
 def analysis_html(res) -> str:
@@ -166,7 +167,7 @@ def analysis_html(res) -> str:
     cols = [m for m in TABLE_METRICS if m in res.metric_names]
     body = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.kind, r.rank] + [fmt_num(r.metrics[c]) for c in cols]
             for r in res.layers]
-    return html_table(["layer", "shape", "kind", "rank"] + cols, body, caption=repr(res)) + _warnings_html(res.warnings)
+    return html_table(["layer", "shape", "kind", "rank"] + cols, body, caption=repr(res)) + _warnings_html(res.warnings, res.notes)
 
 
 def layer_html(lr) -> str:
@@ -178,7 +179,7 @@ def layer_html(lr) -> str:
 
 def updates_html(u) -> str:
     body = [[x.name, f"{x.shape[0]}x{x.shape[1]}", x.kind, x.rank_bound, x.dtype] for x in u.layers]
-    return html_table(["layer", "shape", "kind", "rank", "dtype"], body, caption=repr(u)) + _warnings_html(u.warnings)
+    return html_table(["layer", "shape", "kind", "rank", "dtype"], body, caption=repr(u)) + _warnings_html(u.warnings, u.notes)
 
 
 def comparison_html(cmp) -> str:
