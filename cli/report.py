@@ -44,25 +44,21 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     rank suggestions with a PEFT LoraConfig. No scripts and no external references: it opens
     offline in any browser and can be mailed as one file.
     """
-    import deltaspec as ds
     from deltaspec import report as R
     from deltaspec.suggest import default_policies, source_scales
 
-    from deltaspec.tables import by_module
-
     from .common import cli_words
-    from .compare import analyse_opened, checked_compute, cut_to_common, open_inputs
+    from .compare import analyse_opened, checked_compute, open_inputs
 
     check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
     chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
     opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
                 modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet)
+    # Every input is opened (headers) before any SVD, so a missing --base or a selection mistake in the
+    # last input fails at once. Each input is analysed in full: the per-input sections (summary, ranks,
+    # per-layer metrics) use every layer, only the comparison keeps the common ones.
     opened = open_inputs(inputs, **opts)
-    try:  # the layers every input has, from the headers, before any SVD (else every input in full)
-        left_out = cut_to_common(opened, names)
-    except ds.DeltaspecError:  # no shared layers, or shapes that differ: no comparison, each input on its own
-        left_out = {}
     checked_compute(inputs, **opts)  # imports torch: after the header checks
     analysed = analyse_opened(opened, names, **opts)
     results, suggestions, prov = {}, {}, []
@@ -73,9 +69,6 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
             scales, used_base = source_scales(item), item.base
         res.warnings = [cli_words(w) for w in res.warnings]  # the report is made on the command line: its words
         res.notes = [cli_words(n) for n in res.notes]
-        if left_out.get(lab):
-            res.warnings.append(f"{len(left_out[lab])} layer(s) not in every input left out "
-                                f"({by_module(left_out[lab])})")
         results[lab] = res
         if all(r.upper is None for r in res.layers):
             suggestions[lab] = res.suggest_ranks(chosen, policies=default_policies(energy, fro_error, sv_ratio),

@@ -1,6 +1,7 @@
 """Work is not thrown away and mistakes are caught before it (issue 20, items 1-3).
 
-- compare/subspace/plot/report read and solve only the layers every input has (chosen from headers);
+- compare/subspace/plot read and solve only the layers every input has (chosen from headers); report
+  opens every input before the first SVD (its per-input sections use every layer);
 - every option and every input's needs are checked before the first SVD (a spy on the analysis
   entry point and on tensor loading fails the test if any layer is touched first);
 - a mistyped local path is "no such file or directory (did you mean …?)", never a Hub id, and is
