@@ -67,10 +67,8 @@ def emit(text: str, out: str | None) -> None:
 
 
 def warn(messages) -> None:
-    """Each warning as one `warning: …` line on stderr (in the CLI's words)."""
+    """Each warning as one `warning: …` line on stderr (in the CLI's words; wrapped only on a terminal)."""
     from .common import cli_words
-
-    from deltaspec.formatting import wrap
 
     for w in messages:
         echo_err(f"warning: {cli_words(w)}")

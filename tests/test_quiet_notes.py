@@ -36,6 +36,7 @@ def test_old_saved_analyses_move_their_expected_omissions_to_notes():
     d["warnings"].append("x: 2 tensor(s) not understood, skipped: a, b")
     back = ds.AnalysisResult.from_dict(d)
     assert back.warnings == ["x: 2 tensor(s) not understood, skipped: a, b"] and len(back.notes) == 2
+    assert split(d["warnings"]) == (back.warnings, back.notes)
 
 
 def test_cli_prints_one_note_line_per_input_and_no_warning():
