@@ -13,6 +13,9 @@ file-backed mmap pages included) and the peak of RssAnon (private memory, sample
              oversample/power_iters, the same reader + loader with deltaspec.truncated.topk_svdvals;
              its σ̃ are compared with ds_api's exact σ (and its certified bound reported)
   exact      ds_api's σ vs numpy float64 SVD of the same dW (one matrix, --check-module of layer 0)
+  float64    `--dtype float64` (ds.analyze(dtype="float64")) on one matrix (--float64-module of layer 0) vs
+             numpy.linalg.svd(compute_uv=False) and torch.linalg.svdvals in float64 on the same ΔW, same
+             process, LAPACK threads = --threads (OMP/MKL/OPENBLAS_NUM_THREADS)
 Memory target (issue 04): peak ≤ 3 layers' worth in float32 = 3 x 11008 x 4096 x 4 B = 541 MB, reported as
 the peak minus that of a process that only imports torch + deltaspec; --mem-layers checks it does not
 grow with the model.
@@ -186,7 +189,41 @@ def task_exact(ft, base, module, sigma_json, threads=None):
             "n": len(ref), "sigma1": float(ref[0]), "sigma_min_over_sigma1": float(ref[-1] / ref[0])}
 
 
-TASKS = {"baseline": task_baseline, "ds_api": task_ds_api, "naive": task_naive, "topk": task_topk, "exact": task_exact}
+def task_float64(ft, base, module, threads=None, repeat=1):
+    """`--dtype float64` on one matrix (layer 0's `module`) against numpy's LAPACK path and torch's float64
+    svdvals on the same ΔW, in one process (OpenBLAS/MKL threads from the environment: see _env)."""
+    torch = _setup(threads)
+    import numpy as np
+    from safetensors import safe_open
+
+    import deltaspec as ds
+
+    k, shard = next((k, s) for k, s in _weights(ft) if k.startswith("model.layers.0.") and f".{module}." in k)
+    with safe_open(os.path.join(ft, shard), "pt") as f, safe_open(os.path.join(base, shard), "pt") as g:
+        dW = f.get_tensor(k).double() - g.get_tensor(k).double()
+    u = ds.load(ft, base=base).select([module], [0])
+    from deltaspec.spectra import spectrum
+    from deltaspec.updates import Dense
+
+    spectrum(Dense(torch.randn(8, 8, dtype=torch.float64)), "cpu", "float64")  # warm-up: lazy imports (scipy.linalg)
+    runs = {"ds": lambda: ds.analyze(u, dtype="float64", progress=False).layers[0].singular_values,
+            "numpy": lambda: np.linalg.svd(dW.numpy(), compute_uv=False),
+            "torch": lambda: torch.linalg.svdvals(dW).numpy()}
+    best, out = {}, {}
+    for _ in range(repeat):  # interleaved, best of `repeat` each: a burst of load hits all three
+        for name, fn in runs.items():
+            out[name], t = _timed(fn)
+            best[name] = min(best.get(name, t), t, key=lambda x: x["seconds"])
+    s, ref, tt = out["ds"], out["numpy"], out["torch"]
+    m, mn, mt = best["ds"], best["numpy"], best["torch"]
+    return {"name": k, "shape": list(dW.shape), "ds_s": m["seconds"], "numpy_s": mn["seconds"], "torch_s": mt["seconds"],
+            "ds_cpu_s": m["cpu_s"], "numpy_cpu_s": mn["cpu_s"], "torch_cpu_s": mt["cpu_s"], "repeat": repeat,
+            "ds_max_err_over_sigma1": float(np.max(np.abs(s - ref)) / ref[0]),
+            "torch_max_err_over_sigma1": float(np.max(np.abs(tt - ref)) / ref[0])}
+
+
+TASKS = {"baseline": task_baseline, "ds_api": task_ds_api, "naive": task_naive, "topk": task_topk, "exact": task_exact,
+         "float64": task_float64}
 
 
 # --------------------------------------------------------------------------- driver
@@ -194,7 +231,7 @@ TASKS = {"baseline": task_baseline, "ds_api": task_ds_api, "naive": task_naive, 
 def _env(threads):
     env = dict(os.environ)
     if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     return env
 
 
@@ -233,6 +270,9 @@ def main():
     ap.add_argument("--oversample", type=int, default=None, help="default: topk_svdvals's, max(10, k)")
     ap.add_argument("--power-iters", type=int, default=4)
     ap.add_argument("--check-module", default="q_proj", help="matrix of layer 0 checked against numpy float64 ('' to skip)")
+    ap.add_argument("--float64-module", default="q_proj", help="--dtype float64 on this matrix of layer 0 vs numpy's "
+                    "and torch's float64 SVD ('' to skip)")
+    ap.add_argument("--float64-repeat", type=int, default=1, help="best of this many runs of each float64 row")
     ap.add_argument("--cli", action="store_true", help="also time the deltaspec CLI end to end")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in every measured process")
     ap.add_argument("--scale", type=int, default=1, help="divide every dimension (development only)")
@@ -300,6 +340,16 @@ def main():
         print(f"exactness {ce['name']}: max|σ-σ64|/σ1 {ce['max_err_over_sigma1']:.1e}; max rel err on σ_1..σ_32 "
               f"{ce['max_rel_err_top']:.1e}; on all σ ≥ 1e-3σ1 {ce['max_rel_err_above_1e-3_sigma1']:.1e} "
               f"(σ_min/σ1 = {ce['sigma_min_over_sigma1']:.1e}; numpy float64 took {ce['ref_svd_s']:.0f} s)", flush=True)
+    if a.float64_module:
+        f64 = harness.worker(HERE, "float64", env=_env(th), ft=str(f), base=str(b), module=a.float64_module, threads=th,
+                             repeat=a.float64_repeat)
+        out["float64"] = f64
+        print(f"float64 {f64['name']} {f64['shape']}: deltaspec --dtype float64 {f64['ds_s']:.1f} s (load + SVD), numpy "
+              f"svd(compute_uv=False) {f64['numpy_s']:.1f} s, torch svdvals {f64['torch_s']:.1f} s (best of "
+              f"{f64['repeat']}); deltaspec / numpy = "
+              f"{f64['ds_s'] / f64['numpy_s']:.2f} (target <= 1), torch / numpy = {f64['torch_s'] / f64['numpy_s']:.2f}; "
+              f"max|σ-σ_numpy|/σ1: deltaspec {f64['ds_max_err_over_sigma1']:.1e}, torch "
+              f"{f64['torch_max_err_over_sigma1']:.1e}", flush=True)
     for L in [int(x) for x in a.mem_layers.split(",") if x]:
         bL, fL = synth.build_full(a.workdir, L, scale=a.scale)
         mL = harness.worker(HERE, "ds_api", ft=str(fL), base=str(bL), threads=th)

@@ -55,10 +55,11 @@ def run_measured(argv: list[str], env=None) -> tuple[float, int]:
     return wall, ru.ru_maxrss * 1024
 
 
-def worker(script: str, task: str, **kw) -> dict:
-    """Run `python script --worker task --kw JSON` in a fresh interpreter; it prints one JSON dict."""
+def worker(script: str, task: str, env=None, **kw) -> dict:
+    """Run `python script --worker task --kw JSON` in a fresh interpreter (environment `env`, default
+    this one's); it prints one JSON dict."""
     argv = [sys.executable, script, "--worker", task, "--kw", json.dumps(kw)]
-    wall, out = run_child(argv)
+    wall, out = run_child(argv, env=env)
     res = json.loads(out.strip().splitlines()[-1])
     res["process_wall_s"] = wall
     return res

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import click
 
-from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
-from .options import compute_options, initial_option, parse_ints, parse_n_ref, reader_options, selection_options, initial_for
-from .output import check_output, emit, output_format, table_width, warn
+from .common import UserPath, cli_words, parse_layers, parse_list, paths_exist, user_errors
+from .options import (compute_options, initial_for, initial_option, parse_ints, parse_n_ref, reader_options,
+                      selection_options)
+from .output import check_output, emit, output_format, table_width, warn_results
 
 
 @click.command()
-@click.argument("ckpt", type=UserPath())
+@click.argument("ckpt", type=UserPath(), callback=paths_exist(hub=True))
 @reader_options
 @initial_option
 @selection_options
@@ -34,22 +35,27 @@ def analyze(ckpt, fmt, out, metrics, old_top_k, **opts):
     LoRA file, or a fine-tuned model (then pass --base). Under torchrun the layers are shared across
     ranks and rank 0 writes the report.
     """
-    from deltaspec import distributed
-
     fmt = output_format(fmt, out)
     check_output(out, [ckpt, opts["base"], opts["initial"]])
     opts["svd_top_k"] = opts["svd_top_k"] or old_top_k
+    if parse_list(metrics) and parse_list(metrics) != ["all"]:  # a mistyped name fails before any SVD
+        from deltaspec.metrics import check_metric_names, metric_names
+
+        check_metric_names(parse_list(metrics), metric_names(parse_ints(opts["energy_k"], "--energy-k")))
+    from deltaspec import distributed  # imports torch: after the checks above
+
     opts["device"] = distributed.init_from_env(opts["device"])
     try:
         result = _analyze(ckpt, **opts)
         if distributed.is_main():
             chosen = result.check_metrics(parse_list(metrics))
             result.warnings = [cli_words(w) for w in result.warnings]  # every output in the CLI's words
+            result.notes = [cli_words(n) for n in result.notes]
             text = (result.to_json() if fmt == "json" else result.to_csv(chosen) if fmt == "csv"
                     else result.format_table(chosen, width=table_width(out)))
             emit(text, out)
             if fmt != "table" or out:  # the table already lists them
-                warn(result.warnings)
+                warn_results([(None, result)])
     finally:
         distributed.finish()
 

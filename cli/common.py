@@ -66,6 +66,21 @@ class UserPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class SuggestingGroup(click.Group):
+    """A click group that answers a mistyped command with the closest name (`anlyze` → did you mean analyze?)."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        names = self.list_commands(ctx)
+        if name and not name.startswith("-") and name not in names:
+            from deltaspec.errors import did_you_mean
+
+            hint = did_you_mean(name, names)
+            if hint:
+                ctx.fail(f"No such command '{name}'{hint}; commands: {', '.join(names)}")
+        return super().resolve_command(ctx, args)
+
+
 def user_errors(fn):
     """Turn a DeltaspecError (a user mistake) into one line on stderr and exit code 2; no traceback.
     Python argument names in the message become the matching options (`cli_words`)."""
@@ -77,20 +92,54 @@ def user_errors(fn):
                 warnings.simplefilter("ignore", DeltaspecWarning)
                 return fn(*args, **kwargs)
         except DeltaspecError as e:
-            click.echo(f"error: {cli_words(str(e))}", err=True)
+            from .output import echo_err
+
+            echo_err(f"error: {cli_words(str(e))}")
             sys.exit(2)
         except BrokenPipeError:  # `deltaspec … | head`: the reader left; stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except OSError as e:  # reading errors are DeltaspecErrors already: this is writing a result
+            from .output import echo_err
+
             where = f"{e.filename}: " if e.filename else ""
             if e.errno == errno.ELOOP:
-                click.echo(f"error: {where}a symbolic link loop (too many levels of symbolic links)", err=True)
+                echo_err(f"error: {where}a symbolic link loop (too many levels of symbolic links)")
                 sys.exit(2)
-            click.echo(f"error: {where}cannot write it ({e.strerror or e})", err=True)
+            echo_err(f"error: {where}cannot write it ({e.strerror or e})")
             sys.exit(2)
 
     return wrapper
+
+
+def check_paths(paths, hub: bool = True, what: str = "", keep=()) -> None:
+    """Before any work (and before torch is imported): every given path exists, else one line
+    `X: no such file or directory (did you mean Y?)`. hub=True lets a Hugging Face Hub id through
+    (`org/name`); a path that looks local (`./x`, `a/b` with `a/` here) never counts as one."""
+    from deltaspec.errors import FormatError
+    from deltaspec.io.files.hub import is_hub_id
+    from deltaspec.io.files.local_paths import missing_message
+
+    for p in paths:
+        if p is not None and p not in keep and not os.path.exists(os.path.expanduser(str(p))) and not (hub and is_hub_id(p)):
+            raise FormatError(missing_message(p, what))
+
+
+def paths_exist(hub: bool = False, what: str = "", keep=()):
+    """A click callback running `check_paths` while the command line is parsed, so a missing path is
+    one line `error: X: no such file or directory (did you mean Y?)` and exit 2 before the command
+    runs (and before torch is imported)."""
+    def callback(ctx, param, value):
+        try:
+            check_paths(value if isinstance(value, (tuple, list)) else [value], hub, what, keep)
+        except DeltaspecError as e:
+            from .output import echo_err
+
+            echo_err(f"error: {e}")
+            ctx.exit(2)
+        return value
+
+    return callback
 
 
 def parse_list(value: str | None) -> list[str] | None:

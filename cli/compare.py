@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
-from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
-from .options import compute_options, parse_ints, parse_n_ref, reader_options, selection_options, initials_for, initials_option
-from .output import check_output, emit, output_format, table_width, warn
+from .common import UserPath, cli_words, paths_exist, parse_layers, parse_list, user_errors
+from .options import (compute_options, initials_for, initials_option, parse_ints, parse_n_ref, reader_options,
+                      selection_options)
+from .output import check_output, emit, output_format, table_width, warn_results
 
 INPUTS_HELP = """Each INPUT is a checkpoint (analysed now with the reading and compute options) or a
 JSON file written by `deltaspec analyze -o X.json` (read back, nothing recomputed). --base is used for
@@ -55,17 +56,15 @@ def load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, initi
         raise MissingBaseError(str(e) if "base=" in str(e) else f"{e} (pass --base BASE)") from None
 
 
-def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,
-                 layers=None, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16", vectors=False,
-                 quiet=False, initials=None):
-    """One AnalysisResult per input, restricted to --modules/--layers. initials: one --initial per input."""
+def open_inputs(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,
+                layers=None, vectors=False, initials=None, **_):
+    """Every input opened without reading a tensor: the checkpoint's Updates (headers only) or the saved
+    AnalysisResult, restricted to --modules/--layers. Selection mistakes surface here, before any work.
+    initials: one --initial per input (None: none)."""
     import deltaspec as ds
     from deltaspec.errors import DeltaspecError
-    from deltaspec.spectra import pick_device
 
     mods, lays = parse_list(modules), parse_layers(layers)
-    if not all(is_saved_analysis(p) for p in inputs):
-        pick_device(device)  # a bad --device fails before any reading
     out = []
     for path, initial in zip(inputs, initials or [None] * len(inputs)):
         if is_saved_analysis(path):
@@ -74,15 +73,94 @@ def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, includ
                                      "--initial instead)")
             if vectors:
                 raise DeltaspecError(f"{path}: saved analyses keep no singular vectors; give the checkpoint instead")
-            res = ds.AnalysisResult.from_json(path).select(mods, lays)
+            item = ds.AnalysisResult.from_json(path).select(mods, lays)
         else:
-            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, initial)
-            res = ds.analyze(updates, device=device, dtype=dtype, vectors=vectors, energy_k=parse_ints(energy_k, "--energy-k"),
-                             n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
-        if not res.layers:
+            item = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, initial)
+            if mods or lays is not None:
+                item = item.select(mods, lays)
+        if not item.layers:
             raise DeltaspecError(f"{path}: no weight updates found (nothing to analyse)")
-        out.append(res)
+        out.append(item)
     return out
+
+
+def analyse_opened(opened, labels=None, *, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16",
+                   vectors=False, quiet=False, **_):
+    """One AnalysisResult per opened input (saved analyses pass through); bars labelled with `labels`."""
+    import deltaspec as ds
+
+    out = []
+    for k, item in enumerate(opened):
+        if isinstance(item, ds.AnalysisResult):
+            out.append(item)
+            continue
+        bar = False if quiet else (labels[k] if labels and len(opened) > 1 else None)
+        out.append(ds.analyze(item, device=device, dtype=dtype, vectors=vectors, progress=bar,
+                              energy_k=parse_ints(energy_k, "--energy-k"), n_ref=parse_n_ref(n_ref)))
+    return out
+
+
+def checked_compute(inputs, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16", **_) -> None:
+    """Compute options checked before any SVD (a bad --energy-k, --n-ref, --device, --dtype); torch is imported
+    only for the device check, last."""
+    parse_ints(energy_k, "--energy-k")
+    parse_n_ref(n_ref)
+    if not all(is_saved_analysis(p) for p in inputs):
+        from deltaspec.spectra import pick_device, pick_dtype  # imports torch: last
+
+        pick_device(device)
+        pick_dtype(dtype)
+
+
+def cut_to_common(opened, labels) -> dict:
+    """Cut every opened input to the layers they all have (headers only: nothing read, no SVD); returns
+    {label: names left out} for `compare(left_out=)`. No shared layer, or a shared layer whose shape
+    differs: a DeltaspecError."""
+    from deltaspec.compare import common_layers
+
+    names, left_out = common_layers([item.layers for item in opened], labels)
+    keep = set(names)
+    for item in opened:
+        item.layers = [x for x in item.layers if x.name in keep]
+    return {lab: d for lab, d in left_out.items() if d}
+
+
+def open_common(inputs, labels, metrics=(), problem="unknown metric", **opts):
+    """(opened, left_out): every input opened (headers only, see `open_inputs`) and cut to the layers
+    they all have, before any tensor is read or any SVD runs (a LoRA on q/v against a full fine-tune
+    then costs what its 16 shared layers cost), and {label: names left out} for `compare(left_out=)`.
+    Then `metrics` (names the command will show) and the compute options are checked; all of it before
+    torch is imported (pick_device imports it last). Pass `opened` to `analyse_opened`."""
+    from deltaspec.metrics import check_metric_names
+
+    opened = open_inputs(inputs, **opts)
+    left_out = cut_to_common(opened, labels)
+    if metrics:
+        check_metric_names(metrics, shared_metrics(opened, opts.get("energy_k", "1,4,16")), problem)
+    checked_compute(inputs, **opts)
+    return opened, left_out
+
+
+def shared_metrics(opened, energy_k="1,4,16") -> list[str]:
+    """The metric names every opened input will have (checkpoints: what analyze computes), before any SVD."""
+    import deltaspec as ds
+    from deltaspec.metrics import metric_names
+
+    fresh = metric_names(parse_ints(energy_k, "--energy-k"))
+    have = [item.metric_names if isinstance(item, ds.AnalysisResult) else fresh for item in opened]
+    return [m for m in have[0] if all(m in h for h in have)]
+
+
+def load_results(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include_embeddings=False, modules=None,
+                 layers=None, device="auto", dtype="float32", n_ref="shape", energy_k="1,4,16", vectors=False,
+                 quiet=False, labels=None, initials=None):
+    """One AnalysisResult per input, restricted to --modules/--layers (every layer of each input).
+    initials: one --initial per input."""
+    opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+                modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k,
+                vectors=vectors, quiet=quiet, initials=initials)
+    checked_compute(inputs, **opts)
+    return analyse_opened(open_inputs(inputs, **opts), labels, **opts)
 
 
 def input_options(fn=None, *, metrics: bool = True, **selection):
@@ -96,7 +174,8 @@ def input_options(fn=None, *, metrics: bool = True, **selection):
         fn = compute_options(fn, metrics=metrics)
         fn = selection_options(fn, **selection)
         fn = reader_options(fn)
-        return click.argument("inputs", nargs=-1, required=True, type=UserPath(exists=True))(fn)
+        return click.argument("inputs", nargs=-1, required=True, type=UserPath(),
+                              callback=paths_exist())(fn)
 
     return deco(fn) if fn is not None else deco
 
@@ -136,18 +215,20 @@ def compare(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, la
     initials = initials_for(inputs, initial)
     check_output(out, [*inputs, base, *initials])
     names = input_labels(inputs, labels)
-    results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha,
-                           include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
-                           dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet, initials=initials)
+    opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+                modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet,
+                initials=initials)
+    chosen = parse_list(metrics)  # checked with the inputs, before any SVD
+    opened, left_out = open_common(inputs, names, chosen, "unknown or not shared metric", **opts)
+    results = analyse_opened(opened, names, **opts)
     for res in results:  # every output in the CLI's words
-        res.warnings = [cli_words(w) for w in res.warnings]
-    chosen = parse_list(metrics)
+        res.warnings, res.notes = [cli_words(w) for w in res.warnings], [cli_words(n) for n in res.notes]
     cmp = run_compare(results, names, per_layer=per_layer, metrics=chosen,
-                      on_n_ref_mismatch="error" if strict_n_ref else "recompute")
+                      on_n_ref_mismatch="error" if strict_n_ref else "recompute", left_out=left_out)
     shown = chosen or [m for m in default_metrics(cmp.metrics) if m in cmp.metrics]
     text = {"table": lambda: cmp.format_table(shown, width=table_width(out)), "json": cmp.to_json,
             "csv": lambda: cmp.to_csv().rstrip("\n"), "latex": lambda: cmp.to_latex(shown),
             "markdown": lambda: cmp.to_markdown(shown)}[fmt]()
     emit(text, out)
     if fmt != "table" or out:  # the table already lists them
-        warn(f"{lab}: {w}" for lab, res in zip(cmp.labels, cmp.aligned.results) for w in res.warnings)
+        warn_results(zip(cmp.labels, cmp.aligned.results))

@@ -25,16 +25,16 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
     from deltaspec.formatting import hoist_constant, name_legend, short_names, text_grid, wrap
     from deltaspec.io import load
 
-    from .output import table_width, warn
+    from .output import echo_err, table_width, warn
 
     u = load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
              initial=initial, require_base=False)
     rows = [{"name": x.name, "shape": list(x.shape), "kind": x.kind, "rank": x.rank_bound, "dtype": x.dtype,
              **{k: v for k, v in x.meta.items() if isinstance(v, (str, int, float, bool))}} for x in u]
     if fmt == "json":
-        warnings = [cli_words(w) for w in u.warnings]
-        click.echo(json.dumps({"path": u.path, "format": u.format, "base": u.base, "warnings": warnings,
-                               "layers": rows}, indent=1))
+        click.echo(json.dumps({"path": u.path, "format": u.format, "base": u.base,
+                               "warnings": [cli_words(w) for w in u.warnings],
+                               "notes": [cli_words(n) for n in u.notes], "layers": rows}, indent=1))
         return
     width = table_width(None)
     modules = list(dict.fromkeys(x.module for x in u))
@@ -50,4 +50,6 @@ def info(ckpt, base, ckpt_type, lora_alpha, include_embeddings, initial, fmt):
     click.echo("\n".join(lines + text_grid(head, body, width)))
     if u.base is None and (u.format == "full" or any(x.meta.get("variant") == "dora" for x in u)):
         click.echo("note: no --base given: listed from the headers; analyze needs --base to form ΔW", err=True)
+    for n in u.notes:  # info names every expected omission (the other commands sum them up in one line)
+        echo_err(f"note: {cli_words(n)}")
     warn(u.warnings)

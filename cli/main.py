@@ -5,6 +5,8 @@ import importlib
 
 import click
 
+from .common import SuggestingGroup
+
 # name -> "module:attribute"; each subcommand lives in its own small module under cli/.
 COMMANDS = {
     "ablate": "deltaspec_cli.ablate:ablate",
@@ -35,7 +37,7 @@ SHORT_HELP = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(SuggestingGroup):
     """Keeps `deltaspec --help` fast: torch and matplotlib load only for the command that runs."""
 
     def list_commands(self, ctx):

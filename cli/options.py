@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import UserPath
+from .common import UserPath, paths_exist
 
 FORMATS = ("auto", "full", "peft", "multilora", "mtl-multilora", "kohya", "lycoris", "diffusers")
 
@@ -11,7 +11,7 @@ FORMATS = ("auto", "full", "peft", "multilora", "mtl-multilora", "kohya", "lycor
 def reader_options(fn):
     """--base, --type, --lora-alpha, --include-embeddings: how to read a checkpoint."""
     for opt in reversed([
-        click.option("--base", type=UserPath(), default=None,
+        click.option("--base", type=UserPath(), default=None, callback=paths_exist(True, " (--base, the base model)"),
                      help="Base model (dir or file). Needed for full fine-tuning, DoRA, IA3, OFT/BOFT and VeRA."),
         click.option("--type", "ckpt_type", type=click.Choice(FORMATS), default="auto", show_default=True,
                      help="Checkpoint format; 'auto' detects it from the files."),
@@ -31,7 +31,8 @@ INITIAL_HELP = ("The adapter saved before training (DIR; `deltaspec train` write
 
 def initial_option(fn):
     """--initial DIR|auto: the adapter saved before training (LoRA/MultiLoRA init share; PiSSA/OLoRA exact ΔW)."""
-    return click.option("--initial", type=UserPath(), default=None, help=INITIAL_HELP)(fn)
+    return click.option("--initial", type=UserPath(), default=None, callback=paths_exist(True, keep=("auto",)),
+                        help=INITIAL_HELP)(fn)
 
 
 def initials_option(fn):

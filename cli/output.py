@@ -67,15 +67,51 @@ def emit(text: str, out: str | None) -> None:
 
 
 def warn(messages) -> None:
-    """Each warning as one `warning: …` line on stderr (in the CLI's words)."""
+    """Each warning as one `warning: …` line on stderr (in the CLI's words; wrapped only on a terminal)."""
     from .common import cli_words
 
+    for w in messages:
+        echo_err(f"warning: {cli_words(w)}")
+
+
+def stderr_width() -> int | None:
+    """Where `error:`/`warning:` lines wrap: at word boundaries at the terminal's width ($COLUMNS first)
+    when stderr is a terminal; None (one line per message) otherwise, so logs, pipes and tools that
+    parse one line per message see one."""
+    from deltaspec.progress import terminal_columns
+
+    return terminal_columns(sys.stderr) if sys.stderr.isatty() else None
+
+
+def echo_err(message: str) -> None:
+    """`message` on stderr, wrapped at word boundaries when stderr is a terminal (see stderr_width)."""
     from deltaspec.formatting import wrap
 
-    width = table_width(None)
-    for w in messages:
-        for line in wrap(f"warning: {cli_words(w)}", width):
-            click.echo(line, err=True)
+    for line in wrap(message, stderr_width()):
+        click.echo(line, err=True)
+
+
+def labelled(label, message: str, path=None) -> str:
+    """`label: message`, without the input's own path when the message starts with it (the label names
+    the input already: never `warning: ft: ft: …`)."""
+    from deltaspec.omissions import without_source
+
+    return message if label is None else f"{label}: {without_source(message, path, label)}"
+
+
+def warn_results(pairs) -> None:
+    """For each (label or None, result or Updates): one quiet `note:` line summing up its expected omissions
+    (norms, embeddings: see deltaspec.omissions), then its warnings, labelled once."""
+    from deltaspec.omissions import summary
+
+    from .common import cli_words
+
+    pairs = [(label, res, getattr(res, "path", None) or getattr(res, "source", {}).get("path"))
+             for label, res in pairs]
+    for label, res, path in pairs:
+        if getattr(res, "notes", None):
+            echo_err(f"note: {labelled(label, cli_words(summary(res.notes)), path)}")
+    warn(labelled(label, w, path) for label, res, path in pairs for w in res.warnings)
 
 
 def table_width(out: str | None) -> int | None:

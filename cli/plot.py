@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from .common import UserPath, parse_list, user_errors
-from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis, load_checkpoint, load_results
+from .common import UserPath, parse_list, user_errors, SuggestingGroup
+from .compare import INPUTS_HELP, input_labels, input_options, is_saved_analysis, load_checkpoint, load_results, analyse_opened, open_common
 from .heads import heads_reader_options, load_heads
 from .options import compute_options, parse_ints, selection_options
-from .output import check_output, warn
+from .output import check_output, warn, warn_results
 
 FIG_HELP = """Output: -o FILE.pdf / .svg (vector, fonts embedded) or .png (--dpi); the shipped paper style
 (8 pt sans-serif, Okabe-Ito colour-blind-safe colours); --size single (3.3 in) or double (6.9 in)
@@ -28,19 +28,21 @@ def figure_options(fn):
     return fn
 
 
-def _load(kw: dict, vectors: bool = False):
-    """Shared: labels, results; pops the input options out of `kw` and leaves the figure ones."""
-    from deltaspec.plots.save import figure_format
-
+def _load(kw: dict, vectors: bool = False, metrics=()):
+    """Shared: labels, results on the layers every input has (chosen from the headers, before any SVD);
+    pops the input options out of `kw` and leaves the figure ones. `metrics` are checked before any SVD."""
     inputs = kw.pop("inputs")
-    figure_format(kw["out"])  # .pdf/.svg/.png, checked before any work
     check_output(kw["out"], [*inputs, kw.get("base")])
     labels = input_labels(inputs, kw.pop("labels"))
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
     opts = {k: kw.pop(k) for k in keys if k in kw}  # --n-ref/--energy-k only where a metric is drawn
-    results = load_results(inputs, vectors=vectors, **opts)
-    warn(f"{lab}: {w}" for lab, res in zip(labels, results) for w in res.warnings)
+    opened, _ = open_common(inputs, labels, metrics, vectors=vectors, **opts)
+    from deltaspec.plots.save import figure_format  # imports torch (deltaspec.plots): after the header checks
+
+    figure_format(kw["out"])  # .pdf/.svg/.png, checked before any SVD
+    results = analyse_opened(opened, labels, vectors=vectors, **opts)
+    warn_results(zip(labels, results))
     return dict(zip(labels, results)), opts
 
 
@@ -65,7 +67,7 @@ def _save(ax, kw: dict) -> None:
     click.echo(f"wrote {kw['out']}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SuggestingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def plot():
     """Paper figures: Figure-2 histograms, spectra, energy curves, heatmaps, subspace similarity.
 
@@ -131,9 +133,9 @@ def spectrum(**kw):
     the band the interquartile range; σ_i / σ_1 per layer unless --raw. Factored updates end at
     their rank (dot): their other singular values are exactly zero.
     """
+    data, opts = _load(kw)
     from deltaspec.plots import spectrum as draw
 
-    data, opts = _load(kw)
     ax = draw(data, modules=parse_list(opts["modules"]), normalize=not kw["raw"], iqr=not kw["no_band"],
               log_x=kw["log_x"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
@@ -152,9 +154,9 @@ def energy(**kw):
     The curve behind the `top{k}_energy` metrics: median over the selected layers with an
     interquartile band. A rank-r update reaches 1 at k = r.
     """
+    data, opts = _load(kw)
     from deltaspec.plots import energy as draw
 
-    data, opts = _load(kw)
     mark = parse_ints(kw["mark"], "--mark") if kw["mark"] else ()
     ax = draw(data, modules=parse_list(opts["modules"]), iqr=not kw["no_band"], log_x=not kw["linear_x"], mark=mark,
               title=kw["title"], size=kw["size"], height=kw["height"])
@@ -179,9 +181,9 @@ def heatmap(**kw):
     deltaspec plot heatmap A B C --labels LoRA,MultiLoRA,FT --vmin 0 \\
         --vmax 1 -o heat.pdf
     """
+    data, opts = _load(kw, metrics=[kw["metric"]])
     from deltaspec.plots import heatmap as draw
 
-    data, opts = _load(kw)
     ax = draw(data, kw["metric"], modules=parse_list(opts["modules"]), annotate=kw["annotate"], cmap=kw["cmap"],
               vmin=kw["vmin"], vmax=kw["vmax"], title=kw["title"], size=kw["size"], height=kw["height"])
     _save(ax, kw)
@@ -254,6 +256,10 @@ def trajectory(**kw):
     keys = ("base", "ckpt_type", "lora_alpha", "include_embeddings", "modules", "layers", "device", "dtype", "n_ref",
             "energy_k", "quiet")
     opts = {k: kw.pop(k) for k in keys}
+    from deltaspec.metrics import check_metric_names, metric_names
+
+    if not any(is_saved_analysis(p) for _, pts in series.items() for _, p in pts):  # before any SVD
+        check_metric_names(parse_list(kw["traj_metrics"]) or [], metric_names(parse_ints(opts["energy_k"], "--energy-k")))
     data = {}
     for label, (name, points) in zip(labels or list(series), series.items()):
         results = load_results([p for _, p in points], **opts)

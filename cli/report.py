@@ -46,35 +46,33 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     rank suggestions with a PEFT LoraConfig. No scripts and no external references: it opens
     offline in any browser and can be mailed as one file.
     """
-    import deltaspec as ds
     from deltaspec import report as R
     from deltaspec.suggest import default_policies, source_scales
 
-    from .common import cli_words, parse_layers, parse_list
-    from .compare import load_checkpoint
-    from .options import parse_ints, parse_n_ref
+    from .common import cli_words
+    from .compare import analyse_opened, checked_compute, open_inputs
 
     initials = initials_for(inputs, initial)
     check_output(out, [*inputs, base, *initials])
     names = input_labels(inputs, labels)
     chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
-    mods, lays = parse_list(modules), parse_layers(layers)
+    opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
+                modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet,
+                initials=initials)
+    # Every input is opened (headers) before any SVD, so a missing --base or a selection mistake in the
+    # last input fails at once. Each input is analysed in full: the per-input sections (summary, ranks,
+    # per-layer metrics) use every layer, only the comparison keeps the common ones.
+    opened = open_inputs(inputs, **opts)
+    checked_compute(inputs, **opts)  # imports torch: after the header checks
+    analysed = analyse_opened(opened, names, **opts)
     results, suggestions, prov = {}, {}, []
-    for lab, path, init in zip(names, inputs, initials):
-        if is_saved_analysis(path) and init is not None:
-            raise ds.DeltaspecError(f"{path}: a saved analysis; --initial applies to checkpoints")
+    for lab, path, item, res in zip(names, inputs, opened, analysed):
         if is_saved_analysis(path):
-            res = ds.AnalysisResult.from_json(path)
-            res.layers = [r for r in res.layers if (not mods or r.module in mods) and (lays is None or r.layer in lays)]
             scales, used_base = None, res.source.get("base")
         else:
-            updates = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, init)
-            res = ds.analyze(updates, device=device, dtype=dtype, energy_k=parse_ints(energy_k, "--energy-k"),
-                             n_ref=parse_n_ref(n_ref), modules=mods, layers=lays, progress=False if quiet else None)
-            scales, used_base = source_scales(updates), updates.base
-        if not res.layers:
-            raise ds.DeltaspecError(f"{path}: no layers match --modules {modules} --layers {layers}")
+            scales, used_base = source_scales(item), item.base
         res.warnings = [cli_words(w) for w in res.warnings]  # the report is made on the command line: its words
+        res.notes = [cli_words(n) for n in res.notes]
         results[lab] = res
         if all(r.upper is None for r in res.layers):
             suggestions[lab] = res.suggest_ranks(chosen, policies=default_policies(energy, fro_error, sv_ratio),

@@ -8,7 +8,7 @@ import click
 
 from deltaspec.formatting import wrap
 
-from .common import UserPath, user_errors
+from .common import UserPath, user_errors, paths_exist
 from .options import reader_options
 from .output import table_width, warn
 from .suggest_rank import POLICY_HELP, device_options
@@ -23,7 +23,7 @@ PEFT embedding LoRA (lora_embedding_A/B); a full-FT embedding update and kohya/S
 
 
 @click.command(epilog=RESIZE_HELP + "\n\n" + POLICY_HELP)
-@click.argument("ckpt", type=UserPath(exists=True))
+@click.argument("ckpt", type=UserPath(), callback=paths_exist())
 @click.option("-o", "--out", type=UserPath(file_okay=False), required=True, help="Output adapter directory.")
 @click.option("--rank", "fixed", type=click.IntRange(min=1), default=None, help="Same rank R for every layer.")
 @click.option("--energy", type=float, default=None, help="Per layer: smallest rank keeping energy share E.")

@@ -9,9 +9,9 @@ import math
 import click
 
 from .common import UserPath, cli_words, user_errors
-from .compare import INPUTS_HELP, input_labels, input_options, load_results
+from .compare import INPUTS_HELP, input_labels, input_options, load_results, analyse_opened, open_common
 from .options import parse_ints
-from .output import check_output, emit, output_format, table_width, warn
+from .output import check_output, emit, output_format, table_width, warn, warn_results
 
 
 def base_lookup(base, results, inputs):
@@ -106,11 +106,12 @@ def subspace(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, l
     if len(inputs) < 2 and not base:
         raise DeltaspecError("give two or more inputs (φ similarity) and/or --base (amplification, intruders)")
     kk = parse_ints(old_ks or ks, "--phi-k")
-    results = load_results(inputs, base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
-                           include_embeddings=include_embeddings, modules=modules, layers=layers, device=device,
-                           dtype=dtype, quiet=quiet)
-    al = align(results, names)
-    warn(f"{lab}: {w}" for lab, res in zip(al.labels, al.results) for w in res.warnings)
+    opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, vectors=True,
+                include_embeddings=include_embeddings, modules=modules, layers=layers, device=device, dtype=dtype,
+                quiet=quiet)
+    opened, left_out = open_common(inputs, names, **opts)  # only the shared layers are read and solved
+    al = align(analyse_opened(opened, names, **opts), names, left_out=left_out)
+    warn_results(zip(al.labels, al.results))
     lookup, failed = base_lookup(base, al.results, inputs) if base else (None, [])
     reports = []
     for k, name in enumerate(al.names):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import UserPath, parse_layers, parse_list, user_errors
+from .common import UserPath, parse_layers, parse_list, user_errors, paths_exist
 from .options import reader_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -77,7 +77,7 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
 
 
 @click.command(epilog=POLICY_HELP)
-@click.argument("ckpt", type=UserPath(exists=True))
+@click.argument("ckpt", type=UserPath(), callback=paths_exist())
 @reader_options
 @selection_options
 @device_options

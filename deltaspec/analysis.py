@@ -195,7 +195,7 @@ def analyze(
     n_ref: Union[str, int] = "shape",
     modules: Optional[Sequence[str]] = None,
     layers: Optional[Sequence[int]] = None,
-    progress: Optional[bool] = None,
+    progress: Union[bool, str, None] = None,
     svd_top_k: Optional[int] = None,
     top_k: Optional[Iterable[int]] = None,
 ) -> AnalysisResult:
@@ -206,7 +206,8 @@ def analyze(
     vectors=True keeps singular vectors (LayerResult.U/V) for subspace analysis.
     energy_k: the k of the `top{k}_energy` metrics (default 1, 4, 16); `top_k` is its old name.
     n_ref: reference size of `normalized_entropy` ("shape" = min(d_out, d_in), "rank", or an int).
-    progress: None shows a bar on stderr only when it is a terminal.
+    progress: None shows a bar on stderr only when it is a terminal, True always, False never; a
+    string shows it as None does, labelled with that name (which input, when there are several).
     svd_top_k: truncated mode: dense updates get only their top-k singular values by randomized SVD,
     each with a certified upper bound (LayerResult.upper); metrics needing the full spectrum are NaN.
     """
@@ -229,7 +230,8 @@ def analyze(
         updates = updates.select(modules, layers)
     todo = list(updates)
     mine = distributed.my_share(todo)
-    bar = Progress(len(mine), "layers", enabled=progress if progress is not None else None)
+    label = progress if isinstance(progress, str) else ""
+    bar = Progress(len(mine), "layers", enabled=None if label or progress is None else bool(progress), label=label)
     try:
         results = analyze_layers(mine, settings, bar)
     finally:
@@ -245,4 +247,5 @@ def analyze(
         settings={"dtype": settings.dtype, "device": resolved, "n_ref": settings.n_ref, "energy_k": list(settings.energy_k),
                   "vectors": vectors, "svd_top_k": svd_top_k},
         warnings=list(updates.warnings) + extra,
+        notes=list(updates.notes),
     )

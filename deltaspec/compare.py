@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from . import metrics as M
-from .errors import DeltaspecError, ShapeMismatchError
+from .errors import DeltaspecError, ShapeMismatchError, did_you_mean
 from .tables import by_module
 from .results import AnalysisResult, Table, _json_num
 
@@ -55,9 +55,31 @@ class Aligned:
         return f"<Aligned {', '.join(self.labels)}: {len(self.names)} common layers{left}>"
 
 
+def common_layers(layer_lists: Sequence[Sequence], labels: Sequence[str]) -> tuple[list[str], dict]:
+    """The layer names every input has, in the first input's order, and per label the names left out.
+
+    Items need only `.name` and `.shape`: LayerUpdates (headers, nothing read yet) or LayerResults, so
+    the CLI picks the common layers before any tensor is read or any SVD runs. A common layer must
+    have one shape everywhere (else ShapeMismatchError)."""
+    common = set.intersection(*({x.name for x in items} for items in layer_lists))
+    names = [x.name for x in layer_lists[0] if x.name in common]
+    if not names:
+        raise DeltaspecError(f"the inputs share no layer names ({', '.join(labels)}); nothing to compare")
+    shapes = [{x.name: tuple(x.shape) for x in items} for items in layer_lists]
+    for n in names:
+        if len({s[n] for s in shapes}) > 1:
+            raise ShapeMismatchError(f"layer {n} has different shapes across inputs: "
+                                     + ", ".join(f"{lab} {s[n]}" for lab, s in zip(labels, shapes)))
+    dropped = {lab: [x.name for x in items if x.name not in common] for lab, items in zip(labels, layer_lists)}
+    return names, dropped
+
+
 def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None,
-          on_n_ref_mismatch: str = "recompute") -> Aligned:
-    """Keep the layers every input has; make n_ref agree per layer (see the module docstring)."""
+          on_n_ref_mismatch: str = "recompute", left_out: Optional[Mapping] = None) -> Aligned:
+    """Keep the layers every input has; make n_ref agree per layer (see the module docstring).
+
+    left_out: {label: layer names} already left out before the analysis (the CLI analyses only the
+    common layers); they are reported with the ones dropped here."""
     results = list(results)
     if not results:
         raise DeltaspecError("nothing to compare: give at least one analysis")
@@ -66,20 +88,13 @@ def align(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = N
         raise DeltaspecError(f"{len(labels)} labels for {len(results)} inputs; give one label per input")
     if len(set(labels)) != len(labels):
         raise DeltaspecError(f"labels must be distinct, got {labels}; pass labels=")
-    common = set.intersection(*({r.name for r in res.layers} for res in results))
-    names = [r.name for r in results[0].layers if r.name in common]
-    if not names:
-        raise DeltaspecError(f"the inputs share no layer names ({', '.join(labels)}); nothing to compare")
-    dropped = {lab: [r.name for r in res.layers if r.name not in common] for lab, res in zip(labels, results)}
+    names, dropped = common_layers([res.layers for res in results], labels)
+    dropped = {lab: list((left_out or {}).get(lab, [])) + d for lab, d in dropped.items()}
     notes = [f"{lab}: {len(d)} layer{'s' if len(d) > 1 else ''} not in every input left out ({by_module(d)})"
              for lab, d in dropped.items() if d]
     by_name = [{r.name: r for r in res.layers} for res in results]
-    out = [AnalysisResult([idx[n] for n in names], dict(res.source), dict(res.settings), list(res.warnings))
-           for idx, res in zip(by_name, results)]
-    for k, n in enumerate(names):  # every aligned result lists `names` in this order
-        if len({tuple(res.layers[k].shape) for res in out}) > 1:
-            raise ShapeMismatchError(f"layer {n} has different shapes across inputs: "
-                                     + ", ".join(f"{lab} {tuple(res.layers[k].shape)}" for lab, res in zip(labels, out)))
+    out = [AnalysisResult([idx[n] for n in names], dict(res.source), dict(res.settings), list(res.warnings),
+                          list(res.notes)) for idx, res in zip(by_name, results)]
     _common_n_ref(out, labels, names, on_n_ref_mismatch, notes)
     return Aligned(labels, out, names, {k: v for k, v in dropped.items() if v}, notes)
 
@@ -224,25 +239,28 @@ class Comparison:
 
 
 def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] = None, *, per_layer: bool = False,
-            metrics: Optional[Sequence[str]] = None, on_n_ref_mismatch: str = "recompute") -> Comparison:
+            metrics: Optional[Sequence[str]] = None, on_n_ref_mismatch: str = "recompute",
+            left_out: Optional[Mapping] = None) -> Comparison:
     """Align `results` (a list, or a {label: result} mapping) on their common layers and tabulate their
     metrics side by side.
 
     metrics: names as in `analyze` (default: every metric all inputs have); per_layer: one group per
-    layer instead of per module type; on_n_ref_mismatch: "recompute" (default) or "error".
+    layer instead of per module type; on_n_ref_mismatch: "recompute" (default) or "error";
+    left_out: {label: layer names} left out before the analysis, reported as dropped (see `align`).
     """
     if isinstance(results, Mapping):  # {label: result}, as the plot functions take
         if labels is not None:
             raise DeltaspecError("labels= comes from the mapping's keys; pass a list of results to set labels")
         labels, results = list(results), list(results.values())
-    a = align(results, labels, on_n_ref_mismatch)
+    a = align(results, labels, on_n_ref_mismatch, left_out)
     have = [set(res.metric_names) for res in a.results]
     all_names = [m for m in a.results[0].metric_names if all(m in h for h in have)]
     all_names += _initial_names(a.results, all_names)  # shown as NaN for inputs without --initial (full FT)
     if metrics:
         missing = [m for m in metrics if m not in all_names]
         if missing:
-            raise DeltaspecError(f"unknown or not shared metric(s) {missing}; available: {', '.join(all_names)}")
+            raise DeltaspecError(f"unknown or not shared metric(s) {missing}{did_you_mean(missing[0], all_names)}; "
+                                 f"available: {', '.join(all_names)}")
         chosen = list(metrics)
     else:
         chosen = all_names

@@ -12,6 +12,14 @@ def reason(e: BaseException, limit: int | None = None) -> str:
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
 
 
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices` to a mistyped `word` (difflib), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class DeltaspecError(Exception):
     """Base class: a problem with the user's input, not a bug in deltaspec."""
 

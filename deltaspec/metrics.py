@@ -173,3 +173,21 @@ METRIC_NAMES = (
     "normalized_entropy", "energy_entropy", "stable_rank", "participation_ratio", "numerical_rank",
     "condition_number",
 )
+
+
+def metric_names(top_k: Iterable[int] = DEFAULT_TOP_K) -> list[str]:
+    """The metric names `analyze` computes with these `top{k}_energy` k's, in its order (known before any SVD)."""
+    return list(all_metrics(np.array([1.0, 0.5]), (2, 2), 1e-7, 2, top_k))
+
+
+def check_metric_names(chosen: Iterable[str], available: Iterable[str], problem: str = "unknown metric") -> list[str]:
+    """`chosen` if every name is in `available`, else a DeltaspecError naming the unknown ones, the closest
+    known name (did you mean …) and the list."""
+    from .errors import DeltaspecError, did_you_mean
+
+    chosen, available = list(chosen), list(available)
+    unknown = [m for m in chosen if m not in available]
+    if unknown:
+        raise DeltaspecError(f"{problem}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                             f"{did_you_mean(unknown[0], available)}; available: {', '.join(available)}")
+    return chosen

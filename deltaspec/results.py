@@ -93,6 +93,7 @@ class AnalysisResult:
     source: dict
     settings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # expected omissions (norms, embeddings), see omissions.py
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -123,7 +124,7 @@ class AnalysisResult:
         from .selection import select
 
         keep = select(self.layers, modules, layers, where=str(self.source.get("path", "")))
-        return AnalysisResult(keep, dict(self.source), dict(self.settings), list(self.warnings))
+        return AnalysisResult(keep, dict(self.source), dict(self.settings), list(self.warnings), list(self.notes))
 
     @property
     def metric_names(self) -> list[str]:
@@ -158,15 +159,18 @@ class AnalysisResult:
         agg = {m: {"n_layers": a["n_layers"], "mean": {k: _json_num(v) for k, v in a["mean"].items()},
                    "std": {k: _json_num(v) for k, v in a["std"].items()}} for m, a in self.aggregates().items()}
         return {"deltaspec_version": __version__, "source": dict(self.source), "settings": dict(self.settings),
-                "warnings": list(self.warnings), "layers": [r.to_dict() for r in self.layers], "aggregates": agg}
+                "warnings": list(self.warnings), "notes": list(self.notes), "layers": [r.to_dict() for r in self.layers], "aggregates": agg}
 
     def to_json(self, indent: Optional[int] = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnalysisResult":
+        from .omissions import split
+
+        warnings, notes = split(d.get("warnings", []))  # files written before notes existed
         return cls([LayerResult.from_dict(x) for x in d["layers"]], d.get("source", {}), d.get("settings", {}),
-                   d.get("warnings", []))
+                   warnings, list(d.get("notes", [])) + notes)
 
     @classmethod
     def from_json(cls, path) -> "AnalysisResult":
@@ -186,13 +190,9 @@ class AnalysisResult:
             return None
         if list(metrics) == ["all"]:
             return self.metric_names
-        unknown = [m for m in metrics if m not in self.metric_names]
-        if unknown:
-            from .errors import DeltaspecError
+        from .metrics import check_metric_names
 
-            raise DeltaspecError(f"unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                                 f"available: {', '.join(self.metric_names)}")
-        return list(metrics)
+        return check_metric_names(metrics, self.metric_names)
 
     def rows(self, metrics: Optional[Sequence[str]] = None) -> list[dict]:
         """One flat dict per layer: identity columns then every metric (or those in `metrics`)."""

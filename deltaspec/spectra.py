@@ -8,7 +8,8 @@ Two paths (DESIGN §1):
   σ = all products |s|·σ_i(W1)·σ_j(W2), vectors u_i ⊗ u'_j and v_i ⊗ v'_j; ΔW is never formed.
 - dense updates (full fine-tuning) are grouped by shape and solved as one batch per chunk, chunked
   so a batch stays under a memory budget: on CUDA by cuSOLVER (gesvda), on CPU by the float64 Gram
-  eigensolver (`gram_svdvals`) for float32 values and by LAPACK for float64 values or vectors.
+  eigensolver (`gram_svdvals`) for float32 values, by scipy's LAPACK gesdd for float64 values
+  (`lapack_svdvals`: faster than torch's float64 svdvals) and by torch's LAPACK for vectors.
 
 Pure torch; no file I/O. `spectra_of` takes an iterable of (key, update) so a reader can stream
 layers one at a time and nothing here holds more than a chunk of dense matrices.
@@ -151,6 +152,20 @@ def gram_sigma(G: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return lam.clamp_min(0).sqrt().flip(-1).to(dtype)
 
 
+def lapack_svdvals(M: torch.Tensor) -> torch.Tensor:
+    """σ of a CPU batch M (b, m, n), float64, by LAPACK's gesdd through scipy (values only).
+
+    The CPU float64 path without vectors: with one thread, torch.linalg.svdvals in float64 took 317 s
+    per 7B-shaped decoder layer against 242 s for numpy's LAPACK (issue 20); scipy's gesdd is as fast
+    as numpy's (benchmarks/bench_full.py, row `float64`). The transpose of a C-ordered matrix is the
+    Fortran-ordered one LAPACK wants (same σ), so no reordering copy is made; M is never modified."""
+    import scipy.linalg
+
+    X = M.detach().numpy()
+    out = [scipy.linalg.svd(x.T, compute_uv=False, check_finite=False, lapack_driver="gesdd") for x in X]
+    return torch.from_numpy(np.stack(out))
+
+
 def _cuda_svd(M, vectors):
     try:
         return _svd(M, vectors, CUDA_DRIVER)
@@ -187,7 +202,9 @@ def _flush_dense(batch, device, dtype, vectors) -> Iterator[tuple[object, Spectr
     M = torch.stack([m for _, m in batch]) if len(batch) > 1 else batch[0][1].unsqueeze(0)
     batch.clear()
     M = M.to(device, dtype)
-    if M.is_cuda or vectors or dtype != torch.float32:
+    if not M.is_cuda and not vectors and dtype == torch.float64:
+        S, U, V = lapack_svdvals(M), None, None
+    elif M.is_cuda or vectors or dtype != torch.float32:
         S, U, V = dense_svd(M, vectors)
     else:
         G = gram64(M)

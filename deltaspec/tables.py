@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from .formatting import (fmt_num, fmt_signed, fmt_spread, hoist_constant, html_table, name_legend, short_names, tally,
                          text_grid, wrap)
+from .omissions import summary, without_source
 
 # Default metric columns of the terminal tables (every metric is in JSON/CSV; `--metrics` to choose).
 TABLE_METRICS = ("frobenius_norm", "top1_energy", "top4_energy", "effective_rank", "normalized_entropy", "stable_rank")
@@ -49,6 +50,8 @@ def analysis_table(res, metrics: Optional[Sequence[str]] = None, aggregates: boo
     n_refs = sorted({r.n_ref for r in res.layers})
     lines += [""] + wrap(f"normalized_entropy = spectral_entropy / ln(n_ref), n_ref = "
                          f"{res.settings.get('n_ref', 'shape')} ({', '.join(map(str, n_refs))})", width)
+    if res.notes:
+        lines += wrap(f"note: {summary(res.notes)}", width)
     for w in res.warnings:
         lines += wrap(f"warning: {w}", width)
     return "\n".join(lines)
@@ -105,8 +108,11 @@ def comparison_table(cmp, metrics: Optional[Sequence[str]] = None, width: Option
     for note in [cmp.n_ref_note()] + [f"note: {x}" for x in a.notes]:
         lines += wrap(note, width)
     for lab, res in zip(a.labels, a.results):
+        if res.notes:
+            lines += wrap(f"note: {lab}: {summary(res.notes)}", width)
+    for lab, res in zip(a.labels, a.results):
         for w in res.warnings:
-            lines += wrap(f"warning: {lab}: {w}", width)
+            lines += wrap(f"warning: {lab}: {without_source(w, res.source.get('path'), lab)}", width)
     return "\n".join(lines)
 
 
@@ -157,10 +163,11 @@ def comparison_markdown(cmp, metrics: Optional[Sequence[str]] = None) -> str:
 
 
 # ---- notebooks (_repr_html_) -----------------------------------------------------------------------
-def _warnings_html(warnings) -> str:
+def _warnings_html(warnings, notes=()) -> str:
     import html
 
-    return "".join(f"<div>warning: {html.escape(w)}</div>" for w in warnings)
+    note = f"<div style='opacity:.7'>note: {html.escape(summary(notes))}</div>" if notes else ""
+    return note + "".join(f"<div>warning: {html.escape(w)}</div>" for w in warnings)
 
 
 def analysis_html(res) -> str:
@@ -168,7 +175,7 @@ def analysis_html(res) -> str:
     cols = [m for m in TABLE_METRICS if m in res.metric_names]
     body = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.kind, r.rank] + [fmt_num(r.metrics[c]) for c in cols]
             for r in res.layers]
-    return html_table(["layer", "shape", "kind", "rank"] + cols, body, caption=repr(res)) + _warnings_html(res.warnings)
+    return html_table(["layer", "shape", "kind", "rank"] + cols, body, caption=repr(res)) + _warnings_html(res.warnings, res.notes)
 
 
 def layer_html(lr) -> str:
@@ -180,7 +187,7 @@ def layer_html(lr) -> str:
 
 def updates_html(u) -> str:
     body = [[x.name, f"{x.shape[0]}x{x.shape[1]}", x.kind, x.rank_bound, x.dtype] for x in u.layers]
-    return html_table(["layer", "shape", "kind", "rank", "dtype"], body, caption=repr(u)) + _warnings_html(u.warnings)
+    return html_table(["layer", "shape", "kind", "rank", "dtype"], body, caption=repr(u)) + _warnings_html(u.warnings, u.notes)
 
 
 def comparison_html(cmp) -> str:

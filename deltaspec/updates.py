@@ -242,8 +242,13 @@ class Updates(Sequence):
     format: str
     base: str | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # expected omissions (norms, embeddings): see omissions.py
 
     def __post_init__(self) -> None:
+        from .omissions import split
+
+        self.warnings, notes = split(self.warnings)
+        self.notes = list(self.notes) + notes
         empty = [u.name for u in self.layers if 0 in tuple(u.shape)]
         if empty:  # nothing to analyse, and every SVD path would fail on them
 
@@ -281,4 +286,4 @@ class Updates(Sequence):
         from .selection import select
 
         keep = select(self.layers, modules, layers, where=self.path)
-        return Updates(keep, self.path, self.format, self.base, list(self.warnings))
+        return Updates(keep, self.path, self.format, self.base, list(self.warnings), list(self.notes))

@@ -48,11 +48,14 @@ def test_unknown_extension_needs_format(tmp_path):
 @pytest.mark.parametrize("cmd", [["analyze"], ["compare"], ["subspace", "--base", S / "base"], ["plot", "spectrum"]])
 def test_unwritable_output_fails_before_any_work(tmp_path, cmd):
     (tmp_path / "file").write_text("x")
-    missing_input = tmp_path / "does-not-exist"  # would fail later, when read: the -o error must come first
-    one_line_error(invoke(*cmd, missing_input if cmd == ["analyze"] else S / "lora", "-o", tmp_path / "file" / "x.json"
+    needs_base = S / "full"  # would fail later, when read (no --base): the -o error must come first
+    one_line_error(invoke(*cmd, needs_base if cmd == ["analyze"] else S / "lora", "-o", tmp_path / "file" / "x.json"
                           if cmd[0] != "plot" else tmp_path / "file" / "x.png"), "is a file, not a folder")
-    r = invoke("analyze", missing_input, "-o", tmp_path)  # click's own check (a usage error)
+    r = invoke("analyze", needs_base, "-o", tmp_path)  # click's own check (a usage error)
     assert r.exit_code == 2 and "is a directory" in r.output
+    # a missing input is as immediate (checked while the command line is parsed, issue 20)
+    one_line_error(invoke("analyze", tmp_path / "does-not-exist", "-o", tmp_path / "file" / "x.json"),
+                   "does-not-exist: no such file or directory")
 
 
 def test_read_only_place(tmp_path):
@@ -65,7 +68,7 @@ def test_read_only_place(tmp_path):
         ro.mkdir()
         ro.chmod(0o555)
         target = ro / "report.json"
-    one_line_error(invoke("analyze", tmp_path / "does-not-exist", "-o", target), "cannot write in")
+    one_line_error(invoke("analyze", S / "full", "-o", target), "cannot write in")  # before --base is missed
 
 
 def test_new_output_inside_an_input_directory_is_refused(tmp_path):

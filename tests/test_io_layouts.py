@@ -52,7 +52,9 @@ def test_conv_weights_and_skipped_tensors(tmp_path, model_type):
     for name, x in u.items():
         want = ft[name + ".weight"].double() - base[name + ".weight"].double()
         close(x.load().materialize(), want.reshape(want.shape[0], -1))
-    w = " | ".join(load(tmp_path / "ft", base=tmp_path / "base").warnings)
+    u = load(tmp_path / "ft", base=tmp_path / "base")
+    w = " | ".join(u.warnings + u.notes)
+    assert "not a `.weight` parameter" in " ".join(u.warnings) and "1-D" not in " ".join(u.warnings)
     assert "3 tensor(s) not analysed, 1-D (norm scales, biases)" in w and "conv.bias" in w
     assert "1 tensor(s) not analysed, not floating point" in w and "position_ids" in w
     assert "1 tensor(s) not analysed, not a `.weight` parameter: pos" in w

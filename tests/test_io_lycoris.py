@@ -263,7 +263,7 @@ def test_warnings_name_what_is_skipped(tmp_path):
                                            "lora_unet_n.w_norm": r(8), "lora_unet_n.b_norm": r(8), "junk": r(2)})
     u = load(p)
     assert [x.name for x in u] == ["lora_unet_x"]
-    w = " | ".join(u.warnings)
+    w = " | ".join(u.warnings + u.notes)
     assert "1 tensor(s) not understood, skipped: junk" in w
     assert "1 norm-layer update(s)" in w and "lora_unet_n" in w
     assert "1 embedding update(s) skipped (lora_te_text_model_embeddings_token_embedding)" in w

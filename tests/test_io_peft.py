@@ -95,7 +95,7 @@ def test_embedding_lora(bases, tmp_path):
     want = make_peft_adapter("llama", cfg, tmp_path / "a")
     default = load(tmp_path / "a")
     assert "model.embed_tokens" not in [x.name for x in default]
-    assert any("include_embeddings=True" in w for w in default.warnings)
+    assert any("include_embeddings=True" in w for w in default.notes)
     u = load(tmp_path / "a", include_embeddings=True)
     emb = u[0]
     assert emb.name == "model.embed_tokens" and emb.shape == (100, 32)

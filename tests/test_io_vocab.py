@@ -48,7 +48,7 @@ def test_full_finetune_with_added_tokens(base, tmp_path):
     ft = m.state_dict()
     u = load(tmp_path / "ft", base=base_dir)  # no --include-embeddings: the other layers, no error
     assert len(u) == 14 and not any(x.name in ("lm_head", "model.embed_tokens") for x in u)
-    assert any(f"vocabulary {V0} → {V1}" in w and "include_embeddings=True" in w for w in u.warnings)
+    assert any(f"vocabulary {V0} → {V1}" in w and "include_embeddings=True" in w for w in u.notes)
     assert len(load(tmp_path / "ft", base=base_dir).select(["q_proj"])) == 2
     u = {x.name: x for x in load(tmp_path / "ft", base=base_dir, include_embeddings=True)}
     for name in ("model.embed_tokens", "lm_head"):
@@ -149,7 +149,7 @@ def test_trainable_tokens_match_peft_merge(base, tmp_path, indices):
     assert len(no_base) == 2 and all(any(f"'{n}' holds trainable tokens" in w and "base=PATH" in w
                                          for w in no_base.warnings) for n in rows)
     no_emb = load(tmp_path / "a", base=base_dir)
-    assert len(no_emb) == 2 and any("include_embeddings=True" in w for w in no_emb.warnings)
+    assert len(no_emb) == 2 and any("include_embeddings=True" in w for w in no_emb.notes)
 
 
 def test_trainable_tokens_adapter_with_added_tokens(base, tmp_path):

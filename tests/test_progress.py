@@ -62,3 +62,57 @@ def test_analyze_shows_reading_and_svd_states(capsys):
     err = capsys.readouterr().err
     assert "reading L0.k_proj" in err and "SVD L0.down_proj" in err and "7/7 layers" in err
     assert max(len(f) for f in frames(err)) <= 79
+
+
+def test_timer_redraws_while_a_step_runs():
+    """No update() for 1.3 s (one long SVD): the timer still redraws, the clock and the step's time move."""
+    import time
+
+    s = Tty()
+    p = Progress(4, "layers", stream=s, width=100, refresh=0.1)
+    p.status("SVD L0.q_proj")
+    time.sleep(2.3)
+    p.close()
+    shown = frames(s.getvalue())
+    assert len(shown) >= 10, len(shown)  # redrawn on the timer, not only on status/update
+    assert "0:02" in shown[-2] and "SVD L0.q_proj 2s" in shown[-2]  # elapsed and time in the step
+    assert all(len(f) <= 99 for f in shown)
+
+
+def test_no_timer_when_not_a_terminal():
+    import threading
+
+    before = threading.active_count()
+    p = Progress(3, stream=io.StringIO(), refresh=0.05)
+    assert threading.active_count() == before and p._timer is None
+    p.close()
+
+
+def test_each_input_is_labelled(monkeypatch):
+    """ds.analyze(progress="lora"): shown on a terminal, with the input's name first on the line."""
+    s = Tty()
+    monkeypatch.setattr("sys.stderr", s)
+    ds.analyze(make_updates(), device="cpu", progress="lora")
+    ds.analyze(make_updates(), device="cpu", progress="full")
+    shown = frames(s.getvalue())
+    assert any(f.startswith("lora: [") for f in shown) and any(f.startswith("full: [") for f in shown)
+    assert "full: [" in shown[-1] and "7/7 layers" in shown[-1]
+    s2 = io.StringIO()  # not a terminal: a label does not force the bar on
+    monkeypatch.setattr("sys.stderr", s2)
+    ds.analyze(make_updates(), device="cpu", progress="lora")
+    assert s2.getvalue() == ""
+
+
+def test_train_evaluation_has_its_own_bar(monkeypatch):
+    from deltaspec.train.model import load_model
+    from deltaspec.train.trainer import evaluate, tokenizer_and_len
+
+    s = Tty()
+    monkeypatch.setattr("sys.stderr", s)
+    from pathlib import Path
+
+    model = load_model(str(Path(__file__).resolve().parents[1] / "sample_checkpoints" / "base")).eval()
+    tok, max_len = tokenizer_and_len(model)
+    acc = evaluate(model, 0, 1, max_len, "cpu", tok, progress=True)
+    last = frames(s.getvalue())[-1]
+    assert last.startswith("evaluation: [") and f"{len(acc)}/{len(acc)} prompts" in last

@@ -187,3 +187,22 @@ def test_cuda_dense_float32_within_tolerance(rng, shape):
     spec = spectrum(mats[0], device="cuda", dtype="float32", vectors=True)
     rebuilt = (spec.U.double() * torch.as_tensor(spec.sigma)) @ spec.V.double().T
     assert torch.allclose(rebuilt, mats[0].delta, atol=1e-4 * float(spec.sigma[0]))
+
+
+def test_float64_dense_values_use_lapack_and_match_numpy(rng, monkeypatch):
+    """--dtype float64 without vectors: scipy's LAPACK gesdd (faster than torch's float64 svdvals, see
+    benchmarks/bench_full.py), batched by shape, to float64 accuracy (1e-13·σ_1), inputs untouched."""
+    import deltaspec.spectra as S
+
+    calls = []
+    real = S.lapack_svdvals
+    monkeypatch.setattr(S, "lapack_svdvals", lambda M: calls.append(tuple(M.shape)) or real(M))
+    mats = [torch.randn(*sh, generator=rng, dtype=torch.float64) for sh in [(40, 25), (25, 40), (40, 25)]]
+    mats[0][:, :3] *= 1e4  # a wide spread of singular values
+    kept = [m.clone() for m in mats]
+    out = dict(spectra_of([(i, Dense(m)) for i, m in enumerate(mats)], "cpu", "float64"))
+    for i, m in enumerate(kept):
+        ref = np.linalg.svd(m.numpy(), compute_uv=False)
+        assert np.max(np.abs(out[i].sigma - ref)) <= 1e-13 * ref[0]
+        assert torch.equal(mats[i], m)
+    assert sorted(calls) == [(1, 25, 40), (2, 40, 25)]  # one batch per shape

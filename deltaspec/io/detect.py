@@ -44,7 +44,9 @@ def locate(path, what: str = "") -> Path:
     if not p.exists():
         if hub.is_hub_id(path):
             return hub.download(str(path))
-        raise FormatError(f"{p}: no such file or directory{what}")
+        from .files.local_paths import missing_message
+
+        raise FormatError(missing_message(path, what))
     p = hub.cache_snapshot(p) or p
     if p.is_file() and (p.name.endswith(".index.json") or (SHARD_RE.match(p.name) and any(
             (p.parent / f"{stem}{suf}.index.json").is_file() for stem in STEMS for suf in (".safetensors", ".bin")))):

@@ -45,10 +45,17 @@ def provenance(inputs: Sequence[dict], command: Optional[str], settings: Mapping
 
 
 def warnings(results: Mapping) -> str:
-    items = [(lab, w) for lab, res in results.items() for w in res.warnings]
+    """Warnings (what may surprise) in the yellow box, each naming its input once; expected omissions
+    (norms, embeddings: deltaspec.omissions) as one quiet line per input below it."""
+    from ..omissions import summary, without_source
+
+    items = [(lab, without_source(w, res.source.get("path"), lab)) for lab, res in results.items() for w in res.warnings]
+    notes = "".join(f"<p class='muted'><b>{H.esc(lab)}</b>: {H.esc(summary(res.notes))}</p>"
+                    for lab, res in results.items() if res.notes)
     if not items:
-        return "<p>None: every tensor of every input was read and analysed.</p>"
-    return '<ul class="warn">' + "".join(f"<li><b>{H.esc(lab)}</b>: {H.esc(w)}</li>" for lab, w in items) + "</ul>"
+        return "<p>None.</p>" + notes if notes else "<p>None: every tensor of every input was read and analysed.</p>"
+    return ('<ul class="warn">' + "".join(f"<li><b>{H.esc(lab)}</b>: {H.esc(w)}</li>" for lab, w in items) + "</ul>"
+            + notes)
 
 
 def summary(results: Mapping) -> str:

@@ -83,7 +83,9 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
     t0 = time.perf_counter()
     losses = train_loop(model, batches(cfg, max_len, tok), cfg, device, on_step=checkpoint)
     train_s = time.perf_counter() - t0
-    acc = {} if cfg.method == "pretrain" or cfg.data else evaluate(model, cfg.seed, cfg.eval_per_task, max_len, device, tok)
+    acc = {}
+    if cfg.method != "pretrain" and not cfg.data:  # held-out accuracy, with its own bar ('evaluation')
+        acc = evaluate(model, cfg.seed, cfg.eval_per_task, max_len, device, tok, progress=cfg.progress)
     if acc:
         log("held-out exact match: " + ", ".join(f"{t} {a:.0%}" for t, a in acc.items()))
     info.update({"step": cfg.steps, "per_task_accuracy": acc, "final_loss": sum(losses[-20:]) / len(losses[-20:]),

@@ -193,7 +193,7 @@ def train_loop(model, stream, cfg: TrainConfig, device: torch.device, on_step=No
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.resolved_lr(), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.steps, cfg.warmup))
-    bar = Progress(cfg.steps, "steps", enabled=cfg.progress)
+    bar = Progress(cfg.steps, "steps", enabled=cfg.progress, label="training")
     model.to(device).train()
     losses, tokens, t0 = [], 0, time.perf_counter()
     for _ in range(cfg.steps):
@@ -228,11 +228,20 @@ def generate(model, tok, prompt: str, max_new: int, max_len: int, device) -> str
     return tok.decode(out)
 
 
-def evaluate(model, seed: int, per_task: int, max_len: int, device, tok=None) -> dict[str, float]:
-    """Exact-match accuracy per task family on the held-out split (greedy decoding)."""
+def evaluate(model, seed: int, per_task: int, max_len: int, device, tok=None,
+             progress: Optional[bool] = False) -> dict[str, float]:
+    """Exact-match accuracy per task family on the held-out split (greedy decoding).
+    progress: a bar labelled 'evaluation' (None: when stderr is a terminal), so this phase is not silent."""
     tok, hits, counts = tok or D.CharTokenizer(), {}, {}
-    for task, prompt, answer in D.eval_set(seed, per_task):
-        got = generate(model, tok, prompt, len(answer) + 2, max_len, device)
-        hits[task] = hits.get(task, 0) + (got == answer)
-        counts[task] = counts.get(task, 0) + 1
+    items = D.eval_set(seed, per_task)
+    bar = Progress(len(items), "prompts", enabled=progress, label="evaluation")
+    try:
+        for task, prompt, answer in items:
+            bar.status(task)
+            got = generate(model, tok, prompt, len(answer) + 2, max_len, device)
+            hits[task] = hits.get(task, 0) + (got == answer)
+            counts[task] = counts.get(task, 0) + 1
+            bar.update(1)
+    finally:
+        bar.close()
     return {t: hits[t] / counts[t] for t in sorted(counts)}

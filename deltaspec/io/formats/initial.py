@@ -32,7 +32,7 @@ def with_initial(trained: Updates, initial: Updates, initial_path, cfg: dict) ->
                           + "); pass the adapter saved before training from the same run")
     layers = [_pair(u, init[u.name], initial_path) for u in trained]
     warnings = [w for w in trained.warnings + initial.warnings if "init_lora_weights=" not in w]
-    return Updates(layers, trained.path, trained.format, trained.base, warnings)
+    return Updates(layers, trained.path, trained.format, trained.base, warnings, list(trained.notes))
 
 
 def _pair(u: LayerUpdate, u0: LayerUpdate, initial_path) -> LayerUpdate:
