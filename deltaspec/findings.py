@@ -129,8 +129,8 @@ def input_sentence(label: str, res, modules: Optional[Sequence[str]] = None) -> 
 
 def differences_beyond_spread(cmp, metrics: Sequence[str]) -> list[str]:
     """Per method against the first: each metric whose difference is beyond the spread on some module
-    type, with the count and the range of those differences ('top1_energy lower on 4 of 4 module
-    types (−0.36 to −0.27)')."""
+    type, with the count and the range of those differences ('top1_energy lower on 4/4 module
+    types (-0.36 to -0.27)')."""
     first, groups = cmp.labels[0], list(cmp.values)
     out = []
     for lab in cmp.labels[1:]:
@@ -146,6 +146,6 @@ def differences_beyond_spread(cmp, metrics: Sequence[str]) -> list[str]:
             spread = max(math.hypot(a, b) for d, a, b in ds if beyond_spread(d, a, b))
             lo, hi = fmt_diff(min(hit), spread), fmt_diff(max(hit), spread)
             span = lo if lo == hi else f"{lo} to {hi}"
-            parts.append(f"{m} {sign} on {len(hit)} of {len(groups)} module types ({span})")
+            parts.append(f"{m} {sign} on {len(hit)}/{len(groups)} module types ({span})")
         out.append(f"{lab} − {first}: " + ("; ".join(parts) if parts else "no difference beyond the spread") + ".")
     return out

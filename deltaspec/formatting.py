@@ -177,17 +177,17 @@ def align_decimals(cells: Sequence[str], pad: str = " ") -> list[str]:
     ('0.53' over '0.3283' becomes '0.53  '); '-' (missing) lines up with the units. Columns with any
     non-numeric cell are returned unchanged."""
     cells = [str(c) for c in cells]
-    if not cells or not all(c in ("-", "") or _NUMERIC.match(c) for c in cells):
+    if not cells or not all(c in ("-", "", "–") or _NUMERIC.match(c) for c in cells):
         return cells
 
     if any("±" in c for c in cells):  # mean ± std: the ± signs line up (costs no width)
         left = max(len(c.split("±")[0]) for c in cells)
         right = max(len(c.split("±")[1]) if "±" in c else 0 for c in cells)
-        return [c if c == "" else (c.split("±")[0].rjust(left) + ("±" + c.split("±")[1] if "±" in c else "")).ljust(
+        return [c if c == "" else (c.split("±")[0].rjust(left, pad) + ("±" + c.split("±")[1] if "±" in c else "")).ljust(
             left + 1 + right, pad) for c in cells]
 
     def tail(c: str) -> str:  # the part from the decimal point on (or after the integer digits)
-        if c in ("-", ""):
+        if c in ("-", "", "–"):
             return ""
         m = re.match(r"[+-]?\d+", c)
         return c[m.end():] if m else ""
