@@ -161,6 +161,15 @@ class Comparison:
                 out.append(row)
         return out
 
+    def to_pandas(self):
+        """`rows()` as a pandas DataFrame indexed by (module or layer, metric) (needs `pip install pandas`)."""
+        from .results import require_pandas
+
+        pd = require_pandas("Comparison.to_pandas()")
+        return pd.DataFrame(self.rows()).set_index(["layer" if self.per_layer else "module", "metric"])
+
+    to_frame = to_pandas
+
     def table(self):
         """A pandas DataFrame indexed by (group, metric) when pandas is installed, else a printable Table."""
         try:
@@ -231,11 +240,14 @@ def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] =
     metrics: names as in `analyze` (default: every metric all inputs have); per_layer: one group per
     layer instead of per module type; on_n_ref_mismatch: "recompute" (default) or "error".
     """
-    if isinstance(results, Mapping):  # {label: result}, as the plot functions take
+    if isinstance(results, Mapping) and "layers" not in results:  # {label: result}, as the plot functions take
         if labels is not None:
             raise DeltaspecError("labels= comes from the mapping's keys; pass a list of results to set labels")
         labels, results = list(results), list(results.values())
-    a = align(results, labels, on_n_ref_mismatch)
+    elif isinstance(results, (str, Path, Mapping, AnalysisResult)):
+        raise DeltaspecError("compare() takes a list of inputs (or a {label: input} mapping), got a single "
+                             f"{type(results).__name__}")
+    a = align([as_result(r) for r in results], labels, on_n_ref_mismatch)
     have = [set(res.metric_names) for res in a.results]
     all_names = [m for m in a.results[0].metric_names if all(m in h for h in have)]
     if metrics:
@@ -254,6 +266,23 @@ def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] =
     per = lambda f: {g: {m: {lab: f([res.layers[k].metrics[m] for k in ks]) for lab, res in zip(a.labels, a.results)}
                          for m in chosen} for g, ks in groups.items()}
     return Comparison(a, per_layer, chosen, per(_mean), {g: len(ks) for g, ks in groups.items()}, per(_std))
+
+
+def as_result(x) -> AnalysisResult:
+    """An AnalysisResult from what `compare` accepts: a result, a saved analysis (path of a .json file,
+    `to_json()`'s string or `to_dict()`'s dict), or a checkpoint path (analysed now with the defaults)."""
+    if isinstance(x, AnalysisResult):
+        return x
+    if isinstance(x, Mapping) or (isinstance(x, str) and x.lstrip().startswith("{")):
+        return AnalysisResult.from_json(x)
+    if isinstance(x, (str, Path)):
+        if Path(x).is_file() and Path(x).suffix.lower() == ".json":
+            return AnalysisResult.from_json(x)
+        from .analysis import analyze
+
+        return analyze(str(x))
+    raise DeltaspecError(f"compare() inputs are AnalysisResults, saved analyses (a .json path, JSON text or dict) "
+                         f"or checkpoint paths; got {type(x).__name__}")
 
 
 def _std(vals) -> float:
