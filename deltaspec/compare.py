@@ -210,14 +210,17 @@ class Comparison:
     def to_json(self, indent: Optional[int] = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def format_table(self, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
-        """Terminal report: per group and metric, each method's mean ± std and Δ to the first method.
+    def format_table(self, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None,
+                     headline: bool = True) -> str:
+        """Terminal report: a one-line verdict, then per group and metric each method's mean ± std and Δ
+        to the first method.
 
-        metrics: the rows to show (default: all compared metrics); width: fit that many characters.
+        metrics: the rows to show (default: all compared metrics); width: fit that many characters;
+        headline: False leaves out the verdict (docs/METRICS.md, "Verdicts").
         """
         from .tables import comparison_table
 
-        return comparison_table(self, metrics, width)
+        return comparison_table(self, metrics, width, headline)
 
     def to_latex(self, metrics: Optional[Sequence[str]] = None) -> str:
         """A booktabs LaTeX tabular of `mean ± std` per method (rows: module type × metric)."""

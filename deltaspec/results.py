@@ -235,14 +235,15 @@ class AnalysisResult:
         return pd.DataFrame(self.rows()).set_index("name")
 
     def format_table(self, metrics: Optional[Sequence[str]] = None, aggregates: bool = True,
-                     width: Optional[int] = None) -> str:
-        """The terminal report: one line per layer (short names), then the per-module means.
+                     width: Optional[int] = None, headline: bool = True) -> str:
+        """The terminal report: a one-line verdict, one line per layer (short names), then the per-module means.
 
-        metrics: the metric columns (default TABLE_METRICS); width: fit that many characters.
+        metrics: the metric columns (default TABLE_METRICS); width: fit that many characters;
+        headline: False leaves out the verdict (docs/METRICS.md, "Verdicts").
         """
         from .tables import analysis_table
 
-        return analysis_table(self, self.check_metrics(metrics), aggregates, width)
+        return analysis_table(self, self.check_metrics(metrics), aggregates, width, headline)
 
 
 def require_pandas(what: str):
