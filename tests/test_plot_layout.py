@@ -90,3 +90,11 @@ plt.figure(); plt.savefig({str(tmp_path / 'blank.png')!r})
     blank = matplotlib.image.imread(tmp_path / "blank.png")[..., :3]
     drawn = np.any(img < 0.9, axis=-1).mean()
     assert np.any(blank < 0.9, axis=-1).mean() == 0 and drawn > 0.02  # lines, ticks and labels, not a blank page
+
+
+def test_trajectory_title_says_what_each_point_averages(runs):
+    lora = runs["LoRA"]
+    axes = dp.trajectory({"LoRA": [(10, lora), (20, lora)]}, modules=["k_proj", "v_proj"])
+    n = sum(r.module in ("k_proj", "v_proj") for r in lora.layers)
+    assert axes[0].figure.get_suptitle() == f"each point: mean over {n} layers (k_proj, v_proj) of one checkpoint"
+    assert dp.spectrum(lora).get_title().endswith(f"median over {len(lora.layers)} layers (IQR band)")
