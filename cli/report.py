@@ -40,11 +40,12 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
         sample_checkpoints/full --base sample_checkpoints/base \\
         --labels LoRA,MultiLoRA,FT -o report.html
 
-    Contents: provenance (deltaspec version, command, input paths, file sizes and SHA-256, detected
-    formats, settings), warnings, per-module summary, the comparison with differences (several
-    inputs), the Figure-2 histogram, spectra, energy curves, heatmaps, rank needed vs layer, and
-    rank suggestions with a PEFT LoraConfig. No scripts and no external references: it opens
-    offline in any browser and can be mailed as one file.
+    Contents, findings first: a summary in words per input and the method differences beyond
+    their spread, the comparison table (mean ± std, differences), the Figure-2 histogram,
+    spectra, energy curves, heatmaps (one colour scale), rank needed vs layer, per-module
+    summary, rank suggestions with a PEFT LoraConfig, per-layer metrics, warnings, and provenance
+    last (version, command, input paths, file sizes and SHA-256, formats, settings). No scripts
+    and no external references: it opens offline in any browser and can be mailed as one file.
     """
     from deltaspec import report as R
     from deltaspec.suggest import default_policies, source_scales

@@ -163,9 +163,23 @@ def _table(rows, head, notes, width) -> str:
     cols, body, same = hoist_constant(cols, body, ["amp_r"])
     lines = (wrap(f"every row: {same}", width) if same else []) + text_grid(cols, body, width)
     lines += name_legend(short, width)
+    lines += wrap(_legend(cols), width) if _legend(cols) else []
     for n in notes:
         lines += wrap(f"note: {n}", width)
     return "\n".join(lines)
+
+
+def _legend(cols) -> str:
+    """One line saying what the columns shown mean (definitions: deltaspec/subspace.py, docs/METRICS.md)."""
+    parts = []
+    if any(c.startswith("phi@") for c in cols):
+        parts.append("phi@k = overlap of the top-k singular directions with the first input's "
+                     "(0 orthogonal, 1 same)")
+    if "amplification" in cols:
+        parts.append("amplification = |ΔW|_F / |U_r' W0 V_r|_F (how much ΔW amplifies directions W0 has)")
+    if "intruders" in cols:
+        parts.append("intruders = top singular directions of W0+ΔW nearly orthogonal to all of W0's")
+    return "legend: " + "; ".join(parts) if parts else ""
 
 
 def _json(v):

@@ -176,6 +176,15 @@ class Comparison:
                 out.append(row)
         return out
 
+    def to_pandas(self):
+        """`rows()` as a pandas DataFrame indexed by (module or layer, metric) (needs `pip install pandas`)."""
+        from .results import require_pandas
+
+        pd = require_pandas("Comparison.to_pandas()")
+        return pd.DataFrame(self.rows()).set_index(["layer" if self.per_layer else "module", "metric"])
+
+    to_frame = to_pandas
+
     def table(self):
         """A pandas DataFrame indexed by (group, metric) when pandas is installed, else a printable Table."""
         try:
@@ -216,14 +225,17 @@ class Comparison:
     def to_json(self, indent: Optional[int] = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def format_table(self, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
-        """Terminal report: per group and metric, each method's mean ± std and Δ to the first method.
+    def format_table(self, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None,
+                     headline: bool = True) -> str:
+        """Terminal report: a one-line verdict, then per group and metric each method's mean ± std and Δ
+        to the first method.
 
-        metrics: the rows to show (default: all compared metrics); width: fit that many characters.
+        metrics: the rows to show (default: all compared metrics); width: fit that many characters;
+        headline: False leaves out the verdict (docs/METRICS.md, "Verdicts").
         """
         from .tables import comparison_table
 
-        return comparison_table(self, metrics, width)
+        return comparison_table(self, metrics, width, headline)
 
     def to_latex(self, metrics: Optional[Sequence[str]] = None) -> str:
         """A booktabs LaTeX tabular of `mean ± std` per method (rows: module type × metric)."""
@@ -248,11 +260,14 @@ def compare(results: Sequence[AnalysisResult], labels: Optional[Sequence[str]] =
     layer instead of per module type; on_n_ref_mismatch: "recompute" (default) or "error";
     left_out: {label: layer names} left out before the analysis, reported as dropped (see `align`).
     """
-    if isinstance(results, Mapping):  # {label: result}, as the plot functions take
+    if isinstance(results, Mapping) and "layers" not in results:  # {label: result}, as the plot functions take
         if labels is not None:
             raise DeltaspecError("labels= comes from the mapping's keys; pass a list of results to set labels")
         labels, results = list(results), list(results.values())
-    a = align(results, labels, on_n_ref_mismatch, left_out)
+    elif isinstance(results, (str, Path, Mapping, AnalysisResult)):
+        raise DeltaspecError("compare() takes a list of inputs (or a {label: input} mapping), got a single "
+                             f"{type(results).__name__}")
+    a = align([as_result(r) for r in results], labels, on_n_ref_mismatch, left_out)
     have = [set(res.metric_names) for res in a.results]
     all_names = [m for m in a.results[0].metric_names if all(m in h for h in have)]
     all_names += _initial_names(a.results, all_names)  # shown as NaN for inputs without --initial (full FT)
@@ -282,6 +297,23 @@ def _initial_names(results, shared) -> list:
     names = dict.fromkeys(m for res in results for m in res.metric_names
                           if m in SPLIT_FIELDS or m.startswith("learned_"))
     return [m for m in names if m not in shared]
+
+
+def as_result(x) -> AnalysisResult:
+    """An AnalysisResult from what `compare` accepts: a result, a saved analysis (path of a .json file,
+    `to_json()`'s string or `to_dict()`'s dict), or a checkpoint path (analysed now with the defaults)."""
+    if isinstance(x, AnalysisResult):
+        return x
+    if isinstance(x, Mapping) or (isinstance(x, str) and x.lstrip().startswith("{")):
+        return AnalysisResult.from_json(x)
+    if isinstance(x, (str, Path)):
+        if Path(x).is_file() and Path(x).suffix.lower() == ".json":
+            return AnalysisResult.from_json(x)
+        from .analysis import analyze
+
+        return analyze(str(x))
+    raise DeltaspecError(f"compare() inputs are AnalysisResults, saved analyses (a .json path, JSON text or dict) "
+                         f"or checkpoint paths; got {type(x).__name__}")
 
 
 def _std(vals) -> float:

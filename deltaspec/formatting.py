@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["fmt_num", "fmt_signed", "fmt_spread", "tally", "shape_str", "short_names", "name_legend", "text_grid",
+__all__ = ["fmt_num", "fmt_signed", "fmt_spread", "fmt_diff", "fmt_pct", "align_decimals", "tally", "shape_str", "short_names", "name_legend", "text_grid",
            "hoist_constant", "wrap", "html_table"]
 
 
@@ -54,6 +54,29 @@ def fmt_spread(mean, std, sep: str = " ± ") -> str:
         return f"{fmt_num(float(mean))}{sep}{std:.2g}"
     decimals = max(decimals, 0)
     return f"{mean:.{decimals}f}{sep}{std:.{decimals}f}"
+
+
+def fmt_diff(d, spread=None) -> str:
+    """A signed difference to the precision its spread supports: rounded to the decimal place of the
+    spread's second significant digit (Δ 0.08368 with spread 0.031 → '+0.084'); fmt_signed without one."""
+    if d is None or not math.isfinite(d):
+        return "-"
+    if spread is None or not math.isfinite(spread) or spread <= 0 or abs(d) >= 1e5:
+        return fmt_signed(d)
+    decimals = max(1 - math.floor(math.log10(spread)), 0)
+    if decimals > 6:
+        return fmt_signed(d)
+    s = f"{d:+.{decimals}f}"
+    return "0" if float(s) == 0 else s
+
+
+def fmt_pct(v) -> str:
+    """A share or relative error as a percentage, one style everywhere: two decimals ('31.20%',
+    '0.04%'), e-notation below 0.01% so that small errors stay visible ('1.2e-05%'); NaN as '-'."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    p = 100 * float(v)
+    return f"{p:.1e}%" if p != 0 and abs(p) < 0.01 else f"{p:.2f}%"
 
 
 def tally(values) -> str:
@@ -146,6 +169,33 @@ def hoist_constant(head: list, body: list, columns: Sequence[str]):
     return [head[i] for i in keep], body, summary
 
 
+_NUMERIC = re.compile(r"^[+-]?\d+(\.\d+)?(e[+-]?\d+)?%?(±[+-]?\d+(\.\d+)?(e[+-]?\d+)?)?$")
+
+
+def align_decimals(cells: Sequence[str], pad: str = " ") -> list[str]:
+    """Cells of one column padded on the right so that, right-aligned, their decimal points line up
+    ('0.53' over '0.3283' becomes '0.53  '); '-' (missing) lines up with the units. Columns with any
+    non-numeric cell are returned unchanged."""
+    cells = [str(c) for c in cells]
+    if not cells or not all(c in ("-", "", "–") or _NUMERIC.match(c) for c in cells):
+        return cells
+
+    if any("±" in c for c in cells):  # mean ± std: the ± signs line up (costs no width)
+        left = max(len(c.split("±")[0]) for c in cells)
+        right = max(len(c.split("±")[1]) if "±" in c else 0 for c in cells)
+        return [c if c == "" else (c.split("±")[0].rjust(left, pad) + ("±" + c.split("±")[1] if "±" in c else "")).ljust(
+            left + 1 + right, pad) for c in cells]
+
+    def tail(c: str) -> str:  # the part from the decimal point on (or after the integer digits)
+        if c in ("-", "", "–"):
+            return ""
+        m = re.match(r"[+-]?\d+", c)
+        return c[m.end():] if m else ""
+
+    n = max(len(tail(c)) for c in cells)
+    return [c if c == "" else c + pad * (n - len(tail(c))) for c in cells]
+
+
 def text_grid(head: list, body: list, width: Optional[int] = None, *, keep: int = 1) -> list[str]:
     """Lines of an aligned table: first column left-aligned, the others right-aligned.
 
@@ -156,6 +206,9 @@ def text_grid(head: list, body: list, width: Optional[int] = None, *, keep: int 
     """
     head = [str(h) for h in head]
     rows = [[str(x) for x in r] for r in body if not isinstance(r, str)]
+    if rows:  # decimal points line up in every numeric column
+        cols_ = [align_decimals([r[i] for r in rows]) for i in range(len(head))]
+        rows = [[cols_[i][k] if i else r[0] for i in range(len(head))] for k, r in enumerate(rows)]
 
     def widths(heads):
         return [max([len(h[i]) for h in heads] + [len(r[i]) for r in rows]) for i in range(len(head))]
@@ -187,7 +240,8 @@ def text_grid(head: list, body: list, width: Optional[int] = None, *, keep: int 
     lines += [r if isinstance(r, str) else line(next(it)) for r in body]
     if left_out:
         lines += wrap(f"({len(left_out)} column{'s' if len(left_out) > 1 else ''} left out to fit {width} "
-                      f"characters: {', '.join(left_out)})", width)
+                      f"characters: {', '.join(left_out)}; to see them: --format csv, -o FILE.csv, or a wider "
+                      "terminal / COLUMNS=200)", width)
     return lines
 
 

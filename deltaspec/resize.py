@@ -68,22 +68,14 @@ class ResizeResult:
                 "warnings": list(self.warnings), "layers": [x.to_dict() for x in self.layers]}
 
     def format_table(self, width: Optional[int] = None) -> str:
-        from .formatting import short_names, text_grid
+        from .formatting import fmt_pct, short_names, text_grid
 
         short = short_names([x.name for x in self.layers])
         names = [short[x.name] for x in self.layers]
-        body = [[n, "x".join(map(str, x.shape)), x.kind, str(x.rank_before), str(x.rank), _pct(x.kept_energy),
-                 _err(x.rel_error)] for n, x in zip(names, self.layers)]
+        body = [[n, "x".join(map(str, x.shape)), x.kind, str(x.rank_before), str(x.rank), fmt_pct(x.kept_energy),
+                 fmt_pct(x.rel_error)] for n, x in zip(names, self.layers)]
         head = ["layer", "shape", "kind", "from", "to", "kept", "rel.err"]
         return "\n".join(text_grid(head, body, width))
-
-
-def _pct(v: float) -> str:
-    return "-" if not math.isfinite(v) else f"{100 * v:.2f}%"
-
-
-def _err(v: float) -> str:
-    return "-" if not math.isfinite(v) else f"{v:.2e}"
 
 
 def truncated_factors(sigma, U, V, k: int, scale: float, transposed: bool = False):

@@ -111,12 +111,17 @@ class AnalysisResult:
         return analysis_html(self)
 
     def __getitem__(self, key):
-        """By position or by layer name."""
+        """By position, by layer name, or by the short name the tables print (`res["L0.q_proj"]`)."""
         if isinstance(key, str):
             for r in self.layers:
                 if r.name == key:
                     return r
-            raise KeyError(f"no layer named {key!r}; e.g. {', '.join(r.name for r in self.layers[:3])}")
+            short = short_names([r.name for r in self.layers])
+            for r in self.layers:
+                if short[r.name] == key:
+                    return r
+            raise KeyError(f"no layer named {key!r}; e.g. {', '.join(short[r.name] for r in self.layers[:3])} "
+                           f"(or the full names: {self.layers[0].name if self.layers else '-'}, …)")
         return self.layers[key]
 
     def select(self, modules: Optional[Sequence[str]] = None, layers: Optional[Sequence[int]] = None) -> "AnalysisResult":
@@ -173,16 +178,24 @@ class AnalysisResult:
                    warnings, list(d.get("notes", [])) + notes)
 
     @classmethod
-    def from_json(cls, path) -> "AnalysisResult":
-        """Read an `analyze --format json` file back (to plot or compare without recomputing)."""
+    def from_json(cls, source) -> "AnalysisResult":
+        """An analysis read back (to plot or compare without recomputing) from what `to_json()` returns
+        (a JSON string), from `to_dict()`'s dict, or from the path of an `analyze --format json` file."""
         from .errors import FormatError
 
+        where = "JSON text" if isinstance(source, (str, dict)) and (isinstance(source, dict) or
+                                                                   source.lstrip().startswith("{")) else source
         try:
-            with open(path) as f:
-                d = json.load(f)
+            if isinstance(source, dict):
+                d = source
+            elif isinstance(source, str) and source.lstrip().startswith("{"):
+                d = json.loads(source)
+            else:
+                with open(source) as f:
+                    d = json.load(f)
             return cls.from_dict(d)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"{path}: not a deltaspec analysis JSON file ({type(e).__name__}: {e})") from None
+            raise FormatError(f"{where}: not a deltaspec analysis JSON ({type(e).__name__}: {e})") from None
 
     def check_metrics(self, metrics: Optional[Sequence[str]]) -> Optional[list[str]]:
         """`metrics` if every name is a metric of this result ("all": every metric), else a clear error."""
@@ -211,6 +224,13 @@ class AnalysisResult:
                 w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
         return buf.getvalue()
 
+    def to_pandas(self):
+        """Per-layer metrics as a pandas DataFrame indexed by layer name (needs `pip install pandas`)."""
+        pd = require_pandas("AnalysisResult.to_pandas()")
+        return pd.DataFrame(self.rows()).set_index("name")
+
+    to_frame = to_pandas
+
     def table(self):
         """Per-layer metrics: a pandas DataFrame when pandas is installed, else a printable Table."""
         try:
@@ -220,14 +240,26 @@ class AnalysisResult:
         return pd.DataFrame(self.rows()).set_index("name")
 
     def format_table(self, metrics: Optional[Sequence[str]] = None, aggregates: bool = True,
-                     width: Optional[int] = None) -> str:
-        """The terminal report: one line per layer (short names), then the per-module means.
+                     width: Optional[int] = None, headline: bool = True) -> str:
+        """The terminal report: a one-line verdict, one line per layer (short names), then the per-module means.
 
-        metrics: the metric columns (default TABLE_METRICS); width: fit that many characters.
+        metrics: the metric columns (default TABLE_METRICS); width: fit that many characters;
+        headline: False leaves out the verdict (docs/METRICS.md, "Verdicts").
         """
         from .tables import analysis_table
 
-        return analysis_table(self, self.check_metrics(metrics), aggregates, width)
+        return analysis_table(self, self.check_metrics(metrics), aggregates, width, headline)
+
+
+def require_pandas(what: str):
+    """The pandas module, or a one-line DeltaspecError saying how to install it (pandas is an optional extra)."""
+    try:
+        import pandas
+    except ImportError:
+        from .errors import DeltaspecError
+
+        raise DeltaspecError(f"{what} needs pandas: pip install pandas (or 'deltaspec[pandas]')") from None
+    return pandas
 
 
 class Table(list):

@@ -178,7 +178,9 @@ class RankSuggestions:
 
 
 def _pct(v: float) -> str:
-    return "-" if not math.isfinite(v) else f"{100 * v:.1f}%"
+    from .formatting import fmt_pct
+
+    return fmt_pct(v)
 
 
 def rank_needed(sigma, levels: Sequence[float] = DEFAULT_LEVELS) -> dict:

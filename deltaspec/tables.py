@@ -6,9 +6,10 @@ Terminal tables take `width` (None: as wide as the content; 80: fit 80 character
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
-from .formatting import (fmt_num, fmt_signed, fmt_spread, hoist_constant, html_table, name_legend, short_names, tally,
+from .formatting import (fmt_diff, fmt_num, fmt_signed, fmt_spread, hoist_constant, html_table, name_legend, short_names, tally,
                          text_grid, wrap)
 from .omissions import summary, without_source
 
@@ -31,11 +32,16 @@ def by_module(names: Sequence[str]) -> str:
 
 # ---- analyze ---------------------------------------------------------------------------------------
 def analysis_table(res, metrics: Optional[Sequence[str]] = None, aggregates: bool = True,
-                   width: Optional[int] = None) -> str:
-    """The `analyze` report: one line per layer, then the mean per module type."""
+                   width: Optional[int] = None, headline: bool = True) -> str:
+    """The `analyze` report: a one-line verdict (findings.py), one line per layer, then the mean per
+    module type."""
+    from .findings import analysis_headline
+
     cols = [m for m in (metrics or default_metrics(res.metric_names)) if m in res.metric_names]
+    if headline and "top1_energy" in res.metric_names and "top1_energy" not in cols:
+        cols.append("top1_energy")  # the verdict quotes it: the table shows it
     s = res.source
-    lines = wrap(f"{s.get('path')}  [{s.get('format')}]" + (f"  base: {s['base']}" if s.get("base") else "")
+    lines = (analysis_headline(res, width) if headline else []) + wrap(f"{s.get('path')}  [{s.get('format')}]" + (f"  base: {s['base']}" if s.get("base") else "")
                  + f"  {len(res.layers)} layers, {res.settings.get('dtype', '')}", width)
     short = short_names([r.name for r in res.layers])
     head = ["layer", "shape", "kind", "rank"] + cols
@@ -82,12 +88,27 @@ def _chosen(cmp, metrics) -> list[str]:
     return list(metrics or cmp.metrics)
 
 
-def comparison_table(cmp, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None) -> str:
-    """Terminal report: per group, each method's mean ± std and its difference Δ to the first method."""
+def diff_cell(cmp, g, m, lab) -> str:
+    """Δ of `lab` to the first method, to the precision the two methods' spread supports."""
+    if cmp.per_layer:
+        return fmt_signed(cmp.differences(g, m)[lab])
+    sp = cmp.spread[g][m]
+    return fmt_diff(cmp.differences(g, m)[lab], math.hypot(sp[cmp.labels[0]], sp[lab]))
+
+
+def comparison_table(cmp, metrics: Optional[Sequence[str]] = None, width: Optional[int] = None,
+                     headline: bool = True) -> str:
+    """Terminal report: a one-line verdict (findings.py), then per group each method's mean ± std and
+    its difference Δ to the first method (to the precision the spread supports)."""
+    from .findings import METRIC, comparison_headline
+
     metrics = _chosen(cmp, metrics)
+    verdict = comparison_headline(cmp, width) if headline else []
+    if verdict and METRIC not in metrics:
+        metrics = metrics + [METRIC]  # the verdict quotes it: the table shows it
     first = cmp.labels[0]
     a = cmp.aligned
-    lines = []
+    lines = verdict + ([""] if verdict else [])
     for lab, res in zip(a.labels, a.results):
         lines += wrap(f"{lab}: {res.source.get('path')} [{res.source.get('format')}]", width)
     what = "per layer" if cmp.per_layer else "mean ± std over the layers of each module type"
@@ -98,9 +119,8 @@ def comparison_table(cmp, metrics: Optional[Sequence[str]] = None, width: Option
     for g in cmp.values:
         body.append(groups[g])
         for m in metrics:
-            diffs = cmp.differences(g, m)
             body.append([m] + [_cell(cmp, g, m, lab, "±") for lab in cmp.labels]
-                        + [fmt_signed(diffs[lab]) for lab in cmp.labels[1:]])
+                        + [diff_cell(cmp, g, m, lab) for lab in cmp.labels[1:]])
     lines += text_grid(head, body, width)
     if cmp.per_layer:
         lines += name_legend(groups, width)
@@ -197,8 +217,7 @@ def comparison_html(cmp) -> str:
     body = []
     for g in cmp.values:
         for i, m in enumerate(metrics):
-            d = cmp.differences(g, m)
             body.append([g if i == 0 else "", m] + [_cell(cmp, g, m, lab, " ± ") for lab in cmp.labels]
-                        + [fmt_signed(d[lab]) for lab in cmp.labels[1:]])
+                        + [diff_cell(cmp, g, m, lab) for lab in cmp.labels[1:]])
     head = ["layer" if cmp.per_layer else "module", "metric"] + cmp.labels + [f"{lab} − {first}" for lab in cmp.labels[1:]]
     return html_table(head, body, caption=repr(cmp), max_rows=60)

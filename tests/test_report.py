@@ -150,3 +150,42 @@ def test_chromium_renders_without_any_request_leaving_the_file(three, tmp_path, 
     colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 100  # text, tables and coloured figures, not a blank page
     (tmp_path / f"report_{width}.png").write_bytes(png)
+
+
+def test_report_leads_with_findings_and_ends_with_provenance(three):
+    doc = three.read_text(encoding="utf-8")
+    pos = [doc.index(f">{s}</h2>") for s in ("Findings", "Comparison", "Figures", "Warnings", "Provenance")]
+    assert pos == sorted(pos)
+    text = " ".join(parse(three).text)
+    lora = ds.analyze(LORA, progress=False)
+    kv = np.array([r.metrics["top1_energy"] for r in lora.layers if r.module in ("k_proj", "v_proj")])
+    from deltaspec.formatting import fmt_spread
+    assert f"LoRA: top-1 energy {fmt_spread(kv.mean(), kv.std())} on k_proj, v_proj ({kv.size} layers)" in text
+    assert f"in {int((kv >= 0.5).sum())} of {kv.size} layers" in text  # 'dominated': top-1 energy ≥ 0.5
+    assert "MultiLoRA − LoRA: " in text and "beyond their spread" in text
+    q = lora.aggregates()["q_proj"]
+    assert fmt_spread(q["mean"]["top1_energy"], q["std"]["top1_energy"], "±") in text  # the table keeps the ± spread
+
+
+def test_heatmaps_of_one_report_share_one_colour_scale(monkeypatch):
+    import deltaspec.plots as dp
+    from deltaspec import report as R
+
+    seen, draw = [], dp.heatmap
+    monkeypatch.setattr(dp, "heatmap", lambda data, metric, **kw: seen.append((kw.get("vmin"), kw.get("vmax")))
+                        or draw(data, metric, **kw))
+    res = {"LoRA": ds.analyze(LORA, progress=False, modules=["q_proj"]),
+           "FT": ds.analyze(FULL, base=BASE, progress=False, modules=["q_proj"])}
+    R.build(res)
+    every = [r.metrics["normalized_entropy"] for x in res.values() for r in x.layers]
+    assert seen == [(min(every), max(every))] * 2
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium installed (apt-get install chromium)")
+def test_first_screen_shows_the_findings_and_the_comparison_table(three):
+    js = ("JSON.stringify([document.querySelector('#findings').getBoundingClientRect().bottom, "
+          "document.querySelector('#comparison tbody tr:nth-child(6)').getBoundingClientRect().bottom])")
+    _, _, errors, (pos,) = render(three, width=1366, height=900, evaluate=[js])
+    findings_bottom, first_block_bottom = json.loads(pos)
+    assert errors == [] and findings_bottom < 900 and first_block_bottom < 900  # summary + a whole module block

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import deltaspec as ds
+from deltaspec.results import Table
 from deltaspec.spectra import spectrum
 from deltaspec.subspace import intruder_dimensions, layer_subspace
 
@@ -31,7 +32,8 @@ def objs():
         "Intruders": intruder_dimensions(W0, W0 + full[0].load().delta),
         "LayerSubspace": layer_subspace(rl[0].name, ["LoRA", "FT"], [rl[0], rf[0]], W0),
         "HistData": dp.histogram_data({"LoRA": rl, "FT": rf}, "k_proj"),
-        "Table": ds.AnalysisResult(rl.layers[:2], rl.source).table(),
+        # our own Table (what table() returns without pandas), whether or not pandas is installed
+        "Table": Table(ds.AnalysisResult(rl.layers[:2], rl.source).rows()),
     }
 
 

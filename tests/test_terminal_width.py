@@ -87,13 +87,15 @@ def test_text_grid_wraps_headers_then_leaves_out_columns():
     body = [["L0.q_proj", "6.105", "0.4973", "2.973"], "a heading", ["L10.q_proj", "5.1", "0.5", "3"]]
     wide = text_grid(head, body)
     assert len(wide) == 5 and wide[0].split() == head and wide[3] == "a heading"
-    assert len({len(x) for x in wide if x != "a heading"}) == 1  # aligned
+    assert wide[2].index("0.4973") == wide[4].index("0.5 ")  # decimal points aligned
+    assert wide[2].index("6.105") == wide[4].index("5.1 ") and wide[2].index("2.973") == wide[4].index("3")
     narrow = text_grid(head, body, width=45)
     assert narrow[0].split() == ["frobenius", "normalized", "stable"] and max(map(len, narrow)) <= 45
     tiny = text_grid(head, body, width=30)
     note = " ".join(x.strip() for x in tiny[6:])
     assert max(map(len, tiny)) <= 30 and tiny[0].split() == ["frobenius"]
-    assert note == "(2 columns left out to fit 30 characters: normalized_entropy, stable_rank)"
+    assert note.startswith("(2 columns left out to fit 30 characters: normalized_entropy, stable_rank; to see them:")
+    assert "--format csv" in note and "COLUMNS" in note
     assert text_grid(head, body, width=5)[0].startswith("layer")  # the first column always stays
 
 

@@ -1,10 +1,12 @@
 """Plots show inline in Jupyter, without pyplot.
 
-deltaspec's figures are plain `matplotlib.figure.Figure`s that pyplot never sees, so scripts have no
+Unless pyplot is already imported, deltaspec's figures are plain `matplotlib.figure.Figure`s that pyplot never sees, so scripts have no
 global state to clean up and nothing pops up. Under a Jupyter kernel (an IPython shell with a
 kernel), a figure a plot function made itself (`ax=None`) is queued and shown as a PNG when the
 cell finishes, like pyplot's inline backend does — after any changes the cell made to the axes.
-Figures drawn into the caller's own `ax=` are the caller's to show (pyplot shows its own).
+Figures drawn into the caller's own `ax=` are the caller's to show (pyplot shows its own), and so
+are figures made while pyplot is imported: those are registered with pyplot (style.new_axes), which
+shows them, so they are not queued here (no double display).
 Anywhere else this module does nothing. `deltaspec.plots.inline(False)` turns it off.
 """
 from __future__ import annotations

@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import functools
+import math
+import sys
+from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -54,12 +57,37 @@ def figsize(size: str | float = "single", panels: int = 1, height: Optional[floa
     return width, height
 
 
+MIN_PANEL_WIDTH = 2.0  # inches: narrower panels cannot fit their tick and axis labels in 8 pt text
+
+
+def grid_shape(panels: int, width: float) -> tuple[int, int]:
+    """(rows, columns) for `panels` panels in `width` inches: one row while each panel keeps at least
+    MIN_PANEL_WIDTH, else a grid (4 panels in a double column: 2 × 2)."""
+    cols = max(1, min(panels, int(width // MIN_PANEL_WIDTH)))
+    if cols < panels:
+        cols = math.ceil(panels / math.ceil(panels / cols))  # balanced rows (2 × 2, not 3 + 1)
+    return math.ceil(panels / cols), cols
+
+
 def new_axes(panels: int = 1, size: Optional[str | float] = None, height: Optional[float] = None):
-    """A new Figure (not registered with pyplot: nothing to close, nothing shown) and its axes list."""
+    """A new Figure laid out by constrained layout (labels, titles and legends get the room they need)
+    and its axes list, on a grid when one row would squeeze the panels.
+
+    Registered with pyplot only when pyplot is already imported (then `plt.savefig`/`plt.show()` act
+    on it, and pyplot shows it in notebooks); otherwise a plain Figure: no global state, nothing to close.
+    """
     size = size or ("single" if panels == 1 else "double")
-    fig = Figure(figsize=figsize(size, panels, height), layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    return fig, list(axes)
+    width, h = figsize(size, panels, height)
+    rows, cols = grid_shape(panels, width)
+    if rows > 1 and height is None:
+        h = rows * min(0.72 * width / cols, 2.4)
+    plt = sys.modules.get("matplotlib.pyplot")
+    fig = (plt.figure(figsize=(width, h), layout="constrained") if plt is not None
+           else Figure(figsize=(width, h), layout="constrained"))
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for extra in axes[panels:]:
+        extra.remove()
+    return fig, axes[:panels]
 
 
 def panel_axes(ax, names: list, what: str, size=None, height=None):
@@ -87,10 +115,21 @@ def styled(fn):
         with paper_style():
             out = fn(*args, **kwargs)
         first = out[0] if isinstance(out, (list, tuple)) else out
-        show_later(first.figure)
+        if getattr(first.figure.canvas, "manager", None) is None:  # pyplot's figures: pyplot shows them
+            show_later(first.figure)
         return out
 
+    wrapper.__doc__ = (fn.__doc__ or "").rstrip() + FIGURE_NOTE
     return wrapper
+
+
+FIGURE_NOTE = """
+
+    The figure (`ax.figure`) is the handle: `dp.save(ax, "fig.pdf")` or `ax.figure.savefig(...)`. When
+    matplotlib.pyplot is already imported the figure is also pyplot's current figure, so `plt.savefig`
+    and `plt.show()` act on it (and pyplot shows it in notebooks); without pyplot it shows inline in
+    Jupyter when the cell ends and touches no global state.
+    """
 
 
 def as_aligned(data, labels: Optional[Sequence[str]] = None) -> Aligned:

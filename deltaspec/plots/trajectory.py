@@ -189,6 +189,18 @@ def trajectory(data, *, metrics: Sequence[str] = METRICS, modules=None, layers: 
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(d), frameon=False)
     else:
         legend(axes[0])
+    if title is None and own:
+        title = _averaged(data, modules, layers)
     if title:
         axes[0].figure.suptitle(title) if len(axes) > 1 else axes[0].set_title(title)
     return axes
+
+
+def _averaged(data, modules, layers) -> str:
+    """Default title: what each point averages ('each point: mean over 8 layers (k_proj, v_proj)')."""
+    first = next(iter(data.values()))
+    if isinstance(first, Mapping):  # precomputed trajectory_data: the layers are not known here
+        return "each point: mean over the selected layers of one checkpoint"
+    sel = pick(first[0][1], modules, layers)
+    mods = ", ".join(dict.fromkeys(r.module for r in sel))
+    return f"each point: mean over {len(sel)} layer{'s' if len(sel) != 1 else ''} ({mods}) of one checkpoint"

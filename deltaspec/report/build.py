@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import DeltaspecError
 from ..tables import INITIAL_COLUMNS, TABLE_METRICS
 from . import html as H
+from ..findings import input_sentence
 from .figures import svg_of
 
 REPORT_METRICS = TABLE_METRICS + INITIAL_COLUMNS  # the second part only with --initial
@@ -72,26 +73,47 @@ def summary(results: Mapping) -> str:
     return "".join(out)
 
 
-def comparison(results: Mapping) -> str:
-    from ..compare import compare
+def findings(results: Mapping, cmp) -> str:
+    """The report's opening: one sentence per input, then the method differences beyond their spread."""
+    from ..findings import DOMINATED, differences_beyond_spread, focus_modules
 
-    try:
-        cmp = compare(list(results.values()), list(results))
-    except DeltaspecError as e:
-        return f"<p>No comparison: {H.esc(e)}</p>"
+    common = [m for m in next(iter(results.values())).modules() if all(m in r.modules() for r in results.values())]
+    mods = focus_modules(common) if common else None
+    items = [H.esc(input_sentence(lab, res, mods)) for lab, res in results.items()]
+    out = "<ul>" + "".join(f"<li>{x}</li>" for x in items) + "</ul>"
+    if cmp is not None:
+        diffs = differences_beyond_spread(cmp, [m for m in TABLE_METRICS if m in cmp.metrics])
+        out += ("<p>Differences beyond their spread (|Δ| > √(s₁² + s₂²), s the std over the layers of a module type):"
+                "</p><ul>" + "".join(f"<li>{H.esc(d)}</li>" for d in diffs) + "</ul>")
+    out += (f"<p class='muted'>Dominated: the top direction holds at least {DOMINATED:g} of ‖ΔW‖²_F "
+            "(top-1 energy), as much as all others together. Values are mean ± std over the layers.</p>")
+    return '<div class="find">' + out + "</div>"
+
+
+def comparison(cmp) -> str:
+    """Mean ± std per method and module type, differences to the first method (coloured when beyond the spread)."""
+    from ..findings import beyond_spread
+    from ..formatting import fmt_spread
+    from ..tables import diff_cell
+
     first = cmp.labels[0]
     metrics = [m for m in REPORT_METRICS if m in cmp.metrics]
     head = ["module", "metric"] + cmp.labels + [f"{lab} − {first}" for lab in cmp.labels[1:]]
     rows = []
     for g in cmp.values:
         for i, m in enumerate(metrics):
-            d = cmp.differences(g, m)
+            sp = cmp.spread[g][m]
+            diffs = []
+            for lab in cmp.labels[1:]:
+                d = cmp.differences(g, m)[lab]
+                cls = ("pos" if d > 0 else "neg") if beyond_spread(d, sp[first], sp[lab]) else "dim"
+                diffs.append((diff_cell(cmp, g, m, lab), cls))
             rows.append([f"{g} ({cmp.n_layers[g]})" if i == 0 else "", m]
-                        + [cmp.values[g][m][lab] for lab in cmp.labels] + [d[lab] for lab in cmp.labels[1:]])
+                        + [fmt_spread(cmp.values[g][m][lab], sp[lab], "±") for lab in cmp.labels] + diffs)
     notes = cmp.aligned.notes + [cmp.n_ref_note()]
-    return (f"<p>Mean per module type over the layers every input has; differences are method − {H.esc(first)} "
-            "(green: larger, red: smaller).</p>" + H.table(head, rows, signed_from=2 + len(cmp.labels), left=(1,))
-            + "".join(f"<p class='muted'>{H.esc(n)}</p>" for n in notes))
+    return (f"<p>Mean ± std over the layers every input has, per module type; differences are method − "
+            f"{H.esc(first)}, coloured when beyond the spread (green: larger, red: smaller; grey: within it).</p>"
+            + H.table(head, rows, left=(1,)) + "".join(f"<p class='muted'>{H.esc(n)}</p>" for n in notes))
 
 
 def figures(results: Mapping) -> str:
@@ -112,11 +134,13 @@ def figures(results: Mapping) -> str:
                              "directions hold."))
     except DeltaspecError as e:  # inputs without common layers: no overlaid figures
         figs.append(f"<p>No overlaid figures: {H.esc(e)}</p>")
+    lo, hi = _heat_range(results, "normalized_entropy")
     for lab, res in results.items():
         try:
-            figs.append(H.figure(svg_of(dp.heatmap({lab: res}, "normalized_entropy"),
+            figs.append(H.figure(svg_of(dp.heatmap({lab: res}, "normalized_entropy", vmin=lo, vmax=hi),
                                         f"Heatmap of normalized entropy by layer and module type, {lab}"),
-                                 f"{lab}: normalized entropy H/ln(n_ref) per layer × module (1 = flat spectrum)."))
+                                 f"{lab}: normalized entropy H/ln(n_ref) per layer × module (1 = flat spectrum); "
+                                 "every heatmap of this report uses the same colour scale."))
         except DeltaspecError as e:
             figs.append(f"<p>{H.esc(lab)}: no heatmap: {H.esc(e)}</p>")
         try:
@@ -128,6 +152,13 @@ def figures(results: Mapping) -> str:
         except DeltaspecError as e:
             figs.append(f"<p>{H.esc(lab)}: no rank-needed plot: {H.esc(e)}</p>")
     return '<div class="figs">' + "".join(figs) + "</div>"
+
+
+def _heat_range(results: Mapping, metric: str):
+    """(min, max) of `metric` over every layer of every input: one colour scale for all heatmaps."""
+    vals = [r.metrics.get(metric) for res in results.values() for r in res.layers if r.layer is not None]
+    vals = [float(v) for v in vals if v is not None and v == v]
+    return (min(vals), max(vals)) if vals and min(vals) < max(vals) else (None, None)
 
 
 def _fig2_modules(results: Mapping) -> list[str]:
@@ -187,12 +218,21 @@ def build(results: Mapping, *, suggestions: Optional[Mapping] = None, inputs: Se
     title = title or f"deltaspec report: {', '.join(results)}"
     intro = (f"<p class='muted'>Spectra of the weight updates ΔW of {len(results)} input(s), computed by deltaspec "
              f"{__version__}. This file is self-contained: no scripts, no network, figures inline.</p>")
-    sections = [("provenance", "Provenance", provenance(inputs, command, settings or {})),
-                ("warnings", "Warnings", warnings(results)),
-                ("summary", "Summary per module type", summary(results))]
+    cmp = None
     if len(results) > 1:
-        sections.append(("comparison", "Comparison", comparison(results)))
+        from ..compare import compare
+
+        try:
+            cmp = compare(list(results.values()), list(results))
+        except DeltaspecError as e:
+            cmp_error = f"<p>No comparison: {H.esc(e)}</p>"
+    sections = [("findings", "Findings", findings(results, cmp))]
+    if len(results) > 1:
+        sections.append(("comparison", "Comparison", comparison(cmp) if cmp is not None else cmp_error))
     sections += [("figures", "Figures", figures(results)),
+                 ("summary", "Summary per module type", summary(results)),
                  ("ranks", "Rank suggestions", rank_section(suggestions)),
-                 ("layers", "Per-layer metrics", per_layer(results))]
+                 ("layers", "Per-layer metrics", per_layer(results)),
+                 ("warnings", "Warnings", warnings(results)),
+                 ("provenance", "Provenance", provenance(inputs, command, settings or {}))]
     return H.page(title, sections, intro)

@@ -27,11 +27,15 @@ code,pre,.mono{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monosp
 pre{background:var(--alt);border:1px solid var(--line);padding:.6rem .8rem;overflow-x:auto;white-space:pre}
 .scroll{overflow-x:auto;margin:.4rem 0 .8rem;border:1px solid var(--line);border-radius:4px}
 table{border-collapse:collapse;font-size:.86rem;width:100%}
-th,td{padding:.22rem .55rem;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th,td{padding:.22rem .55rem;border-bottom:1px solid var(--line);text-align:right;white-space:pre;
+ font-variant-numeric:tabular-nums}
 th{background:var(--alt);font-weight:600;white-space:normal;vertical-align:bottom}
 th:first-child,td:first-child{text-align:left}td.l,th.l{text-align:left}
 tbody tr:nth-child(even){background:#fbfcfd}
 .pos{color:var(--pos)}.neg{color:var(--neg)}
+.find{background:var(--alt);border-left:4px solid #0550ae;padding:.4rem .9rem;margin:.4rem 0 .8rem}
+.find p,.find li{margin:.25rem 0;max-width:none}.find ul{margin:.2rem 0;padding-left:1.2rem}
+td.dim{color:var(--muted)}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem .8rem;border-radius:4px}
 .warn li{max-width:none}
 .figs{display:flex;flex-wrap:wrap;gap:1.2rem 1.6rem;align-items:flex-start}
@@ -55,6 +59,8 @@ def num(v, signed: bool = False) -> tuple[str, str]:
 
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–", ""
+    if isinstance(v, tuple):  # (text, css class) made by the caller
+        return v
     if isinstance(v, str):
         return v, ""
     s = _fmt(v)
@@ -71,10 +77,17 @@ def table(head: Sequence[str], rows: Iterable[Sequence], signed_from: Optional[i
         out.append(f"<caption class='muted'>{esc(caption)}</caption>")
     out.append("<thead><tr>" + "".join(f'<th{" class=l" if i in left else ""}>{esc(h).replace("_", "_<wbr>")}</th>'
                                        for i, h in enumerate(head)) + "</tr></thead><tbody>")
-    for row in rows:
+    from ..formatting import align_decimals
+
+    rows = [list(r) for r in rows]
+    shown = [[num(v, signed=signed_from is not None and i >= signed_from) for i, v in enumerate(r)] for r in rows]
+    for i in range(len(head)):  # decimal points (and ± signs) line up: figure spaces have a digit's width
+        col = align_decimals([r[i][0] for r in shown], pad="\u2007") if shown else []
+        for r, text in zip(shown, col):
+            r[i] = (text, r[i][1])
+    for row in shown:
         cells = []
-        for i, v in enumerate(row):
-            text, cls = num(v, signed=signed_from is not None and i >= signed_from)
+        for i, (text, cls) in enumerate(row):
             cls = " ".join(c for c in (cls, "l" if i in left else "") if c)
             cells.append(f'<td{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{esc(text)}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
