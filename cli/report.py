@@ -30,7 +30,8 @@ def command_line() -> str:
 @click.option("--no-hash", is_flag=True, help="Do not compute SHA-256 of the input files (large models).")
 @user_errors
 def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, no_hash):
+           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, dynamic_param, max_rank, keep_scale,
+           no_hash):
     """Write one self-contained HTML report of the INPUTS.
 
     \b
@@ -54,7 +55,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
 
     check_output(out, [*inputs, base])
     names = input_labels(inputs, labels)
-    chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
+    chosen = chosen_policy(policy, energy, fro_error, sv_ratio, dynamic_param)
     mods, lays = parse_list(modules), parse_layers(layers)
     results, suggestions, prov = {}, {}, []
     for lab, path in zip(names, inputs):
