@@ -79,13 +79,25 @@ def resize(ckpt, out, to, fixed, energy, fro_error, sv_ratio, dynamic_method, dy
     rank reproduces ΔW (a MultiLoRA at its total rank becomes an equivalent PEFT LoRA).
     """
     import deltaspec as ds
+    from deltaspec.io.write_peft import conv1d_base
+
+    policy, max_rank = choose_policy(fixed, energy, fro_error, sv_ratio, knee, effective_rank, dynamic_method,
+                                     dynamic_param, max_rank)
+    updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
+    src_cfg = _source_config(ckpt)
+    resize_and_write(updates, "resize", out=out, to=to, inputs=[ckpt, base], policy=policy, fixed=fixed,
+                     max_rank=max_rank, conv_rank=conv_rank, component=component, keep_scale=keep_scale, device=device,
+                     dtype=dtype, save_dtype=save_dtype, force=force, verbose=verbose, fmt=fmt, quiet=quiet,
+                     src_meta=source_metadata(ckpt) if updates.format in ("kohya", "lycoris") else None,
+                     peft_kw={"base_model": src_cfg.get("base_model_name_or_path") or base,
+                              "task_type": src_cfg.get("task_type")},
+                     conv1d=lambda: conv1d_base(base, ckpt, [u.name for u in updates if u.kind == "dense"]))
+
+
+def choose_policy(fixed, energy, fro_error, sv_ratio, knee, effective_rank, dynamic_method, dynamic_param, max_rank):
+    """(ranks.Policy, max_rank) from the policy flags; with --dynamic-method, --rank is the cap (kohya)."""
     from deltaspec import ranks as R
     from deltaspec.errors import DeltaspecError
-    from deltaspec.io.write_peft import conv1d_base
-    from deltaspec.io.write_sd import target_names
-    from deltaspec.progress import Progress
-    from deltaspec.resize import resize as run_resize
-    from deltaspec.spectra import pick_device
 
     dynamic = dynamic_policy(dynamic_method, dynamic_param, fixed)
     given = {"rank": None if dynamic else fixed, "energy": energy, "fro_error": fro_error, "sv_ratio": sv_ratio,
@@ -95,51 +107,63 @@ def resize(ckpt, out, to, fixed, energy, fro_error, sv_ratio, dynamic_method, dy
         raise DeltaspecError("choose exactly one of --rank, --energy, --fro-error, --sv-ratio, --knee, --effective-rank, "
                              "--dynamic-method"
                              + (f" (got {', '.join('--' + c.replace('_', '-') for c in chosen)})" if chosen else ""))
-    name = chosen[0]
     if dynamic:
-        policy, caps = dynamic, [x for x in (fixed, max_rank) if x is not None]
-        max_rank = min(caps) if caps else None
-    else:
-        policy = R.policy(name, given[name] if name not in ("knee", "effective_rank") else None)
+        caps = [x for x in (fixed, max_rank) if x is not None]
+        return dynamic, (min(caps) if caps else None)
+    name = chosen[0]
+    return R.policy(name, given[name] if name not in ("knee", "effective_rank") else None), max_rank
+
+
+def resize_and_write(updates, command: str, *, out, to, inputs, policy, fixed, max_rank, conv_rank, component,
+                     keep_scale, device, dtype, save_dtype, force, verbose, fmt, quiet, src_meta=None, peft_kw=None,
+                     conv1d=None, conv_1x1=True, extra_info=None):
+    """Truncate `updates` by `policy` and write the LoRA in format `to` (shared by resize, merge, extract)."""
+    import deltaspec as ds
+    from deltaspec.errors import DeltaspecError
+    from deltaspec.io.write_sd import target_names
+    from deltaspec.progress import Progress
+    from deltaspec.resize import resize as run_resize
+    from deltaspec.spectra import pick_device
+
     pick_device(device)
-    updates = ds.load(ckpt, base=base, format=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings)
     to = to or default_target(updates.format)
-    names = target_names([u.name for u in updates], updates.format, to, str(ckpt), component)
-    check_target(out, to, [ckpt, base], force)
-    if policy.name == "rank" and to != "peft" and fixed > max(u.rank_bound for u in updates):
-        raise DeltaspecError(f"{ckpt}: --rank {fixed} is above the input's largest rank "
-                             f"{max(u.rank_bound for u in updates)}; resizing cannot add rank")
+    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component)
+    check_target(out, to, inputs, force)
+    top = max(u.rank_bound for u in updates)
+    if policy.name == "rank" and to != "peft" and fixed > top:
+        raise DeltaspecError(f"{updates.path}: --rank {fixed} is above the input's largest rank {top}; resizing cannot "
+                             "add rank")
     bar = Progress(len(updates), "layers", enabled=False if quiet else None)
     try:
         res = run_resize(updates, policy, max_rank=max_rank, keep_scale=keep_scale, device=device, dtype=dtype,
-                         conv1d_dense=to == "peft" and any(u.kind == "dense" for u in updates) and conv1d_base(
-                             base, ckpt, [u.name for u in updates if u.kind == "dense"]),
-                         progress=lambda n: bar.update(1, n), conv_rank=conv_rank)
+                         conv1d_dense=bool(to == "peft" and conv1d and any(u.kind == "dense" for u in updates)
+                                           and conv1d()),
+                         progress=lambda n: bar.update(1, n), conv_rank=conv_rank, conv_1x1=conv_1x1)
     finally:
         bar.close()
     if not res.factors():
-        raise DeltaspecError(f"{ckpt}: every update is zero; nothing to write")
-    src_cfg = _source_config(ckpt)
+        raise DeltaspecError(f"{updates.path}: every update is zero; nothing to write")
     from .report import command_line
 
-    info = {"deltaspec_version": ds.__version__, "command_name": "resize", "command": command_line(),
-            "input": {"path": str(ckpt), "format": updates.format, "base": base, "to": to},
+    info = {"deltaspec_version": ds.__version__, "command_name": command, "command": command_line(),
+            "input": {"path": str(updates.path), "format": updates.format, "base": updates.base, "to": to,
+                      **(extra_info or {})},
             "settings": {"max_rank": max_rank, "conv_rank": conv_rank, "device": device, "dtype": dtype,
                          "save_dtype": save_dtype},
             **res.to_dict()}
-    write(out, to, res.factors(), names=names, src_meta=source_metadata(ckpt) if updates.format in ("kohya", "lycoris") else None,
-          save_dtype=save_dtype, info=info, comment=f"resized by deltaspec ({policy.label})",
-          peft_kw={"base_model": src_cfg.get("base_model_name_or_path") or base, "task_type": src_cfg.get("task_type"),
-                   "fan_in_fan_out": res.fan_in_fan_out})
+    write(out, to, res.factors(), names=names, src_meta=src_meta, save_dtype=save_dtype, info=info,
+          comment=f"{command} by deltaspec ({policy.label})",
+          peft_kw={**(peft_kw or {}), "fan_in_fan_out": res.fan_in_fan_out})
     if fmt == "json":
         click.echo(json.dumps(info, indent=1))
     else:
         total = sum(x.rank for x in res.layers)
-        head = (f"{ckpt} [{updates.format}] → {out}: {len(res.factors())} LoRA layers, {policy.label}"
+        head = (f"{updates.path} [{updates.format}] → {out}: {len(res.factors())} LoRA layers, {policy.label}"
                 + (f", at most {max_rank}" if max_rank else "") + f", total rank {total}")
         click.echo("\n".join(wrap(head, table_width(None))))
         click.echo(res.format_table(width=table_width(None), verbose=verbose))
     warn(res.warnings)
+    return res
 
 
 def _source_config(ckpt) -> dict:

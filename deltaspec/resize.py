@@ -120,10 +120,10 @@ def truncated_factors(sigma, U, V, k: int, scale: float, transposed: bool = Fals
     return A.contiguous(), B.contiguous()
 
 
-def _layer_rank(policy: R.Policy, sigma, u, max_rank: Optional[int], conv_rank: Optional[int]) -> int:
+def _layer_rank(policy: R.Policy, sigma, u, max_rank: Optional[int], conv_rank: Optional[int], conv_1x1: bool) -> int:
     """The rank `policy` picks for layer u; conv layers use conv_rank (as rank, or as cap) when given."""
-    size = min(u.shape)
-    if conv_rank is not None and u.meta.get("conv_kernel"):
+    size, kernel = min(u.shape), u.meta.get("conv_kernel")
+    if conv_rank is not None and kernel and (conv_1x1 or kernel != "1x1"):
         if policy.name == "rank":
             return R.fixed_rank(sigma, conv_rank)
         return policy.rank(sigma, conv_rank, size=size)
@@ -145,14 +145,15 @@ def _orientation(u, conv1d_dense: bool) -> tuple[bool, bool]:
 
 def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None, keep_scale: str = "ratio",
            device: str = "cpu", dtype: str = "float32", conv1d_dense: bool = False, progress=None,
-           conv_rank: Optional[int] = None) -> ResizeResult:
+           conv_rank: Optional[int] = None, conv_1x1: bool = True) -> ResizeResult:
     """Truncate every layer of `updates` to the rank `policy` picks (capped by max_rank).
 
     keep_scale: "ratio" keeps each layer's α/r, "alpha" its α (ranks.new_alpha); the merged ΔW_k is
     the same either way. conv1d_dense: dense updates come from a GPT-2-style model whose weights are
     stored (d_in, d_out) (see io.write_peft.conv1d_base). progress: a callable(name) per layer.
     conv_rank: for conv layers (stored (out, in, kh, kw)): the rank with the `rank` policy, else the
-    cap, instead of max_rank (kohya's --new_conv_rank; kohya applies it to every 4-D lora_down).
+    cap, instead of max_rank (kohya's --new_conv_rank; kohya's resize applies it to every 4-D lora_down,
+    its extract only to kernels other than 1×1: conv_1x1=False).
     Zero updates are left out with a warning (a LoRA layer needs rank ≥ 1).
     """
     from .spectra import spectrum
@@ -167,7 +168,7 @@ def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None
     out, spectra, warnings = [], {}, list(updates.warnings)
     for u, transposed, emb in plan:
         spec = spectrum(u.load(), device=device, dtype=dtype, vectors=True)
-        k = _layer_rank(policy, spec.sigma, u, max_rank, conv_rank)
+        k = _layer_rank(policy, spec.sigma, u, max_rank, conv_rank, conv_1x1)
         # keep only the top-k vectors: memory is the output's size, not every layer's full SVD
         spectra[u.name] = (spec.sigma, spec.U[:, :k].clone(), spec.V[:, :k].clone(), k)
         del spec
