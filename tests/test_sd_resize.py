@@ -170,3 +170,23 @@ def test_sd_errors_are_one_line(kohya_file, tmp_path):
         r = run("resize", src, *args)
         lines = [x for x in r.output.splitlines() if x.strip()]
         assert r.exit_code == 2 and msg in r.output and len(lines) == 1, (args, r.output)
+
+
+def test_diffusers_to_peft_loaded_by_peft(kohya_file, tmp_path):
+    """diffusers file → --to peft (one component): PEFT's own merge_and_unload into the UNet gives ΔW_k."""
+    from peft import PeftModel
+
+    _, sd = kohya_file
+    diff = {f"{mod}.lora_{ab}.weight": sd[f"{key}.lora_{ud}.weight"] for key, mod in TO_MODULE.items()
+            for ab, ud in (("A", "down"), ("B", "up"))}
+    meta = {"unet.r": 6, "unet.lora_alpha": 3.0, "unet.target_modules": list(KOHYA_MODULES)}
+    save_file(diff, tmp_path / "d.safetensors", metadata={"format": "pt", "lora_adapter_metadata": json.dumps(meta)})
+    r = run("resize", tmp_path / "d.safetensors", "--rank", "2", "--to", "peft", "-o", tmp_path / "p", "-q")
+    assert r.exit_code == 0, r.output
+    unet = tiny_pipeline().unet
+    before = {n: m.weight.detach().double().clone() for n, m in unet.named_modules() if n in KOHYA_MODULES}
+    merged = dict(PeftModel.from_pretrained(unet, str(tmp_path / "p")).merge_and_unload().named_modules())
+    for key, mod in TO_MODULE.items():
+        m = mod.removeprefix("unet.")
+        got = (merged[m].weight.detach().double() - before[m]).flatten(1).numpy()
+        assert_close(got, truncate(kohya_delta(sd, key), 2), key)
