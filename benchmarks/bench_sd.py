@@ -1,6 +1,6 @@
 """Stable Diffusion XL: resize a kohya LoRA and extract a LoRA from two UNets, deltaspec vs kohya's algorithm.
 
-    python benchmarks/bench_sd.py                       # default: short (resize all SDXL modules, extract 24)
+    python benchmarks/bench_sd.py                       # default: resize all SDXL modules, extract 6 layers
     python benchmarks/bench_sd.py --extract-layers 0    # extract on every SDXL UNet attention linear (slow)
 
 Shapes: the real SDXL UNet (diffusers UNet2DConditionModel with SDXL's config, built on the meta device:
@@ -157,20 +157,7 @@ def task_kohya_extract(d, rank, threads=None):
 TASKS = {"ds_resize": task_ds_resize, "kohya_resize": task_kohya_resize, "kohya_extract": task_kohya_extract}
 
 
-def main():
-    if harness.worker_main(TASKS):
-        return
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rank", type=int, default=32, help="rank of the synthetic kohya LoRA")
-    ap.add_argument("--new-rank", type=int, default=8)
-    ap.add_argument("--kohya-per-shape", type=int, default=1, help="baseline modules timed per distinct shape")
-    ap.add_argument("--extract-layers", type=int, default=24, help="UNet attention linears in the folders (0: all)")
-    ap.add_argument("--extract-rank", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
-    a = ap.parse_args()
-    print(f"# {harness.machine_line()}", flush=True)
-    td = tempfile.mkdtemp(prefix="bench_sd_")
+def resize_comparison(a, td) -> dict:
     src = os.path.join(td, "sdxl_kohya.safetensors")
     build_kohya(src, a.rank)
     mods = sdxl_modules()
@@ -188,6 +175,25 @@ def main():
     print(f"  kohya alg. {ko_total:8.2f} s  (extrapolated from {a.kohya_per_shape} module(s) per shape; peak RSS "
           f"{harness.mb(ko['vmhwm_bytes'])} for that subset)")
     print(f"  ratio      {ko_total / ds_run['seconds']:8.1f}x", flush=True)
+    return r
+
+
+def main():
+    if harness.worker_main(TASKS):
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rank", type=int, default=32, help="rank of the synthetic kohya LoRA")
+    ap.add_argument("--new-rank", type=int, default=8)
+    ap.add_argument("--kohya-per-shape", type=int, default=1, help="baseline modules timed per distinct shape")
+    ap.add_argument("--extract-layers", type=int, default=6, help="UNet attention linears in the folders (0: all)")
+    ap.add_argument("--extract-rank", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--skip-resize", action="store_true", help="only the extract comparison")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    print(f"# {harness.machine_line()}", flush=True)
+    td = tempfile.mkdtemp(prefix="bench_sd_")
+    r = {} if a.skip_resize else resize_comparison(a, td)
     ed = os.path.join(td, "unets")
     dw_bytes, n = build_unets(ed, a.extract_layers)
     out = os.path.join(td, "x.safetensors")
