@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .common import parse_list, user_errors
+from .common import UserPath, parse_list, user_errors
 from .output import check_output, emit, output_format, table_width
 
 ABLATE_HELP = """Modes, per selected layer, with ΔW = U Σ Vᵀ its exact SVD (factored for adapters, dense
@@ -59,23 +59,23 @@ def format_table(data: dict, width=None) -> str:
 
 
 @click.command(epilog=ABLATE_HELP)
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("runs", nargs=-1, required=True, type=UserPath(exists=True, file_okay=False))
 @click.option("--labels", default=None, help="One name per run; runs sharing a name are averaged (seeds).")
 @click.option("--k", "ks", default="1,2,4,8,16,full", show_default=True, help="Directions per layer.")
 @click.option("--modes", default="trunc,remove,random", show_default=True, help="Ablations (see below).")
 @click.option("--modules", default=None,
               help="Layers to ablate: module names, or 'all' [default: the run's target modules; full FT of "
                    "every parameter: q_proj,k_proj,v_proj,o_proj].")
-@click.option("--base", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--base", default=None, type=UserPath(exists=True, file_okay=False),
               help="The base model [default: train_info.json's base].")
 @click.option("--per-task", type=click.IntRange(min=1), default=40, show_default=True,
               help="Held-out examples per task family.")
 @click.option("--random-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random control's directions (layer i: seed + i).")
-@click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Write the table or JSON (.json).")
+@click.option("-o", "--out", default=None, type=UserPath(dir_okay=False), help="Write the table or JSON (.json).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
               help="Output format [default: from -o's extension, else table].")
-@click.option("--plot", "plot_out", default=None, type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_out", default=None, type=UserPath(dir_okay=False),
               help="Also draw accuracy and loss against k (.png, .pdf, .svg).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @user_errors

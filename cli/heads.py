@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import cli_words, parse_layers, parse_list, user_errors
+from .common import UserPath, cli_words, parse_layers, parse_list, user_errors
 from .options import FORMATS, compute_options, selection_options
 from .output import check_output, emit, output_format, table_width, warn
 
@@ -27,7 +27,7 @@ def load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero
 
 
 @click.command()
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=UserPath())
 @heads_reader_options
 @selection_options
 @compute_options(metrics=False)
@@ -36,7 +36,7 @@ def load_heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default=None,
               help="Output format [default: from -o's extension, else table]. JSON: every value, per head "
                    "and per pair of heads; CSV: one row per head.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="Write the report to FILE.")
+@click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def heads(ckpt, ckpt_type, lora_alpha, modules, layers, device, dtype, zero_tol, fmt, out, quiet):

@@ -19,6 +19,8 @@ COMMANDS = {
     "train": "deltaspec_cli.train:train",
     "suggest-rank": "deltaspec_cli.suggest_rank:suggest_rank",
     "resize": "deltaspec_cli.resize:resize",
+    "merge": "deltaspec_cli.merge:merge",
+    "extract": "deltaspec_cli.extract:extract",
     "report": "deltaspec_cli.report:report",
 }
 # One-line help for `deltaspec --help`, so listing commands imports neither torch nor matplotlib.
@@ -33,6 +35,8 @@ SHORT_HELP = {
     "train": "Fine-tune a model with full FT, LoRA or MultiLoRA and save the checkpoint.",
     "suggest-rank": "Per-layer LoRA ranks from the exact spectrum, and a PEFT rank_pattern.",
     "resize": "Any update to a PEFT LoRA of the chosen (per-layer) rank, by truncated SVD.",
+    "merge": "Several LoRAs of one base to one LoRA of Σ w_j ΔW_j, by exact SVD.",
+    "extract": "A LoRA (kohya, diffusers, PEFT) from a base and a fine-tuned model.",
     "report": "One self-contained HTML report (provenance, tables, figures, ranks).",
 }
 

@@ -271,7 +271,7 @@ def trajectory(**kw):
 
 
 @plot.command(epilog=FIG_HELP)
-@click.argument("ckpt", type=click.Path())
+@click.argument("ckpt", type=UserPath())
 @heads_reader_options
 @selection_options(modules_help="Module types, one panel each [default: all].")
 @compute_options(metrics=False)
@@ -310,7 +310,7 @@ def heads(**kw):
 
 
 @plot.command(epilog=FIG_HELP)
-@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=UserPath(exists=True, dir_okay=False))
 @figure_options
 @user_errors
 def ablation(data, **kw):

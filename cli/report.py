@@ -32,7 +32,8 @@ def command_line() -> str:
 @click.option("--no-hash", is_flag=True, help="Do not compute SHA-256 of the input files (large models).")
 @user_errors
 def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, n_ref, energy_k,
-           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, no_hash, initial):
+           quiet, labels, out, title, policy, energy, fro_error, sv_ratio, dynamic_param, max_rank, keep_scale, no_hash,
+           initial):
     """Write one self-contained HTML report of the INPUTS.
 
     \b
@@ -56,7 +57,7 @@ def report(inputs, base, ckpt_type, lora_alpha, include_embeddings, modules, lay
     initials = initials_for(inputs, initial)
     check_output(out, [*inputs, base, *initials])
     names = input_labels(inputs, labels)
-    chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
+    chosen = chosen_policy(policy, energy, fro_error, sv_ratio, dynamic_param)
     opts = dict(base=base, ckpt_type=ckpt_type, lora_alpha=lora_alpha, include_embeddings=include_embeddings,
                 modules=modules, layers=layers, device=device, dtype=dtype, n_ref=n_ref, energy_k=energy_k, quiet=quiet,
                 initials=initials)

@@ -13,16 +13,19 @@ truncation keeps, and sqrt(1 − E(k)) its relative Frobenius error, Eckart–Yo
 \b
 energy          smallest k with E(k) ≥ --energy (default 0.9)
 fro-error       smallest k with sqrt(1 − E(k)) ≤ --fro-error (default 0.1)
-sv-ratio        #{σ_i > σ_1 / --sv-ratio} (kohya's sv_ratio; default 10)
+sv-ratio        #{σ_i > σ_1 / --sv-ratio} (default 10; kohya's keeps one more)
 knee            the values before the knee of σ_i/σ_1 (see ranks.py)
 effective-rank  exp(spectral entropy), rounded
 
-kohya's sv_fro = t is --energy t². --keep-scale ratio (default) gives each layer α = (α/r of the
+kohya-sv-ratio, kohya-sv-fro, kohya-sv-cumulative: kohya's resize_lora.py --dynamic_method,
+with its parameter in --dynamic-param (kohya keeps index + 1: its sv_fro t is one more than
+--energy t²). --keep-scale ratio (default) gives each layer α = (α/r of the
 source) · new r, so every layer keeps its scale (α = r when the source has none, e.g. full FT);
 --keep-scale alpha keeps the source's α (one α for all layers when it has none). The merged ΔW
 is the same either way; it matters for further training."""
 
-CHOICES = ["energy", "fro-error", "sv-ratio", "knee", "effective-rank"]
+CHOICES = ["energy", "fro-error", "sv-ratio", "knee", "effective-rank", "kohya-sv-ratio", "kohya-sv-fro",
+           "kohya-sv-cumulative"]
 
 
 def policy_value_options(fn):
@@ -31,6 +34,8 @@ def policy_value_options(fn):
         click.option("--energy", type=float, default=None, help="Energy share E for the energy policy [0.9]."),
         click.option("--fro-error", type=float, default=None, help="Relative Frobenius error for fro-error [0.1]."),
         click.option("--sv-ratio", type=float, default=None, help="σ_1/σ_i ratio for sv-ratio [10]."),
+        click.option("--dynamic-param", type=float, default=None,
+                     help="Parameter of the kohya-* policies [10, 0.9, 0.9]."),
         click.option("--max-rank", type=click.IntRange(min=1), default=None, help="Cap on the chosen rank."),
         click.option("--keep-scale", type=click.Choice(["ratio", "alpha"]), default="ratio", show_default=True,
                      help="New α per layer: keep α/r (ratio) or keep α (alpha)."),
@@ -45,11 +50,12 @@ def device_options(fn):
     return click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda.")(fn)
 
 
-def chosen_policy(name: str, energy, fro_error, sv_ratio):
+def chosen_policy(name: str, energy, fro_error, sv_ratio, dynamic_param=None):
     from deltaspec import ranks as R
 
     key = name.replace("-", "_")
-    return R.policy(key, {"energy": energy, "fro_error": fro_error, "sv_ratio": sv_ratio}.get(key))
+    return R.policy(key, dynamic_param if key.startswith("kohya_") else
+                    {"energy": energy, "fro_error": fro_error, "sv_ratio": sv_ratio}.get(key))
 
 
 def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, layers, device, dtype, quiet):
@@ -81,8 +87,8 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
 @reader_options
 @selection_options
 @device_options
-@click.option("--policy", type=click.Choice(CHOICES), default="energy", show_default=True,
-              help="The policy whose ranks go into the PEFT rank_pattern.")
+@click.option("--policy", type=click.Choice(CHOICES), default="energy", show_default=True, metavar="NAME",
+              help="The policy whose ranks go into the PEFT rank_pattern (below).")
 @policy_value_options
 @click.option("--levels", default="0.5,0.8,0.9,0.99", show_default=True,
               help="Energy shares for the 'rank needed' table per module type.")
@@ -93,7 +99,7 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
 @click.option("-o", "--out", type=UserPath(dir_okay=False), default=None, help="Write the report to FILE.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale, levels, plot_out, fmt, out, **kw):
+def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, dynamic_param, max_rank, keep_scale, levels, plot_out, fmt, out, **kw):
     """Per-layer LoRA ranks from the exact spectrum of ΔW, and a PEFT config.
 
     \b
@@ -118,7 +124,7 @@ def suggest_rank(ckpt, policy, energy, fro_error, sv_ratio, max_rank, keep_scale
         raise click.BadParameter(f"expected comma-separated shares, got {levels!r}", param_hint="--levels") from None
     if not lv or not all(0 < x <= 1 for x in lv):
         raise DeltaspecError(f"--levels must be shares in (0, 1], got {levels!r}")
-    chosen = chosen_policy(policy, energy, fro_error, sv_ratio)
+    chosen = chosen_policy(policy, energy, fro_error, sv_ratio, dynamic_param)
     res, scales = analysed(ckpt, **kw)
     from deltaspec.suggest import default_policies
 

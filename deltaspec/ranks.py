@@ -13,12 +13,14 @@ rank-k truncated SVD is the best rank-k approximation in Frobenius norm, with
 | `rank`           | r         | min(r, #{σ_i > 0})                                                   |
 | `energy`         | e ∈ (0,1] | the smallest k with E(k) ≥ e (gradience's "energy rank")             |
 | `fro_error`      | ε ∈ [0,1) | the smallest k with sqrt(1 − E(k)) ≤ ε, i.e. `energy` at e = 1 − ε²  |
-| `sv_ratio`       | ρ ≥ 1     | #{σ_i > σ_1 / ρ}, at least 1 (kohya's sv_ratio)                       |
+| `sv_ratio`       | ρ ≥ 1     | #{σ_i > σ_1 / ρ}, at least 1 (kohya's sv_ratio keeps one more)        |
 | `knee`           | —         | the values before the knee of σ_i/σ_1 (max distance below the chord)  |
 | `effective_rank` | —         | exp(spectral entropy) rounded to the nearest integer (Roy & Vetterli) |
 
-kohya's other two dynamic methods map onto these: sv_fro = t is `energy` at e = t², and
-sv_cumulative (an L1 share of Σσ_i) has no Frobenius meaning, so it is left out. Energy comparisons
+kohya's dynamic methods (sd-scripts resize_lora.py) are `kohya_sv_ratio`, `kohya_sv_fro` and
+`kohya_sv_cumulative` (deltaspec/kohya_ranks.py): kohya keeps one direction more than the index it
+finds, so kohya's sv_ratio ρ is `sv_ratio` ρ plus one and its sv_fro t is `energy` t² plus one
+(clamped to [2, n]; n = min(d_out, d_in), passed as `size`). Energy comparisons
 allow a relative slack of 1e-12 so that e = 1 is reached despite rounding in the cumulative sum.
 
 >>> s = [4.0, 2.0, 1.0, 1.0]          # energies 16, 4, 1, 1 of 22
@@ -40,6 +42,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import kohya_ranks as K
 from .errors import DeltaspecError
 
 SLACK = 1e-12
@@ -140,9 +143,14 @@ class Policy:
     name: str
     value: Optional[float] = None
 
-    def rank(self, s, max_rank: Optional[int] = None) -> int:
+    def rank(self, s, max_rank: Optional[int] = None, size: Optional[int] = None) -> int:
+        """k for singular values s; size: the full spectrum's length min(d_out, d_in) (kohya's rules
+        clamp to it; default len(s))."""
         fn, needs = POLICIES[self.name]
-        k = fn(s, self.value) if needs else fn(s)
+        if self.name in KOHYA:
+            k = fn(s, self.value, size)
+        else:
+            k = fn(s, self.value) if needs else fn(s)
         return min(k, max_rank) if max_rank is not None else k
 
     @property
@@ -162,8 +170,13 @@ POLICIES: dict[str, tuple[Callable, bool]] = {
     "sv_ratio": (sv_ratio_rank, True),
     "knee": (knee_rank, False),
     "effective_rank": (effective_rank_rank, False),
+    "kohya_sv_ratio": (K.sv_ratio_rank, True),
+    "kohya_sv_fro": (K.sv_fro_rank, True),
+    "kohya_sv_cumulative": (K.sv_cumulative_rank, True),
 }
-DEFAULTS = {"energy": 0.9, "fro_error": 0.1, "sv_ratio": 10.0}
+KOHYA = ("kohya_sv_ratio", "kohya_sv_fro", "kohya_sv_cumulative")
+DEFAULTS = {"energy": 0.9, "fro_error": 0.1, "sv_ratio": 10.0, "kohya_sv_ratio": 10.0, "kohya_sv_fro": 0.9,
+            "kohya_sv_cumulative": 0.9}
 
 
 def policy(name: str, value: Optional[float] = None) -> Policy:

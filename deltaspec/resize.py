@@ -29,6 +29,7 @@ from . import ranks as R
 from .errors import DeltaspecError
 from .io.model.names import is_embedding
 from .io.write.peft import LoraFactors
+from .kohya_ranks import retained
 from .updates import Updates
 
 
@@ -44,12 +45,14 @@ class ResizedLayer:
     kept_energy: float
     rel_error: float
     factors: Optional[LoraFactors] = field(default=None, repr=False)
+    retained: dict = field(default_factory=dict)  # kohya's verbose numbers (kohya_ranks.retained)
 
     def to_dict(self) -> dict:
         nan = lambda v: None if not math.isfinite(v) else v
         return {"name": self.name, "shape": list(self.shape), "kind": self.kind, "rank_before": self.rank_before,
                 "rank": self.rank, "alpha": self.factors.alpha if self.factors else None,
-                "kept_energy": nan(self.kept_energy), "relative_error": nan(self.rel_error)}
+                "kept_energy": nan(self.kept_energy), "relative_error": nan(self.rel_error),
+                **{k: nan(v) for k, v in self.retained.items()}}
 
 
 @dataclass
@@ -67,7 +70,9 @@ class ResizeResult:
         return {"policy": self.policy.label, "keep_scale": self.keep_scale, "fan_in_fan_out": self.fan_in_fan_out,
                 "warnings": list(self.warnings), "layers": [x.to_dict() for x in self.layers]}
 
-    def format_table(self, width: Optional[int] = None) -> str:
+    def format_table(self, width: Optional[int] = None, verbose: bool = False) -> str:
+        """Per layer: ranks, energy kept, relative error; verbose adds kohya's --verbose numbers
+        (Frobenius norm and sum of σ retained, σ_1/σ_k) and their mean over layers."""
         from .formatting import fmt_pct, short_names, text_grid
 
         short = short_names([x.name for x in self.layers])
@@ -75,7 +80,18 @@ class ResizeResult:
         body = [[n, "x".join(map(str, x.shape)), x.kind, str(x.rank_before), str(x.rank), fmt_pct(x.kept_energy),
                  fmt_pct(x.rel_error)] for n, x in zip(names, self.layers)]
         head = ["layer", "shape", "kind", "from", "to", "kept", "rel.err"]
-        return "\n".join(text_grid(head, body, width))
+        if verbose:
+            head, body = ["layer", "from", "to", "fro kept", "sum kept", "σ1/σk"], [
+                [n, str(x.rank_before), str(x.rank), fmt_pct(x.retained.get("fro_retained", math.nan)),
+                 fmt_pct(x.retained.get("sum_retained", math.nan)), f"{x.retained.get('max_ratio', math.nan):.1f}"]
+                for n, x in zip(names, self.layers)]
+        lines = text_grid(head, body, width)
+        fro = [x.retained["fro_retained"] for x in self.layers if math.isfinite(x.retained.get("fro_retained", math.nan))]
+        if verbose and fro:
+            import numpy as np
+
+            lines.append(f"Frobenius norm retained: mean {fmt_pct(np.mean(fro))}, std {fmt_pct(np.std(fro))}")
+        return "\n".join(lines)
 
 
 def truncated_factors(sigma, U, V, k: int, scale: float, transposed: bool = False):
@@ -96,6 +112,16 @@ def truncated_factors(sigma, U, V, k: int, scale: float, transposed: bool = Fals
     return A.contiguous(), B.contiguous()
 
 
+def _layer_rank(policy: R.Policy, sigma, u, max_rank: Optional[int], conv_rank: Optional[int], conv_1x1: bool) -> int:
+    """The rank `policy` picks for layer u; conv layers use conv_rank (as rank, or as cap) when given."""
+    size, kernel = min(u.shape), u.meta.get("conv_kernel")
+    if conv_rank is not None and kernel and (conv_1x1 or kernel != "1x1"):
+        if policy.name == "rank":
+            return R.fixed_rank(sigma, conv_rank)
+        return policy.rank(sigma, conv_rank, size=size)
+    return policy.rank(sigma, max_rank, size=size)
+
+
 def _orientation(u, conv1d_dense: bool) -> tuple[bool, bool]:
     """(transposed, embedding) of a layer's LoRA, or a DeltaspecError for what cannot be written."""
     meta = u.meta
@@ -110,21 +136,23 @@ def _orientation(u, conv1d_dense: bool) -> tuple[bool, bool]:
 
 
 def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None, keep_scale: str = "ratio",
-           device: str = "cpu", dtype: str = "float32", conv1d_dense: bool = False, progress=None) -> ResizeResult:
+           device: str = "cpu", dtype: str = "float32", conv1d_dense: bool = False, progress=None,
+           conv_rank: Optional[int] = None, conv_1x1: bool = True) -> ResizeResult:
     """Truncate every layer of `updates` to the rank `policy` picks (capped by max_rank).
 
     keep_scale: "ratio" keeps each layer's α/r, "alpha" its α (ranks.new_alpha); the merged ΔW_k is
     the same either way. conv1d_dense: dense updates come from a GPT-2-style model whose weights are
     stored (d_in, d_out) (see io.write_peft.conv1d_base). progress: a callable(name) per layer.
+    conv_rank: for conv layers (stored (out, in, kh, kw)): the rank with the `rank` policy, else the
+    cap, instead of max_rank (kohya's --new_conv_rank; kohya's resize applies it to every 4-D lora_down,
+    its extract only to kernels other than 1×1: conv_1x1=False).
     Zero updates are left out with a warning (a LoRA layer needs rank ≥ 1).
     """
     from .spectra import spectrum
 
-    if updates.format in ("kohya", "lycoris", "diffusers"):
-        raise DeltaspecError(f"{updates.path}: {updates.format} layer names (lora_unet_…, unet.…) are not the module "
-                             "names of one model; resize writes PEFT adapters and cannot map them")
-    if max_rank is not None and max_rank < 1:
-        raise DeltaspecError(f"--max-rank must be ≥ 1, got {max_rank}")
+    for what, v in (("--max-rank", max_rank), ("--conv-rank", conv_rank)):
+        if v is not None and v < 1:
+            raise DeltaspecError(f"{what} must be ≥ 1, got {v}")
     plan = [(u, *_orientation(u, conv1d_dense)) for u in updates]  # refuse before computing anything
     if not plan:
         raise DeltaspecError(f"{updates.path}: no layers to resize")
@@ -132,7 +160,7 @@ def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None
     out, spectra, warnings = [], {}, list(updates.warnings)
     for u, transposed, emb in plan:
         spec = spectrum(u.load(), device=device, dtype=dtype, vectors=True)
-        k = policy.rank(spec.sigma, max_rank)
+        k = _layer_rank(policy, spec.sigma, u, max_rank, conv_rank, conv_1x1)
         # keep only the top-k vectors: memory is the output's size, not every layer's full SVD
         spectra[u.name] = (spec.sigma, spec.U[:, :k].clone(), spec.V[:, :k].clone(), k)
         del spec
@@ -142,7 +170,7 @@ def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None
     for u, transposed, emb in plan:
         sigma, U, V, k = spectra.pop(u.name)
         layer = ResizedLayer(u.name, tuple(u.shape), u.kind, u.rank_bound, k, R.kept_energy(sigma, k),
-                             R.relative_error(sigma, k))
+                             R.relative_error(sigma, k), retained=retained(sigma, k))
         if k == 0:
             warnings.append(f"{u.name}: zero update, left out of the adapter")
         else:

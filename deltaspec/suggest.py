@@ -213,12 +213,12 @@ def suggest_ranks(result, policy: str | R.Policy = "energy", value: Optional[flo
     if any(r.upper is not None for r in result.layers):
         raise DeltaspecError("rank suggestions need every singular value; this analysis is truncated (--top-k): "
                              "run it without --top-k")
-    chosen_k = {r.name: chosen.rank(r.singular_values, max_rank) for r in result.layers}
+    chosen_k = {r.name: chosen.rank(r.singular_values, max_rank, size=min(r.shape)) for r in result.layers}
     alphas = R.layer_alphas(chosen_k, keep_scale, scales)
     out = []
     for r in result.layers:
         s, k = r.singular_values, chosen_k[r.name]
-        ks = {p.label: p.rank(s) for p in policies}
+        ks = {p.label: p.rank(s, size=min(r.shape)) for p in policies}
         ks[chosen.label] = k  # the chosen column shows what is used (capped by max_rank)
         out.append(LayerRanks(r.name, r.module, r.layer, tuple(r.shape), r.kind, r.rank, ks, k, R.kept_energy(s, k),
                               R.relative_error(s, k), alphas[r.name], rank_needed(s, levels)))

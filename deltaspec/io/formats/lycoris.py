@@ -155,6 +155,8 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
         raise FormatError(f"{f.path}: '{name}': has only {', '.join(sorted(parts))}; no update tensors")
     if "dora_scale" in parts:
         return _dora(name, parts, ctx, build, shape2, stored, meta)
+    if stored and len(stored) > 2:  # conv: the kernel, so that a resize can write conv-shaped factors
+        meta.setdefault("conv_kernel", "x".join(map(str, stored[2:])))
     rank = min(rank or min(shape2), *shape2)
     return LayerUpdate(name, shape2, kind, rank, build, f.path, _dtype(f, parts), meta)
 
