@@ -29,6 +29,7 @@ _LAZY = {
     "LowRank": ("updates", "LowRank"),
     "SumOfLowRank": ("updates", "SumOfLowRank"),
     "Updates": ("updates", "Updates"),
+    "track": ("integrations.tracker", "track"),
 }
 
 
@@ -74,4 +75,4 @@ def detect(path) -> str:
 
 
 __all__ = ["load", "detect", "analyze", "compare", "metrics", "AnalysisResult", "LayerResult", "Updates", "LayerUpdate",
-           "Dense", "LowRank", "SumOfLowRank", "DeltaspecError", "__version__"]
+           "Dense", "LowRank", "SumOfLowRank", "DeltaspecError", "track", "__version__"]
