@@ -91,7 +91,7 @@ def test_histograms_and_per_layer(tmp_path):
     files = glob.glob(f"{tmp_path}/out/**/events.out.tfevents*", recursive=True)
     acc = event_accumulator.EventAccumulator(files[0], size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
-    assert "train/spectra/q_proj/singular_values" in acc.Tags()["histograms"]
+    assert "spectra/q_proj/singular_values" in acc.Tags()["histograms"]
     tb = scalars_from_events(tmp_path / "out")
     assert "train/spectra/layer/model.layers.1.self_attn.q_proj/normalized_entropy" in tb
     assert not any("v_proj" in t for t in tb)  # modules= selects
