@@ -165,9 +165,13 @@ class AnalysisResult:
 
     @classmethod
     def from_json(cls, path) -> "AnalysisResult":
-        """Read an `analyze --format json` file back (to plot or compare without recomputing)."""
+        """Read an `analyze --format json` file back (to plot or compare without recomputing); a
+        trajectory file of tracked training (`spectra_trajectory.jsonl`) gives its last step."""
         from .errors import FormatError
+        from .integrations import record
 
+        if record.is_trajectory(path):  # a training run tracked live: its last step, as a run folder's final checkpoint
+            return record.last(path)
         try:
             with open(path) as f:
                 d = json.load(f)
