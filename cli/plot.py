@@ -265,7 +265,8 @@ def trajectory(**kw):
     for label, (name, points) in zip(labels or list(series), series.items()):
         loaded = iter(load_results([p for _, p in points if isinstance(p, str)], **opts))
         data[label] = [(step, next(loaded) if isinstance(p, str) else _selected(p, opts)) for step, p in points]
-        click.echo(f"{label}: {len(points)} checkpoints, steps {points[0][0]}–{points[-1][0]} ({name})", err=True)
+        kind = "checkpoints" if all(isinstance(p, str) for _, p in points) else "points"
+        click.echo(f"{label}: {len(points)} {kind}, steps {points[0][0]}–{points[-1][0]} ({name})", err=True)
     axes = draw(data, metrics=parse_list(kw["traj_metrics"]), log_x=kw["log_x"], title=kw["title"], size=kw["size"],
                 height=kw["height"])
     _save(axes, kw)

@@ -5,6 +5,7 @@
     result = ds.analyze(updates, device="auto")   # exact singular values + balance metrics per layer
     result.table()                                # per-layer metrics (pandas DataFrame if installed)
     ds.compare([ds.analyze("lora/"), ds.analyze("multilora/")], ["LoRA", "MultiLoRA"]).format_table()
+    tracker = ds.track(model, every=50)           # spectra while training (deltaspec.integrations)
 
 `import deltaspec` is cheap: the public names below are imported on first use (module `__getattr__`),
 so reading headers (`ds.detect`, `deltaspec info`) never imports torch. Never imports click or

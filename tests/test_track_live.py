@@ -173,3 +173,21 @@ def test_ddp_gloo_rank0_only(tmp_path):
     _, points = record.read(tmp_path / "rank0.jsonl")
     assert_spectra(points[-1][1], {n: np.array(d) for n, d in r0["truth"].items()})
     assert r0["truth"] == r1["truth"]  # DDP kept the replicas equal: rank 0's view is everyone's
+
+
+def test_trajectory_file_of_a_killed_run(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 6))
+    wrap(model, ["0"], "lora", rank=2, alpha=2.0)
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    out = tmp_path / "t.jsonl"
+    tracker = ds.track(model, every=1, out=out)
+    tracker.step(), tracker.step()
+    text = out.read_text()
+    out.write_text(text + '{"step": 3, "analy')  # killed while writing step 3
+    assert [s for s, _ in record.read(out)[1]] == [1, 2]
+    assert ds.AnalysisResult.from_json(out).layers[0].metrics == tracker.last.layers[0].metrics
+    lines = text.splitlines()
+    out.write_text("\n".join([lines[0], "{bad", lines[2]]) + "\n")
+    with pytest.raises(ds.DeltaspecError, match="line 2: not a tracked step"):
+        record.read(out)

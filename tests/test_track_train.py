@@ -53,7 +53,7 @@ def test_plot_and_compare_read_a_tracked_run(base, tmp_path):
     train("--method", "lora", "--base", base, "--out", out, "--steps", "4", "--track-every", "1", "--rank", "4")
     assert not list(out.glob("checkpoint-*"))  # no step checkpoints written
     r = invoke("plot", "trajectory", out, "--modules", "k_proj,v_proj", "-o", tmp_path / "t.png")
-    assert "lora: 4 checkpoints, steps 1–4" in r.output and (tmp_path / "t.png").stat().st_size > 0
+    assert "lora: 4 points, steps 1–4" in r.output and (tmp_path / "t.png").stat().st_size > 0
     invoke("plot", "trajectory", out / record.TRAJECTORY_FILE, "--metrics", "top1_energy", "-o", tmp_path / "u.png")
     r = invoke("compare", out / record.TRAJECTORY_FILE, out, "--labels", "tracked,final")
     assert "tracked" in r.output
