@@ -20,7 +20,8 @@ the checkpoints that need it (full fine-tuning, DoRA) and ignored by the others.
 
 
 def is_saved_analysis(path: str) -> bool:
-    return Path(path).is_file() and Path(path).suffix.lower() == ".json"
+    """An `analyze -o x.json` file, or a tracking trajectory (`.jsonl`: read as its last step)."""
+    return Path(path).is_file() and Path(path).suffix.lower() in (".json", ".jsonl")
 
 
 def input_labels(inputs, labels: str | None) -> list[str]:

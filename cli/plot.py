@@ -216,12 +216,21 @@ def similarity(**kw):
     _save(ax, kw)
 
 
+def _selected(result, opts):
+    """A point a tracked run recorded (already analysed), restricted to --modules / --layers."""
+    from .common import parse_layers, parse_list
+
+    return result.select(parse_list(opts["modules"]), parse_layers(opts["layers"]))
+
+
 TRAJECTORY_INPUTS = """Each INPUT is a training run folder holding checkpoint-<step>/ folders (`deltaspec train
 --save-every N`, or a HF Trainer / PEFT output_dir): one line, labelled with the folder's name, with
 the run folder itself as the last step when its train_info.json says which. Single checkpoint-<step>
 folders and saved analyses of them (`analyze run/checkpoint-300 -o any.json`) are points of the run
 they belong to (for an analysis: the checkpoint path it records). The step comes from the name, else
-trainer_state.json's global_step, else train_info.json's step. --base is used for full fine-tuning checkpoints."""
+trainer_state.json's global_step, else train_info.json's step. --base is used for full fine-tuning checkpoints.
+A run tracked during training (train --track-every, the Trainer callbacks) is its
+spectra_trajectory.jsonl, or the folder holding it: every tracked step, already analysed."""
 
 
 @plot.command(epilog=TRAJECTORY_INPUTS + "\n\n" + FIG_HELP)
@@ -262,9 +271,10 @@ def trajectory(**kw):
         check_metric_names(parse_list(kw["traj_metrics"]) or [], metric_names(parse_ints(opts["energy_k"], "--energy-k")))
     data = {}
     for label, (name, points) in zip(labels or list(series), series.items()):
-        results = load_results([p for _, p in points], **opts)
-        data[label] = [(step, res) for (step, _), res in zip(points, results)]
-        click.echo(f"{label}: {len(points)} checkpoints, steps {points[0][0]}–{points[-1][0]} ({name})", err=True)
+        loaded = iter(load_results([p for _, p in points if isinstance(p, str)], **opts))
+        data[label] = [(step, next(loaded) if isinstance(p, str) else _selected(p, opts)) for step, p in points]
+        kind = "checkpoints" if all(isinstance(p, str) for _, p in points) else "points"
+        click.echo(f"{label}: {len(points)} {kind}, steps {points[0][0]}–{points[-1][0]} ({name})", err=True)
     axes = draw(data, metrics=parse_list(kw["traj_metrics"]), log_x=kw["log_x"], title=kw["title"], size=kw["size"],
                 height=kw["height"])
     _save(axes, kw)

@@ -42,6 +42,9 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.option("--save-every", type=int, default=0, show_default=True,
               help="Also keep OUT/checkpoint-<step>/ every N steps (each readable by analyze; for "
                    "`deltaspec plot trajectory`); 0: only the final checkpoint.")
+@click.option("--track-every", type=int, default=0, show_default=True,
+              help="Analyse ΔW every N steps while training, into OUT/spectra_trajectory.jsonl "
+                   "(for `plot trajectory`; no step checkpoints written); 0: off.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [default: full 3e-4, lora/multilora 2e-3, pretrain 3e-3].")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Sequences per step.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -56,7 +59,7 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj"
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alpha, target_modules, old_targets,
-          lora_dropout, scaling_lr_mult, steps, save_every, lr, batch_size, seed, data, device, preset, force, quiet):
+          lora_dropout, scaling_lr_mult, steps, save_every, track_every, lr, batch_size, seed, data, device, preset, force, quiet):
     """Train and save a checkpoint that `deltaspec analyze` reads without extra flags.
 
     Same base, data stream, steps and seed for every method, so LoRA, MultiLoRA and full
@@ -81,7 +84,7 @@ def train(method, out, base, hf_model, max_len, rank, heads, lora_alpha, old_alp
     cfg = TrainConfig(method=method, out=out, base=base, hf_model=hf_model, max_len=max_len, rank=rank, heads=heads,
                       lora_alpha=lora_alpha, target_modules=tuple(parse_list(target_modules) or ()),
                       full_targets=full_targets, dropout=lora_dropout, scaling_lr_mult=scaling_lr_mult, steps=steps,
-                      save_every=save_every, lr=lr, batch_size=batch_size, seed=seed, device=device, data=data,
+                      save_every=save_every, track_every=track_every, lr=lr, batch_size=batch_size, seed=seed, device=device, data=data,
                       model=model, progress=False if quiet else None, force=force)
     try:
         run(cfg)

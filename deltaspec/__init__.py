@@ -5,6 +5,7 @@
     result = ds.analyze(updates, device="auto")   # exact singular values + balance metrics per layer
     result.table()                                # per-layer metrics (pandas DataFrame if installed)
     ds.compare([ds.analyze("lora/"), ds.analyze("multilora/")], ["LoRA", "MultiLoRA"]).format_table()
+    tracker = ds.track(model, every=50)           # spectra while training (deltaspec.integrations)
 
 `import deltaspec` is cheap: the public names below are imported on first use (module `__getattr__`),
 so reading headers (`ds.detect`, `deltaspec info`) never imports torch. Never imports click or
@@ -31,6 +32,7 @@ _LAZY = {
     "LowRank": ("updates", "LowRank"),
     "SumOfLowRank": ("updates", "SumOfLowRank"),
     "Updates": ("updates", "Updates"),
+    "track": ("integrations.tracker", "track"),
 }
 
 
@@ -75,5 +77,5 @@ def detect(path) -> str:
     return _detect(path)
 
 
-__all__ = ["load", "detect", "analyze", "compare", "heads", "HeadsResult", "metrics", "AnalysisResult", "LayerResult", "Updates", "LayerUpdate",
-           "Dense", "LowRank", "SumOfLowRank", "DeltaspecError", "__version__"]
+__all__ = ["load", "detect", "analyze", "compare", "heads", "HeadsResult", "track", "metrics", "AnalysisResult",
+           "LayerResult", "Updates", "LayerUpdate", "Dense", "LowRank", "SumOfLowRank", "DeltaspecError", "__version__"]

@@ -37,7 +37,9 @@ from .results import AnalysisResult, Table, _json_num
 def default_label(path) -> str:
     """`sample_checkpoints/lora` → `lora`; `out/spectra.json` → `spectra`."""
     p = Path(str(path).rstrip("/\\"))
-    return p.stem if p.suffix.lower() == ".json" else (p.name or str(path))
+    if p.name == "spectra_trajectory.jsonl":  # a tracked run: named by its run folder
+        return p.parent.name or p.stem
+    return p.stem if p.suffix.lower() in (".json", ".jsonl") else (p.name or str(path))
 
 
 @dataclass

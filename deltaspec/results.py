@@ -180,15 +180,19 @@ class AnalysisResult:
     @classmethod
     def from_json(cls, source) -> "AnalysisResult":
         """An analysis read back (to plot or compare without recomputing) from what `to_json()` returns
-        (a JSON string), from `to_dict()`'s dict, or from the path of an `analyze --format json` file."""
+        (a JSON string), from `to_dict()`'s dict, or from the path of an `analyze --format json` file; a
+        trajectory file of tracked training (`spectra_trajectory.jsonl`) gives its last step."""
         from .errors import FormatError
+        from .integrations import record
 
-        where = "JSON text" if isinstance(source, (str, dict)) and (isinstance(source, dict) or
-                                                                   source.lstrip().startswith("{")) else source
+        text = isinstance(source, dict) or (isinstance(source, str) and source.lstrip().startswith("{"))
+        if not text and record.is_trajectory(source):  # a run tracked live: its last step, as a final checkpoint
+            return record.last(source)
+        where = "JSON text" if text else source
         try:
             if isinstance(source, dict):
                 d = source
-            elif isinstance(source, str) and source.lstrip().startswith("{"):
+            elif text:
                 d = json.loads(source)
             else:
                 with open(source) as f:

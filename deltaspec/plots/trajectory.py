@@ -3,7 +3,10 @@
 A trajectory is a list of (step, AnalysisResult), one per step checkpoint. `deltaspec train
 --save-every N` writes `RUN/checkpoint-<N>/` (each readable by analyze) and RUN itself is the last step;
 HF Trainer / PEFT runs write `checkpoint-<N>/` folders too. The step is taken from the folder name,
-else trainer_state.json (`global_step`), else deltaspec's train_info.json (`step`).
+else trainer_state.json (`global_step`), else deltaspec's train_info.json (`step`). A run tracked
+live (`deltaspec train --track-every`, the training callbacks, `deltaspec.track`) has no step
+checkpoints but a `spectra_trajectory.jsonl` holding the analysis of every tracked step: the file, or
+a run folder holding it, is one run whose points are already analysed (AnalysisResults, not paths).
 
 Each point is the mean of the metric over the selected layers (e.g. the 4 k_proj and v_proj layers).
 At step 0 (`RUN/checkpoint-0/`, which `deltaspec train` writes for LoRA and MultiLoRA) the update is
@@ -93,16 +96,35 @@ def series_key(path) -> tuple[str, int]:
     return (where.parent.name if _CKPT.search(_name(where)) else _name(where)) or str(where), step
 
 
+def _tracked(p: Path):
+    """(label, [(step, AnalysisResult)]) of a trajectory file, or of a run folder with one and no
+    checkpoint-<N>/ folders; None for anything else."""
+    from ..integrations import record
+
+    f = p if record.is_trajectory(p) else None
+    if f is None and p.is_dir() and not any(_CKPT.search(d.name) for d in p.iterdir() if d.is_dir()):
+        f = record.in_folder(p)
+    if f is None:
+        return None
+    label = f.resolve().parent.name if f.name == record.TRAJECTORY_FILE else f.stem
+    return label, record.read(f)[1]
+
+
 def collect(inputs: Sequence) -> dict[str, list[tuple[int, str]]]:
     """label → [(step, path)] from the inputs: a run folder holding checkpoint-<N>/ folders stands for
     all of them (and itself, when its step is known); a single checkpoint folder or saved analysis is
     one point of the run it names. Points of one run are merged; a step given twice is an error. Two
-    runs with the same folder name (seed0/lora, seed1/lora) are labelled with their paths."""
+    runs with the same folder name (seed0/lora, seed1/lora) are labelled with their paths.
+    A tracked run's points (`_tracked`) come as AnalysisResults in place of paths."""
     out: dict[str, dict[int, str]] = {}
     owner: dict[str, str] = {}  # label → the run folder it came from
     for path in inputs:
         p = Path(path)
-        if p.is_dir() and any(_CKPT.search(d.name) for d in p.iterdir() if d.is_dir()):
+        tracked = _tracked(p)
+        if tracked is not None:
+            label = tracked[0] if tracked[0] not in out else str(path)
+            points = [(label, s, res) for s, res in tracked[1]]
+        elif p.is_dir() and any(_CKPT.search(d.name) for d in p.iterdir() if d.is_dir()):
             label = p.resolve().name
             if owner.get(label, str(p.resolve())) != str(p.resolve()):
                 label = str(path)

@@ -24,7 +24,7 @@ def default_base() -> str | None:
     return p if os.path.exists(os.path.join(p, "model.safetensors")) else None
 
 
-_WRITTEN = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
+_WRITTEN = ("spectra_trajectory.jsonl", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "model.safetensors",
             "model.safetensors.index.json", "train_info.json")
 
 
@@ -70,7 +70,8 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
                       "grad_clip": cfg.clip, "param_groups": describe_groups(param_groups(model, cfg))},
         "batch_size": cfg.batch_size, "seed": cfg.seed, "device": str(device),
         "data": cfg.data or ("generated pretraining corpus" if cfg.method == "pretrain" else "built-in task mixture"),
-        "save_every": cfg.save_every or None, "trainable_parameters": n_train, **facts,
+        "save_every": cfg.save_every or None, "track_every": cfg.track_every or None,
+        "trainable_parameters": n_train, **facts,
     }
 
     def checkpoint(step: int, losses: list[float]) -> None:  # OUT/checkpoint-<step>/: OUT's layout, earlier
@@ -80,8 +81,16 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
 
     if adapted:  # the adapter before any step: `analyze RUN --initial RUN/checkpoint-0` splits off ΔW_0
         save_run(model, cfg, {**info, "step": 0, "loss": None}, os.path.join(cfg.out, "checkpoint-0"))
+
+    tracker = make_tracker(cfg, model, wrapped, device)
+
+    def on_step(step: int, losses: list[float]) -> None:
+        checkpoint(step, losses)
+        if tracker is not None and (step % cfg.track_every == 0 or step == cfg.steps):
+            tracker.record(step)
+
     t0 = time.perf_counter()
-    losses = train_loop(model, batches(cfg, max_len, tok), cfg, device, on_step=checkpoint)
+    losses = train_loop(model, batches(cfg, max_len, tok), cfg, device, on_step=on_step)
     train_s = time.perf_counter() - t0
     acc = {}
     if cfg.method != "pretrain" and not cfg.data:  # held-out accuracy, with its own bar ('evaluation')
@@ -93,6 +102,21 @@ def run(cfg: TrainConfig, log=lambda s: print(s, file=sys.stderr)) -> dict:
     save_run(model.cpu(), cfg, info)
     log(f"wrote {cfg.out} ({train_s:.0f} s of training)")
     return info
+
+
+def make_tracker(cfg: TrainConfig, model, wrapped: list[str], device):
+    """--track-every: the same Tracker as the Trainer callbacks, writing OUT/spectra_trajectory.jsonl.
+    Full fine-tuning tracks the trained nn.Linear weights (a copy of W0, within the Tracker's budget)."""
+    if not cfg.track_every or cfg.method == "pretrain":
+        return None
+    from ..integrations.record import TRAJECTORY_FILE
+    from ..integrations.tracker import Tracker
+    from ..updates import module_type
+
+    model.to(device)  # the tracker measures (and copies W0) where training happens
+    modules = sorted({module_type(n) for n in wrapped}) if cfg.method == "full" and wrapped else None
+    return Tracker(hf.named(model), cfg.track_every, out=os.path.join(cfg.out, TRAJECTORY_FILE),
+                   full=cfg.method == "full", modules=modules, label=os.path.basename(os.path.normpath(cfg.out)))
 
 
 def base_facts(cfg: TrainConfig, model) -> dict:

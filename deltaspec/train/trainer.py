@@ -46,6 +46,7 @@ class TrainConfig:
     scaling_lr_mult: float = DEFAULT_SCALING_LR_MULT  # MultiLoRA: the scalings' lr = this × lr
     steps: int = 400
     save_every: int = 0  # keep OUT/checkpoint-<step>/ every N steps (0: only the final checkpoint)
+    track_every: int = 0  # analyse ΔW live every N steps into OUT/spectra_trajectory.jsonl (0: off)
     lr: Optional[float] = None
     batch_size: int = 32
     warmup: float = 0.05  # fraction of steps
@@ -119,6 +120,10 @@ def check(cfg: TrainConfig) -> list[str]:
         notes.append(f"--heads {cfg.heads} applies to --method multilora; ignored")
     if cfg.method != "multilora" and cfg.scaling_lr_mult != TrainConfig.scaling_lr_mult:
         notes.append(f"--scaling-lr-mult {cfg.scaling_lr_mult:g} applies to --method multilora; ignored")
+    if cfg.track_every < 0 or cfg.save_every < 0:
+        raise DeltaspecError("--save-every and --track-every must be 0 (off) or a number of steps")
+    if cfg.track_every and cfg.method == "pretrain":
+        notes.append("--track-every applies to fine-tuning (full, lora, multilora); ignored")
     if cfg.save_every > cfg.steps:
         notes.append(f"--save-every {cfg.save_every} is more than --steps {cfg.steps}: no step checkpoints")
     return notes
