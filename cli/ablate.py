@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .common import UserPath, parse_list, user_errors
+from .common import UserPath, parse_list, paths_exist, user_errors
 from .output import check_output, emit, output_format, table_width
 
 ABLATE_HELP = """Modes, per selected layer, with ΔW = U Σ Vᵀ its exact SVD (factored for adapters, dense
@@ -59,14 +59,14 @@ def format_table(data: dict, width=None) -> str:
 
 
 @click.command(epilog=ABLATE_HELP)
-@click.argument("runs", nargs=-1, required=True, type=UserPath(exists=True, file_okay=False))
+@click.argument("runs", nargs=-1, required=True, type=UserPath(file_okay=False), callback=paths_exist())
 @click.option("--labels", default=None, help="One name per run; runs sharing a name are averaged (seeds).")
 @click.option("--k", "ks", default="1,2,4,8,16,full", show_default=True, help="Directions per layer.")
 @click.option("--modes", default="trunc,remove,random", show_default=True, help="Ablations (see below).")
 @click.option("--modules", default=None,
               help="Layers to ablate: module names, or 'all' [default: the run's target modules; full FT of "
                    "every parameter: q_proj,k_proj,v_proj,o_proj].")
-@click.option("--base", default=None, type=UserPath(exists=True, file_okay=False),
+@click.option("--base", default=None, type=UserPath(file_okay=False), callback=paths_exist(),
               help="The base model [default: train_info.json's base].")
 @click.option("--per-task", type=click.IntRange(min=1), default=40, show_default=True,
               help="Held-out examples per task family.")

@@ -20,7 +20,7 @@ CLI_FLAGS = {"base": "--base", "device": "--device", "dtype": "--dtype", "lora_a
              "n_ref": "--n-ref", "energy_k": "--energy-k", "svd_top_k": "--svd-top-k", "modules": "--modules",
              "layers": "--layers", "labels": "--labels", "metrics": "--metrics", "include_embeddings": "--include-embeddings",
              "initial": "--initial", "cmap": "--cmap", "vmin": "--vmin", "vmax": "--vmax", "top": "--top",
-             "bins": "--bins", "dpi": "--dpi",
+             "bins": "--bins", "dpi": "--dpi", "zero_tol": "--zero-tol", "every": "--track-every",
              # Python arguments without a flag: the words that say the same on the command line
              "vectors": "singular vectors (give checkpoints, not saved analyses)"}
 _PY_ARG = re.compile(r"(?<![\w./-])(" + "|".join(CLI_FLAGS) + r")=(\[[^\]]*\]|\([^)]*\)|'[^']*'|[^\s,;:)]*)")

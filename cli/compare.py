@@ -62,8 +62,8 @@ def open_inputs(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include
     """Every input opened without reading a tensor: the checkpoint's Updates (headers only) or the saved
     AnalysisResult, restricted to --modules/--layers. Selection mistakes surface here, before any work.
     initials: one --initial per input (None: none)."""
-    import deltaspec as ds
     from deltaspec.errors import DeltaspecError
+    from deltaspec.integrations.record import load_analysis
 
     mods, lays = parse_list(modules), parse_layers(layers)
     out = []
@@ -74,7 +74,7 @@ def open_inputs(inputs, *, base=None, ckpt_type="auto", lora_alpha=None, include
                                      "--initial instead)")
             if vectors:
                 raise DeltaspecError(f"{path}: saved analyses keep no singular vectors; give the checkpoint instead")
-            item = ds.AnalysisResult.from_json(path).select(mods, lays)
+            item = load_analysis(path).select(mods, lays)
         else:
             item = load_checkpoint(path, base, ckpt_type, lora_alpha, include_embeddings, initial)
             if mods or lays is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import UserPath, user_errors
+from .common import UserPath, paths_exist, user_errors
 from .lora_out import TARGETS, TO_HELP
 from .suggest_rank import device_options
 
@@ -18,8 +18,8 @@ quantile clamping of the factors: the output is the exact truncation."""
 
 
 @click.command(epilog=EXTRACT_HELP + "\n\n" + TO_HELP)
-@click.option("--base", required=True, type=UserPath(exists=True), help="The base model.")
-@click.option("--tuned", required=True, type=UserPath(exists=True), help="The fine-tuned model.")
+@click.option("--base", required=True, type=UserPath(), callback=paths_exist(), help="The base model.")
+@click.option("--tuned", required=True, type=UserPath(), callback=paths_exist(), help="The fine-tuned model.")
 @click.option("-o", "--out", type=UserPath(), required=True, help="Output: a folder (peft) or a .safetensors file.")
 @click.option("--to", type=click.Choice(TARGETS), default="peft", show_default=True, help="Output format.")
 @click.option("--component", default=None, help="Pipeline component the models are (unet, …).")

@@ -48,12 +48,12 @@ def _load(kw: dict, vectors: bool = False, metrics=()):
 
 def _default_kv(kw: dict) -> tuple:
     """k_proj,v_proj, or to_k,to_v when the first input names its layers the diffusers way (headers only)."""
-    import deltaspec as ds
+    from deltaspec.integrations.record import load_analysis
     from deltaspec.plots.hist import default_modules
 
     first = kw["inputs"][0]
     if is_saved_analysis(first):
-        names = [r.name for r in ds.AnalysisResult.from_json(first).layers]
+        names = [r.name for r in load_analysis(first).layers]
     else:
         names = [u.name for u in load_checkpoint(first, kw.get("base"), kw.get("ckpt_type", "auto"),
                                                   kw.get("lora_alpha"), kw.get("include_embeddings", False))]
@@ -267,7 +267,7 @@ def trajectory(**kw):
     opts = {k: kw.pop(k) for k in keys}
     from deltaspec.metrics import check_metric_names, metric_names
 
-    if not any(is_saved_analysis(p) for _, pts in series.items() for _, p in pts):  # before any SVD
+    if not any(not isinstance(p, str) or is_saved_analysis(p) for pts in series.values() for _, p in pts):  # pre-SVD
         check_metric_names(parse_list(kw["traj_metrics"]) or [], metric_names(parse_ints(opts["energy_k"], "--energy-k")))
     data = {}
     for label, (name, points) in zip(labels or list(series), series.items()):

@@ -64,11 +64,13 @@ def analysed(ckpt, *, base, ckpt_type, lora_alpha, include_embeddings, modules, 
     from deltaspec.selection import select
     from deltaspec.suggest import source_scales
 
+    from deltaspec.integrations.record import load_analysis
+
     from .compare import is_saved_analysis
 
     mods, lays = parse_list(modules), parse_layers(layers)
     if is_saved_analysis(ckpt):
-        res = ds.AnalysisResult.from_json(ckpt)
+        res = load_analysis(ckpt)
         res.layers = select(res.layers, mods, lays, where=str(ckpt)) if mods or lays is not None else res.layers
         scales = None
     else:

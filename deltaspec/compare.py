@@ -309,8 +309,10 @@ def as_result(x) -> AnalysisResult:
     if isinstance(x, Mapping) or (isinstance(x, str) and x.lstrip().startswith("{")):
         return AnalysisResult.from_json(x)
     if isinstance(x, (str, Path)):
-        if Path(x).is_file() and Path(x).suffix.lower() == ".json":
-            return AnalysisResult.from_json(x)
+        if Path(x).is_file() and Path(x).suffix.lower() in (".json", ".jsonl"):
+            from .integrations.record import load_analysis
+
+            return load_analysis(x)
         from .analysis import analyze
 
         return analyze(str(x))

@@ -180,14 +180,11 @@ class AnalysisResult:
     @classmethod
     def from_json(cls, source) -> "AnalysisResult":
         """An analysis read back (to plot or compare without recomputing) from what `to_json()` returns
-        (a JSON string), from `to_dict()`'s dict, or from the path of an `analyze --format json` file; a
-        trajectory file of tracked training (`spectra_trajectory.jsonl`) gives its last step."""
+        (a JSON string), from `to_dict()`'s dict, or from the path of an `analyze --format json` file
+        (a trajectory file of tracked training: `deltaspec.integrations.record.load_analysis`)."""
         from .errors import FormatError
-        from .integrations import record
 
         text = isinstance(source, dict) or (isinstance(source, str) and source.lstrip().startswith("{"))
-        if not text and record.is_trajectory(source):  # a run tracked live: its last step, as a final checkpoint
-            return record.last(source)
         where = "JSON text" if text else source
         try:
             if isinstance(source, dict):

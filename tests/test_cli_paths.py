@@ -44,8 +44,8 @@ def _argv(argv, cmd, target, loop, tmp_path):
     for p in cmd.params:
         if p.name == target:
             value = loop
-        elif p.required and isinstance(p, click.Argument):
-            value = str(SAMPLES / "lora")
+        elif p.required and (isinstance(p, click.Argument) or isinstance(p.type, UserPath) and p.name != "out"):
+            value = str(SAMPLES / "lora")  # an input that exists (extract's --base/--tuned are required options)
         elif p.required:
             value = p.type.choices[0] if isinstance(p.type, click.Choice) else str(tmp_path / OUT_NAMES.get(argv[0], "o.json"))
         else:

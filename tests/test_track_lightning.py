@@ -1,4 +1,7 @@
-"""The Lightning SpectraCallback in a real Lightning fit with its CSVLogger (tiny model, CPU, seconds)."""
+"""The Lightning SpectraCallback in a real Lightning fit with its CSVLogger (tiny model, CPU, seconds).
+
+Lightning is imported inside the test, not at collection: importing it imports matplotlib.pyplot, which
+would change how every later figure of the session is made (plots register with pyplot once it is in use)."""
 import csv
 import math
 
@@ -6,28 +9,27 @@ import numpy as np
 import pytest
 import torch
 
-L = pytest.importorskip("lightning")
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-
-from deltaspec import metrics as M  # noqa: E402
-from deltaspec.integrations import record  # noqa: E402
-from deltaspec.integrations.lightning import SpectraCallback  # noqa: E402
-from deltaspec.train.layers import wrap  # noqa: E402
+from deltaspec import metrics as M
+from deltaspec.integrations import record
+from deltaspec.train.layers import wrap
 
 
-class Regressor(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Tanh(), torch.nn.Linear(24, 8))
-        wrap(self.net, ["0", "2"], "multilora", rank=4, alpha=8.0, heads=2)
+def regressor(L):
+    class Regressor(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Tanh(), torch.nn.Linear(24, 8))
+            wrap(self.net, ["0", "2"], "multilora", rank=4, alpha=8.0, heads=2)
 
-    def training_step(self, batch, _):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.net(x), y)
+        def training_step(self, batch, _):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
 
-    def configure_optimizers(self):
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.05)
+        def configure_optimizers(self):
+            return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.05)
+
+    return Regressor()
 
 
 def truth(layer, n_ref):
@@ -37,9 +39,14 @@ def truth(layer, n_ref):
 
 
 def test_csv_logger_receives_spectra(tmp_path):
+    L = pytest.importorskip("lightning")
+    from lightning.pytorch.loggers import CSVLogger
+
+    from deltaspec.integrations.lightning import SpectraCallback
+
     g = torch.Generator().manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(32, 16, generator=g), torch.randn(32, 8, generator=g))
-    module = Regressor()
+    module = regressor(L)
     trainer = L.Trainer(max_steps=4, logger=CSVLogger(tmp_path), callbacks=[SpectraCallback(every=2)],
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                         accelerator="cpu", log_every_n_steps=50)

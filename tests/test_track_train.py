@@ -51,10 +51,10 @@ def test_track_every_equals_analyze_of_step_checkpoints(base, tmp_path, method):
 def test_plot_and_compare_read_a_tracked_run(base, tmp_path):
     out = tmp_path / "lora"
     train("--method", "lora", "--base", base, "--out", out, "--steps", "4", "--track-every", "1", "--rank", "4")
-    assert not list(out.glob("checkpoint-*"))  # no step checkpoints written
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-0"]  # no step checkpoints (0: the initial adapter)
     r = invoke("plot", "trajectory", out, "--modules", "k_proj,v_proj", "-o", tmp_path / "t.png")
     assert "lora: 4 points, steps 1–4" in r.output and (tmp_path / "t.png").stat().st_size > 0
     invoke("plot", "trajectory", out / record.TRAJECTORY_FILE, "--metrics", "top1_energy", "-o", tmp_path / "u.png")
     r = invoke("compare", out / record.TRAJECTORY_FILE, out, "--labels", "tracked,final")
     assert "tracked" in r.output
-    same(ds.AnalysisResult.from_json(out / record.TRAJECTORY_FILE), ds.analyze(str(out), progress=False))
+    same(record.load_analysis(out / record.TRAJECTORY_FILE), ds.analyze(str(out), progress=False))

@@ -105,7 +105,8 @@ def test_save_every_keeps_readable_step_checkpoints_without_changing_training(ba
     final, plain = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("ck", "plain"))
     assert all(torch.equal(final[k], plain[k]) for k in plain)  # saving does not perturb training
     dirs = sorted(p.name for p in (tmp_path / "ck").iterdir() if p.is_dir())
-    assert dirs == ["checkpoint-2", "checkpoint-4"]
+    assert dirs == ["checkpoint-0", "checkpoint-2", "checkpoint-4"]  # checkpoint-0: the adapter before training
+    dirs = dirs[1:]
     norms = []
     for d in dirs:
         info = json.loads((tmp_path / "ck" / d / "train_info.json").read_text())

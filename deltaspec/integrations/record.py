@@ -85,3 +85,11 @@ def read(path) -> tuple[dict, list]:
 def last(path):
     """The AnalysisResult of the last tracked step (what `analyze`, `compare` and `report` read)."""
     return read(path)[1][-1][1]
+
+
+def load_analysis(path):
+    """A saved analysis (`analyze -o x.json`) or, for a trajectory file, its last tracked step: what
+    `compare`, `report`, `plot` and `suggest-rank` read from a file."""
+    from ..results import AnalysisResult
+
+    return last(path) if is_trajectory(path) else AnalysisResult.from_json(path)

@@ -97,12 +97,14 @@ def series_key(path) -> tuple[str, int]:
 
 
 def _tracked(p: Path):
-    """(label, [(step, AnalysisResult)]) of a trajectory file, or of a run folder with one and no
-    checkpoint-<N>/ folders; None for anything else."""
+    """(label, [(step, AnalysisResult)]) of a trajectory file, or of a run folder with one and no step
+    checkpoints (checkpoint-0/, the adapter before training that every run keeps, does not count);
+    None for anything else."""
     from ..integrations import record
 
     f = p if record.is_trajectory(p) else None
-    if f is None and p.is_dir() and not any(_CKPT.search(d.name) for d in p.iterdir() if d.is_dir()):
+    if f is None and p.is_dir() and not any(_CKPT.search(d.name) and d.name != "checkpoint-0"
+                                            for d in p.iterdir() if d.is_dir()):
         f = record.in_folder(p)
     if f is None:
         return None
