@@ -1,4 +1,4 @@
-"""Dependence on top directions of the samples (the seeds in figures/ablation.json: seed 0 so far): held-out accuracy and loss of LoRA / MultiLoRA /
+"""Dependence on top directions of the samples (seeds 0, 1, 2 in figures/ablation.json): held-out accuracy and loss of LoRA / MultiLoRA /
 FT with every q/k/v/o_proj ΔW truncated to its top k directions, stripped of them, or of k random
 directions of the same energy (`deltaspec ablate`; mean over seeds, band = lowest to highest seed).
 
