@@ -186,7 +186,7 @@ def test_trajectory_file_of_a_killed_run(tmp_path):
     text = out.read_text()
     out.write_text(text + '{"step": 3, "analy')  # killed while writing step 3
     assert [s for s, _ in record.read(out)[1]] == [1, 2]
-    assert ds.AnalysisResult.from_json(out).layers[0].metrics == tracker.last.layers[0].metrics
+    assert record.load_analysis(out).layers[0].metrics == tracker.last.layers[0].metrics
     lines = text.splitlines()
     out.write_text("\n".join([lines[0], "{bad", lines[2]]) + "\n")
     with pytest.raises(ds.DeltaspecError, match="line 2: not a tracked step"):
