@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import UserPath, paths_exist, user_errors
-from .lora_out import TARGETS, TO_HELP
+from .lora_out import TARGETS, TO_HELP, write_options
 from .suggest_rank import device_options
 
 EXTRACT_HELP = """BASE and TUNED: two diffusers component folders (unet/, text_encoder/; or two pipeline
@@ -29,13 +29,7 @@ quantile clamping of the factors: the output is the exact truncation."""
 @click.option("--dynamic-param", type=float, default=None, help="Its parameter.")
 @click.option("--energy", type=float, default=None, help="Per layer: smallest rank keeping energy share E.")
 @device_options
-@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Storage dtype of the factors.")
-@click.option("--force", is_flag=True, help="Replace OUT's adapter files / the OUT file.")
-@click.option("-v", "--verbose", is_flag=True, help="Per layer: Frobenius norm and Σσ retained.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="What to print on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@write_options
 @user_errors
 def extract(base, tuned, out, to, component, fixed, conv_rank, dynamic_method, dynamic_param, energy, device, dtype,
             save_dtype, force, verbose, fmt, quiet):

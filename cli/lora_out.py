@@ -20,6 +20,21 @@ underscores); a model's module names (PEFT, full FT) need --component to become 
 names. diffusers files are written in diffusers' current (PEFT-key) layout."""
 
 
+def write_options(fn):
+    """--save-dtype, --force, -v/--verbose, --format, -q: how resize, merge and extract write and report."""
+    for opt in reversed([
+        click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+                     show_default=True, help="Storage dtype of the new factors."),
+        click.option("--force", is_flag=True, help="Replace OUT's adapter files / the OUT file."),
+        click.option("-v", "--verbose", is_flag=True, help="Per layer: Frobenius norm and Σσ retained (kohya's)."),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                     help="What to print on stdout: the per-layer table or the JSON record."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 def default_target(fmt: str) -> str:
     return {"kohya": "kohya", "lycoris": "kohya", "diffusers": "diffusers"}.get(fmt, "peft")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .common import UserPath, user_errors
-from .lora_out import TARGETS, TO_HELP
+from .lora_out import TARGETS, TO_HELP, write_options
 from .options import reader_options
 from .suggest_rank import device_options
 
@@ -30,13 +30,7 @@ Adapters whose common layers differ in shape are of different bases: an error. N
 @click.option("--component", default=None, help="Pipeline component of module names (unet, …).")
 @reader_options
 @device_options
-@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Storage dtype of the new factors.")
-@click.option("--force", is_flag=True, help="Replace OUT's adapter files / the OUT file.")
-@click.option("-v", "--verbose", is_flag=True, help="Per layer: Frobenius norm and Σσ retained.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="What to print on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@write_options
 @user_errors
 def merge(adapters, out, weights, to, fixed, dynamic_method, dynamic_param, energy, conv_rank, component, base,
           ckpt_type, lora_alpha, include_embeddings, device, dtype, save_dtype, force, verbose, fmt, quiet):

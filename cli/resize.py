@@ -10,7 +10,8 @@ import click
 from deltaspec.formatting import wrap
 
 from .common import UserPath, user_errors, paths_exist
-from .lora_out import TARGETS, TO_HELP, check_target, default_target, dynamic_policy, source_metadata, write
+from .lora_out import (TARGETS, TO_HELP, check_target, default_target, dynamic_policy, source_metadata, write,
+                       write_options)
 from .options import reader_options
 from .output import table_width, warn
 from .suggest_rank import POLICY_HELP, device_options
@@ -51,13 +52,7 @@ index + 1, capped by --rank when given), --verbose prints the Frobenius norm ret
               help="New α per layer: keep the source's α/r (ratio) or its α (alpha).")
 @reader_options
 @device_options
-@click.option("--save-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="Storage dtype of the new factors.")
-@click.option("--force", is_flag=True, help="Replace OUT's adapter files / the OUT file.")
-@click.option("-v", "--verbose", is_flag=True, help="Per layer: Frobenius norm and Σσ retained (kohya's).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="What to print on stdout: the per-layer table or the resize_info JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@write_options
 @user_errors
 def resize(ckpt, out, to, fixed, energy, fro_error, sv_ratio, dynamic_method, dynamic_param, conv_rank, component,
            knee, effective_rank, max_rank, keep_scale, base, ckpt_type, lora_alpha, include_embeddings, device, dtype,
