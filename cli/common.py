@@ -118,7 +118,7 @@ def check_paths(paths, hub: bool = True, what: str = "", keep=()) -> None:
     (`org/name`); a path that looks local (`./x`, `a/b` with `a/` here) never counts as one."""
     from deltaspec.errors import FormatError
     from deltaspec.io.files.hub import is_hub_id
-    from deltaspec.io.files.local_paths import missing_message
+    from deltaspec.io.files.paths import missing_message
 
     for p in paths:
         if p is not None and p not in keep and not os.path.exists(os.path.expanduser(str(p))) and not (hub and is_hub_id(p)):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import deltaspec.analysis
 from deltaspec.io.files import hub
-from deltaspec.io.files.local_paths import looks_local, missing_message, nearest
+from deltaspec.io.files.paths import looks_local, missing_message, nearest
 from deltaspec.updates import LayerUpdate
 from deltaspec_cli.main import cli
 

@@ -44,7 +44,7 @@ def locate(path, what: str = "") -> Path:
     if not p.exists():
         if hub.is_hub_id(path):
             return hub.download(str(path))
-        from .files.local_paths import missing_message
+        from .files.paths import missing_message
 
         raise FormatError(missing_message(path, what))
     p = hub.cache_snapshot(p) or p

@@ -23,8 +23,8 @@ _WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 def is_hub_id(path) -> bool:
     """`org/name` or `org/name@rev`: two plain name parts; local-looking paths (./x, /x, ~, or `a/b`
-    whose folder `a` exists here: a typo, see local_paths) are not."""
-    from .local_paths import looks_local
+    whose folder `a` exists here: a typo, see paths.looks_local) are not."""
+    from .paths import looks_local
 
     s = str(path)
     return bool(_ID.match(s)) and not looks_local(s) and ".." not in s
