@@ -21,15 +21,19 @@ Layout, bottom to top; a module imports only from its own folder or a lower one 
 tests/test_import_graph.py, which also forbids import circles anywhere in the package):
   files/     file access: safetensors headers (st_header), lazy tensor reading and shards (tensors,
              model_files), Hub ids and caches (hub), FP8 dequantization and refusals (quant),
-             checked JSON configs (validate)
+             checked JSON configs (validate), user paths: loops, local vs Hub, typos (paths)
   model/     model knowledge: layer names and embeddings (names), MoE expert layouts (experts),
-             Stable Diffusion key patterns (sdkeys), finding a base weight for an SD name (basemap)
+             Stable Diffusion key patterns (sdkeys), finding a base weight for an SD name (basemap),
+             the same MoE experts fused or per expert (relayout)
   algebra/   the merge math: multiplicative merges into W0 (merge_math: DoRA, IA3, OFT), LoHa/LoKr
              tensors → factored forms (hadakron)
-  write/     writers and output checks: PEFT LoRA adapters (peft), where outputs may go (outputs)
+  write/     writers and output checks: PEFT LoRA adapters (peft), kohya / diffusers LoRA files (sd),
+             where outputs may go (outputs)
   formats/   one module per format family, each a `read_<format>(...) → Updates`: full, peft (+ its
-             helpers peft_keys, peft_copies, peft_experts, peft_tokens, peft_tuners), multilora,
-             kohya, lycoris, diffusers, initial (PiSSA/OLoRA and initial adapters)
+             helpers peft_keys, peft_copies, peft_experts, peft_tokens, peft_tuners, peft_adalora),
+             multilora, kohya, lycoris, diffusers, initial (PiSSA/OLoRA), initial_factors (a run's
+             checkpoint-0), and unknown (the rule every reader shares: a tensor it does not understand
+             beside the factors it reads stops the layer)
   detect.py  which format a path holds (FORMATS, from the files alone); this file: `load` dispatches.
 A new format: add formats/<name>.py with its reader, its name to `detect.FORMATS` and its detection
 rule to detect.py, and one branch to `load` below.
