@@ -18,18 +18,25 @@ from ...updates import LayerUpdate, LowRank, Updates
 from ..model.names import summarize
 
 
+def matched_layers(trained: Updates, initial: Updates, initial_label) -> dict:
+    """{name: initial layer} for every layer of `trained`; FormatError when the two adapters do not have
+    the same layers (an initial adapter from another run)."""
+    init = {u.name: u for u in initial}
+    names = {u.name for u in trained}
+    missing, extra = sorted(names - set(init)), sorted(set(init) - names)
+    if missing or extra:
+        raise FormatError(f"{initial_label}: the initial adapter does not match the trained one ("
+                          + (f"missing {summarize(missing, 3)}" if missing else f"extra {summarize(extra, 3)}")
+                          + "); pass the adapter saved before training from the same run")
+    return init
+
+
 def with_initial(trained: Updates, initial: Updates, initial_path, cfg: dict) -> Updates:
     """`trained` with every layer replaced by s(BA − B0A0); the base-modifying-init warning is dropped."""
     if cfg.get("loftq_config") or str(cfg.get("init_lora_weights", "")).lower().startswith("loftq"):
         raise FormatError(f"{initial_path}: LoftQ adapters are relative to a quantized base; an initial adapter "
                           "cannot make ΔW exact relative to the full-precision model")
-    init = {u.name: u for u in initial}
-    names = {u.name for u in trained}
-    missing, extra = sorted(names - set(init)), sorted(set(init) - names)
-    if missing or extra:
-        raise FormatError(f"{initial_path}: the initial adapter does not match the trained one ("
-                          + (f"missing {summarize(missing, 3)}" if missing else f"extra {summarize(extra, 3)}")
-                          + "); pass the adapter saved before training from the same run")
+    init = matched_layers(trained, initial, initial_path)
     layers = [_pair(u, init[u.name], initial_path) for u in trained]
     warnings = [w for w in trained.warnings + initial.warnings if "init_lora_weights=" not in w]
     return Updates(layers, trained.path, trained.format, trained.base, warnings, list(trained.notes))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ...errors import FormatError
 from ...updates import LayerUpdate, Updates
-from ..model.names import summarize
+from .initial import matched_layers
 
 _SAME_RUN = (("method", "method"), ("seed", "seed"), ("base_sha256", "base checksum (base_sha256)"),
              ("rank", "rank"), ("heads", "heads"), ("lora_alpha", "lora_alpha"))
@@ -48,13 +48,7 @@ def check_same_run(trained_dir, initial_dir, initial_label) -> None:
 
 def attach_initial(trained: Updates, initial: Updates, initial_label) -> Updates:
     """`trained` with every layer's `initial` set to the matching layer of `initial`."""
-    init = {u.name: u for u in initial}
-    names = {u.name for u in trained}
-    missing, extra = sorted(names - set(init)), sorted(set(init) - names)
-    if missing or extra:
-        raise FormatError(f"{initial_label}: the initial adapter does not match the trained one ("
-                          + (f"missing {summarize(missing, 3)}" if missing else f"extra {summarize(extra, 3)}")
-                          + "); pass the adapter saved before training from the same run")
+    init = matched_layers(trained, initial, initial_label)
     layers = []
     for u in trained:
         u0 = init[u.name]

@@ -301,9 +301,7 @@ def _adapter_layer(mod: str, parts: dict, ctx: _Ctx) -> Optional[LayerUpdate]:
     need = (f"{f.path}: DoRA adapter needs base=PATH (the base model weights) to form "
             f"ΔW = m·V/‖V‖ − W0 (module '{mod}')")
     if ctx.base_path is None:
-        if ctx.require_base:
-            raise MissingBaseError(need)
-        return LayerUpdate(mod, shape, "dense", min(shape), _raise(need), f.path, f.dtype(ka), meta)
+        return _without_base(ctx, need, mod, shape, f.dtype(ka), meta)
     bkey = ctx.base_key(mod, stored_shape, "DoRA")
     base = ctx.base
 
@@ -331,9 +329,7 @@ def _kasa(mod, ctx, kd, km, factors, shape, sa, meta, unusual) -> LayerUpdate:
     need = (f"{f.path}: a KaSA adapter (lora_diag) needs base=PATH: KaSA removes the base weight's {r} smallest "
             f"singular components, which are part of ΔW (module '{mod}')")
     if ctx.base_path is None:
-        if ctx.require_base:
-            raise MissingBaseError(need)
-        return LayerUpdate(mod, shape, "dense", min(shape), _raise(need), f.path, f.dtype(kd), meta)
+        return _without_base(ctx, need, mod, shape, f.dtype(kd), meta)
     bkey = ctx.base_key(mod, shape, "KaSA")
     base = ctx.base
 
@@ -349,8 +345,13 @@ def _kasa(mod, ctx, kd, km, factors, shape, sa, meta, unusual) -> LayerUpdate:
     return LayerUpdate(mod, shape, "dense", min(shape), load, f.path, f.dtype(kd), meta)
 
 
-def _raise(message: str):
-    def load():
-        raise MissingBaseError(message)
+def _without_base(ctx, need: str, mod: str, shape, dtype, meta) -> LayerUpdate:
+    """A layer whose ΔW needs W0 (DoRA, KaSA), read without a base: MissingBaseError now, or, for
+    `deltaspec info` (require_base=False), the layer listed from the headers with a loader that raises."""
+    if ctx.require_base:
+        raise MissingBaseError(need)
 
-    return load
+    def load():
+        raise MissingBaseError(need)
+
+    return LayerUpdate(mod, shape, "dense", min(shape), load, ctx.f.path, dtype, meta)
