@@ -45,3 +45,26 @@ def test_cli_plot_heads(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     r = CliRunner().invoke(cli, ["plot", "heads", str(S / "lora"), "-o", str(tmp_path / "x.png")])
     assert r.exit_code == 2 and "has one head" in r.output and not (tmp_path / "x.png").exists()
+
+
+def test_thirty_layers_stay_readable():
+    """SmolLM2's 30 layers (the shipped heads JSON): no cell values squeezed into 7-point-wide cells and
+    no layer labels touching; the 4-layer samples keep their values in the cells."""
+    import itertools
+    import json
+
+    data = json.loads((S.parent / "figures" / "smollm2_data" / "heads_s0.json").read_text())
+    axes = dp.heads(ds.HeadsResult.from_dict(data), modules=["k_proj", "v_proj"], size="double")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = axes[0].figure
+    FigureCanvasAgg(fig).draw()
+    r = fig.canvas.get_renderer()
+    for a in axes:
+        assert not a.texts
+        labels = [t for t in a.get_xticklabels() if t.get_text()]
+        assert labels[0].get_text() == "0" and len(labels) >= 5
+        boxes = [t.get_window_extent(r) for t in labels]
+        assert not any(b1.overlaps(b2) for b1, b2 in itertools.combinations(boxes, 2))
+    small = dp.heads(ds.heads(S / "multilora", device="cpu", progress=False), modules=["k_proj"])
+    assert len(small.texts) == 16 and [t.get_text() for t in small.get_xticklabels()] == ["0", "1", "2", "3"]

@@ -44,20 +44,40 @@ def decimals(values) -> int:
     return 0 if not v.size else int(min(6, max(0, 2 - math.floor(math.log10(v.max())))))
 
 
+FONT_PT = 5.5  # cell annotations
+CHAR_PT = 0.6  # a digit's width per point of font size (DejaVu Sans)
+
+
+def _column_pt(ax, n: int) -> float:
+    """Width of one of `n` columns in points, from the Axes' current box (before constrained layout
+    shrinks it a little: an upper bound)."""
+    return ax.get_position().width * ax.figure.get_figwidth() * 72 / max(n, 1)
+
+
 def _draw(ax, grid, idx, mods, cmap, vmin, vmax, annotate, digits):
+    """imshow of grid (rows idx, columns mods). Numeric column labels are thinned to every k-th when
+    they would touch (30 layers in a panel); cells are annotated by default only when at most 120 cells
+    and the value fits its cell's width."""
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    ax.set_xticks(range(len(mods)), mods, rotation=30 if len(mods) > 4 else 0, ha="right" if len(mods) > 4 else "center")
+    col_pt = _column_pt(ax, len(mods))
+    if all(m.isdigit() for m in mods):  # layer indices: upright, every k-th so that none touch
+        step = max(1, math.ceil(CHAR_PT * 8 * (max(map(len, mods)) + 1) / col_pt))
+        ax.set_xticks(range(0, len(mods), step), mods[::step])
+    else:
+        ax.set_xticks(range(len(mods)), mods, rotation=30 if len(mods) > 4 else 0,
+                      ha="right" if len(mods) > 4 else "center")
     ax.set_yticks(range(len(idx)), [str(i) for i in idx])
     ax.grid(False)
     for s in ax.spines.values():
         s.set_visible(False)
     ax.tick_params(length=0)
-    if annotate if annotate is not None else grid.size <= 120:
+    fits = CHAR_PT * FONT_PT * (digits + 3) <= col_pt  # "0.123" / "-1.23": digits + 3 characters
+    if annotate if annotate is not None else grid.size <= 120 and fits:
         lo, hi = im.get_clim()
         for (y, x), v in np.ndenumerate(grid):
             if math.isfinite(v):
                 light = (v - lo) / (hi - lo) < 0.55 if hi > lo else True
-                ax.text(x, y, f"{v:.{digits}f}", ha="center", va="center", fontsize=5.5,
+                ax.text(x, y, f"{v:.{digits}f}", ha="center", va="center", fontsize=FONT_PT,
                         color="white" if light else "black")
     return im
 
