@@ -6,6 +6,8 @@
 Reads figures/smollm2_data/ (written by examples/smollm2/analyze.py after examples/smollm2/run.py):
 <method>_s<seed>.json (σ of ΔW per attention projection) and summary.json (accuracy, metric means,
 trajectories, intruder dimensions and amplification against the real W0). Seconds, no checkpoints needed.
+When examples/smollm2/why.py has written them, also heads_s<seed>.json (`deltaspec heads --format json`)
+→ smollm2_heads.png and ablation.json (`deltaspec ablate -o`) → smollm2_ablation.png.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import deltaspec as ds  # noqa: E402
 import deltaspec.plots as dp  # noqa: E402
 from deltaspec.plots.style import DOUBLE_COLUMN, color, legend, new_axes, paper_style  # noqa: E402
+from deltaspec.plots.ablation import ablation as draw_ablation  # noqa: E402
 from deltaspec.plots.trajectory import trajectory as draw_trajectory  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -84,6 +87,20 @@ def intruders(runs: list[dict]):
     return fig
 
 
+def heads(data: Path, seed: int):
+    """Heads × layers heatmap of MultiLoRA's per-head energy share (k/v), from heads_s<seed>.json."""
+    result = ds.HeadsResult.from_dict(json.loads((data / f"heads_s{seed}.json").read_text()))
+    return dp.heads(result, "share", modules=["k_proj", "v_proj"], size="double")
+
+
+def ablation(data: Path):
+    """Accuracy and loss against k (trunc / remove / random), from ablation.json (mean and seed band)."""
+    abl = json.loads((data / "ablation.json").read_text())
+    seeds = sorted({r["seed"] for r in abl["runs"]})
+    return draw_ablation(abl, height=3.4, title=f"q/k/v/o_proj of SmolLM2-135M, seed{'s' * (len(seeds) > 1)} "
+                                               f"{', '.join(map(str, seeds))}: held-out accuracy and loss against k")
+
+
 def table(runs: list[dict]) -> str:
     """Markdown: per run (method, seed) the k/v balance, size and accuracy (the README table); the mean
     ± half-range per method; then per-task accuracy and the W0-based results (examples/smollm2/README.md)."""
@@ -131,6 +148,10 @@ def main() -> None:
         "smollm2_trajectory.png": trajectory(runs, a.seed),
         "smollm2_intruders.png": intruders(runs),
     }
+    if (data / f"heads_s{a.seed}.json").is_file():
+        figs["smollm2_heads.png"] = heads(data, a.seed)
+    if (data / "ablation.json").is_file():
+        figs["smollm2_ablation.png"] = ablation(data)
     for name, fig in figs.items():
         dp.save(fig, out / name, dpi=a.dpi)
         print(f"wrote {out / name}")
