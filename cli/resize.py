@@ -122,7 +122,7 @@ def resize_and_write(updates, command: str, *, out, to, inputs, policy, fixed, m
 
     pick_device(device)
     to = to or default_target(updates.format)
-    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component)
+    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component, updates.base)
     check_target(out, to, inputs, force)
     top = max(u.rank_bound for u in updates)
     if policy.name == "rank" and to != "peft" and fixed > top:

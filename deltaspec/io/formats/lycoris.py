@@ -155,10 +155,22 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
         raise FormatError(f"{f.path}: '{name}': has only {', '.join(sorted(parts))}; no update tensors")
     if "dora_scale" in parts:
         return _dora(name, parts, ctx, build, shape2, stored, meta)
+    if not stored and ctx.base is not None:
+        stored = _base_shape(name, shape2, ctx)
     if stored and len(stored) > 2:  # conv: the kernel, so that a resize can write conv-shaped factors
         meta.setdefault("conv_kernel", "x".join(map(str, stored[2:])))
     rank = min(rank or min(shape2), *shape2)
     return LayerUpdate(name, shape2, kind, rank, build, f.path, _dtype(f, parts), meta)
+
+
+def _base_shape(name, shape2, ctx):
+    """The base weight's shape, for LoHa / LoKr conv layers, whose factors store the kernel flattened
+    (out, in·kh·kw); None when the base has no such weight (it is optional here)."""
+    try:
+        store, key = ctx.base.by_kohya_name(name, shape2, "the conv kernel")
+    except FormatError:
+        return None
+    return tuple(store.shape(key))
 
 
 _FAMILIES = {"LoRA/LoCon": ("lora_down", "lora_up", "lora_mid"), "LoHa": LOHA_PARTS, "LoKr": LOKR_PARTS,
