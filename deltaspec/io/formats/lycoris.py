@@ -16,6 +16,8 @@ with α = `<name>.alpha` (missing or 0: scale 1) and r the rank of the factors (
   BOFT          oft_blocks (m, k, b, b), as above with m butterfly stages (merge_math.lycoris_butterfly)
   GLoRA         a1 (in, r), a2 (r, in), b1 (out, r), b2 (r, in)     ΔW = (α/r) · (W0 a1 a2 + b1 b2)
 IA3, OFT, BOFT, GLoRA and DoRA depend on W0: dense, need --base (a diffusers folder, see basemap.py).
+LoHa / factored LoKr conv layers store the kernel flattened; given a base, it is read from the base weight
+(meta conv_kernel), so that a resize writes conv-shaped LoRA factors.
 `w_norm`/`b_norm` (norm-layer vectors) and biases are listed in a warning, not analysed; T-LoRA is an error.
 """
 from __future__ import annotations
