@@ -22,6 +22,7 @@ transformers 5):
   long as the file's text-encoder self-attention layers include out_proj (sd_fixtures.TE_MODULES).
 """
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,15 +118,23 @@ def diffusers_deltas(path) -> dict:
 
 @pytest.fixture(scope="module")
 def sd_files(tmp_path_factory):
-    """A kohya LoRA over UNet and text-encoder layers, and the base as a pipeline folder (unet/, text_encoder/ saved
-    by diffusers and transformers ≥ 5: the text encoder's weight names have no `text_model.`)."""
+    """A kohya LoRA over UNet and text-encoder layers, and the base as a pipeline folder, twice: base/ (unet/,
+    text_encoder/ saved by diffusers and transformers ≥ 5: the text encoder's weight names have no `text_model.`)
+    and hub/ (`text_model.encoder…`, as SD checkpoints on the Hub)."""
     d = tmp_path_factory.mktemp("sd")
     pipe = tiny_pipeline()
     sd = kohya_lora(pipe, te=True)
     save_file(sd, d / "in.safetensors", metadata={"ss_network_dim": "6", "ss_network_alpha": "3.0"})
     pipe.unet.save_pretrained(d / "base" / "unet")
     pipe.text_encoder.save_pretrained(d / "base" / "text_encoder")
-    (d / "base" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    # hub/: the same pipeline with the text encoder's weights named as on the Hub and by transformers 4
+    shutil.copytree(d / "base" / "unet", d / "hub" / "unet")
+    (d / "hub" / "text_encoder").mkdir()
+    (d / "hub" / "text_encoder" / "config.json").write_text((d / "base" / "text_encoder" / "config.json").read_text())
+    save_file({"text_model." + k: v for k, v in load_file(d / "base" / "text_encoder" / "model.safetensors").items()},
+              d / "hub" / "text_encoder" / "model.safetensors")
+    for b in ("base", "hub"):
+        (d / b / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return d, sd
 
 
@@ -194,14 +203,21 @@ def test_lycoris_loads_loha_lokr_converted_to_lora(sd_files, tmp_path, monkeypat
 
 def test_diffusers_fuses_text_encoder_layers(sd_files, tmp_path):
     """kohya → kohya (diffusers' kohya converter), kohya → diffusers with --base (text_encoder.* keys), and that
-    diffusers file back to kohya gives the input's names (`lora_te_text_model_…` from transformers-5 names)."""
+    diffusers file back to kohya gives the input's names (`lora_te_text_model_…` from transformers-5 names).
+    The diffusers file names CLIP modules as transformers ≥ 5 builds them (`text_encoder.encoder.layers…`, as
+    diffusers' own save_lora_weights writes), also from the hub/ base: diffusers strips a `text_model.` from
+    the tensor names but not from the LoraConfig in the metadata, so such a file fails to load
+    ("Target modules {'text_model.encoder…'} not found")."""
     d, sd = sd_files
     k_out, d_out, back = tmp_path / "k.safetensors", tmp_path / "d.safetensors", tmp_path / "back.safetensors"
+    h_out = tmp_path / "h.safetensors"
     ok("resize", d / "in.safetensors", "--rank", "3", "-o", k_out)
     ok("resize", d / "in.safetensors", "--rank", "3", "--to", "diffusers", "--base", d / "base", "-o", d_out)
+    ok("resize", d / "in.safetensors", "--rank", "3", "--to", "diffusers", "--base", d / "hub", "-o", h_out)
     keys = list(load_file(d_out))
     assert {k.partition(".")[0] for k in keys} == {"unet", "text_encoder"}
-    for out in (k_out, d_out):
+    assert set(load_file(h_out)) == set(keys)  # module names as built: transformers 5's CLIPTextModel, either base
+    for out in (k_out, d_out, h_out):
         got = diffusers_deltas(out)
         assert set(got) == set(TO_MODULE.values()), out
         for key, mod in TO_MODULE.items():
@@ -220,17 +236,21 @@ def _peft_delta(model, adapter) -> dict:
             if not torch.equal(merged[n].weight.detach().double(), w)}
 
 
-@pytest.mark.parametrize("part", ["unet", "text_encoder"])
+@pytest.mark.parametrize("part", ["unet", "text_encoder", "text_encoder_hub"])
 def test_kohya_to_peft_with_base(sd_files, tmp_path, part):
     """kohya → PEFT through the base's module names (pipeline folder for the text encoder, the component's own
-    folder for the UNet); PEFT's own merge into that component gives the truncated ΔW."""
+    folder for the UNet); PEFT's own merge into that component gives the truncated ΔW. text_encoder_hub: the
+    base's CLIP weights named as on the Hub and by transformers 4 (`text_model.encoder…`); the adapter still
+    targets the modules transformers ≥ 5 builds (`encoder.layers…`), or PEFT finds none of them."""
     d, sd = sd_files
-    keys = list(TE_MODULES.values()) if part == "text_encoder" else UNET_KEYS
+    keys = list(TE_MODULES.values()) if part.startswith("text_encoder") else UNET_KEYS
     one = {k: v for k, v in sd.items() if k.split(".")[0] in keys}
     save_file(one, tmp_path / "one.safetensors")
     base = d / "base" / "unet" if part == "unet" else d / "base"
+    if part == "text_encoder_hub":
+        base = d / "hub"
     ok("resize", tmp_path / "one.safetensors", "--rank", "2", "--to", "peft", "--base", base, "-o", tmp_path / "p")
-    got = _peft_delta(getattr(tiny_pipeline(), part), tmp_path / "p")
+    got = _peft_delta(getattr(tiny_pipeline(), part.removesuffix("_hub")), tmp_path / "p")
     assert set(got) == {TO_MODULE[k].partition(".")[2] for k in keys}
     for key in keys:
         assert_close(got[TO_MODULE[key].partition(".")[2]], truncate(kohya_delta(sd, key), 2), key)

@@ -66,15 +66,20 @@ class BaseLookup:
         return store, self._check(store, keys[0], name, shape)
 
     def module_of(self, name: str) -> tuple[Optional[str], str]:
-        """(component, module path) in the base of kohya / LyCORIS name `name`: the component is the
+        """(component, module name) in the base of kohya / LyCORIS name `name`: the component is the
         pipeline subfolder used, else base's own folder name when the prefix allows it, else the first
-        component the prefix allows (None for `lycoris_` names)."""
+        component the prefix allows (None for `lycoris_` names). The module is named as the model is
+        built (what PEFT targets and diffusers' save_lora_weights writes): the base's weight name, except
+        that a CLIPTextModel (config.json architectures) has no `text_model.` level in transformers ≥ 5."""
         comps, _ = split_kohya(name)
         store, key = self.by_kohya_name(name, None, "mapping kohya names to module names")
         comp = next((c for c, st in self._stores.items() if st is store and c is not None), None)
         if comp is None and comps:
             comp = self.base.name if self.base.name in comps else comps[0]
-        return comp, key[: -len(".weight")]
+        module = key[: -len(".weight")]
+        if store.config.get("architectures") == ["CLIPTextModel"]:
+            module = module.removeprefix("text_model.")
+        return comp, module
 
     def by_module(self, component: Optional[str], module: str, shape: Optional[tuple], why: str) -> tuple[TensorStore, str]:
         store = self.store((component,) if component else (), module)
