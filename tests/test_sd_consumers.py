@@ -279,3 +279,17 @@ def test_kohya_names_that_cannot_be_mapped(sd_files, tmp_path):
     one_line_error(run("resize", src, "--rank", "2", "--to", "peft", "--base", d / "base" / "unet", "-o", tmp_path / "q"),
                    "no weight in --base")
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "p").exists()
+
+
+def test_merge_kohya_to_peft_with_base(sd_files, tmp_path):
+    d, sd = sd_files
+    a = {k: v for k, v in sd.items() if k.split(".")[0] in UNET_KEYS}
+    b = kohya_lora(tiny_pipeline(), r=3, alpha=3.0, seed=10)
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    ok("merge", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--weights", "0.5,0.5", "--rank", "4",
+       "--to", "peft", "--base", d / "base", "-o", tmp_path / "p")
+    got = _peft_delta(tiny_pipeline().unet, tmp_path / "p")
+    assert set(got) == set(KOHYA_MODULES)
+    for mod, key in KOHYA_MODULES.items():
+        assert_close(got[mod], truncate(0.5 * kohya_delta(a, key) + 0.5 * kohya_delta(b, key), 4), key)
