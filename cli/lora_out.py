@@ -15,9 +15,12 @@ TARGETS = ("peft", "kohya", "diffusers")
 TO_HELP = """--to: peft writes a folder (adapter_config.json + adapter_model.safetensors); kohya and diffusers
 write one .safetensors file (kohya: <name>.lora_down/.lora_up/.alpha, metadata ss_network_dim /
 ss_network_alpha; diffusers: <component>.<module>.lora_A/B, α in lora_adapter_metadata). Default:
-the input's own format (LyCORIS → kohya). kohya names cannot be mapped to other names (dots became
-underscores); a model's module names (PEFT, full FT) need --component to become kohya or diffusers
-names. diffusers files are written in diffusers' current (PEFT-key) layout."""
+the input's own format (LyCORIS → kohya). kohya names (dots became underscores) become diffusers or
+PEFT module names through the base's weight names: pass --base (the diffusers pipeline folder or the
+component's folder); a name matching no weight, or several, is an error. A model's module names (PEFT,
+full FT) need --component to become kohya or diffusers names. kohya text-encoder names keep
+transformers 4's text_model_ level. diffusers files are written in diffusers' current (PEFT-key)
+layout."""
 
 
 def write_options(fn):

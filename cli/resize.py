@@ -23,7 +23,8 @@ error). OUT must be new or empty; --force writes into a non-empty OUT, replacing
 three files. OUT may never be, or lie in, an input. Layers: linear (also GPT-2 Conv1D via
 fan_in_fan_out: from a PEFT adapter's config, or for full FT from the base's config.json
 model_type), Conv2d LoRA (A stored as (r, in, kh, kw)), PEFT embedding LoRA (lora_embedding_A/B);
-a full-FT embedding update is refused. LyCORIS LoHa / LoKr / full / Tucker become a plain LoRA.
+a full-FT embedding update is refused. LyCORIS LoHa / LoKr / full / Tucker become a plain LoRA
+(LoHa / LoKr conv layers store the kernel flattened: with --base the LoRA is written conv-shaped).
 
 kohya's resize_lora.py flags: --rank is --new_rank, --conv-rank --new_conv_rank (every conv
 layer; default --rank), --dynamic-method / --dynamic-param as kohya's (the rank is kohya's
@@ -122,7 +123,7 @@ def resize_and_write(updates, command: str, *, out, to, inputs, policy, fixed, m
 
     pick_device(device)
     to = to or default_target(updates.format)
-    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component)
+    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component, updates.base)
     check_target(out, to, inputs, force)
     top = max(u.rank_bound for u in updates)
     if policy.name == "rank" and to != "peft" and fixed > top:

@@ -11,6 +11,15 @@ KOHYA_MODULES = {  # diffusers module -> kohya name (lora_unet_ + dots as unders
     "down_blocks.0.attentions.0.proj_in": "lora_unet_down_blocks_0_attentions_0_proj_in",      # 1x1 conv
     "down_blocks.0.resnets.0.conv1": "lora_unet_down_blocks_0_resnets_0_conv1",                # 3x3 conv (LoCon)
 }
+# CLIP text-encoder module (transformers >= 5 names: no `text_model.` level) -> kohya name, which keeps transformers
+# 4's `text_model_` as every kohya-trained file does. All six linears of the layer: diffusers 0.42's kohya converter
+# picks one key layout for the whole text encoder (its `to_out_lora` test), so a file with self_attn layers but no
+# out_proj loses them (q/k/v only: "Could not automatically infer state dict type"; q + mlp: q silently dropped).
+TE_MODULES = {f"encoder.layers.0.{m}": f"lora_te_text_model_encoder_layers_0_{m.replace('.', '_')}"
+              for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
+                        "mlp.fc2")}
+# kohya name -> "<component>.<module>" as module_weights names it
+TO_MODULE = {**{k: "unet." + m for m, k in KOHYA_MODULES.items()}, **{k: "text_encoder." + m for m, k in TE_MODULES.items()}}
 
 
 def tiny_pipeline(seed: int = 0):
@@ -51,12 +60,16 @@ def spectrum_factors(out_shape, in_shape, r, seed, decay=0.5):
     return (U * s).float().contiguous(), V.T.reshape(r, *in_shape).float().contiguous()
 
 
-def kohya_lora(pipe, r: int = 6, alpha: float = 3.0, seed: int = 0) -> dict:
-    """A kohya LoRA state dict (lora_down / lora_up / alpha) for KOHYA_MODULES (UNet only: diffusers 0.42's
-    kohya converter cannot place text-encoder keys in the CLIPTextModel of transformers ≥ 5)."""
-    unet = dict(pipe.unet.named_modules())
+def kohya_lora(pipe, r: int = 6, alpha: float = 3.0, seed: int = 0, te: bool = False, unet: bool = True) -> dict:
+    """A kohya LoRA state dict (lora_down / lora_up / alpha) for KOHYA_MODULES (unet) and TE_MODULES (te)."""
+    mods = []
+    if unet:
+        u = dict(pipe.unet.named_modules())
+        mods += [(u[m].weight, k) for m, k in KOHYA_MODULES.items()]
+    if te:
+        t = dict(pipe.text_encoder.named_modules())
+        mods += [(t[m].weight, k) for m, k in TE_MODULES.items()]
     sd = {}
-    mods = [(unet[m].weight, k) for m, k in KOHYA_MODULES.items()]
     for i, (w, key) in enumerate(mods):
         up, down = spectrum_factors(w.shape[0], tuple(w.shape[1:]), min(r, *w.shape[:2]), seed + i)
         sd[f"{key}.lora_up.weight"] = up.reshape(w.shape[0], -1, *([1, 1] if w.dim() == 4 else []))

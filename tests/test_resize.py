@@ -262,12 +262,24 @@ def test_output_rules_and_refusals(llama_lora, tmp_path):
 
 
 def test_refused_inputs(tmp_path):
+    """Inputs resize cannot turn into a LoRA: each a one-line error, nothing written. (kohya files themselves are
+    resized since issue 21: tests/test_sd_resize.py; this checks the kohya cases that stay refused.)"""
     from safetensors.torch import save_file
 
-    save_file({"lora_unet_x.lora_down.weight": torch.randn(2, 8), "lora_unet_x.lora_up.weight": torch.randn(8, 2)},
-              tmp_path / "k.safetensors")
-    r = run("resize", tmp_path / "k.safetensors", "--rank", "1", "-o", tmp_path / "o")
-    assert r.exit_code == 2 and "kohya" in r.output
+    def one_line(r, msg):
+        lines = [x for x in r.output.splitlines() if x.strip()]
+        assert r.exit_code == 2 and msg in r.output and len(lines) == 1, r.output
+
+    k = {"lora_unet_x.lora_down.weight": torch.randn(2, 8), "lora_unet_x.lora_up.weight": torch.randn(8, 2)}
+    save_file({**k, "lora_unet_x.lora_up.weight": torch.randn(8, 3)}, tmp_path / "bad.safetensors")
+    one_line(run("resize", tmp_path / "bad.safetensors", "--rank", "1", "-o", tmp_path / "o.safetensors"),
+             "'lora_unet_x' lora_up [8, 3] does not fit lora_down [2, 8]")  # the two factors' ranks disagree
+    save_file(k, tmp_path / "k.safetensors")
+    one_line(run("resize", tmp_path / "k.safetensors", "--rank", "1", "--to", "diffusers", "-o", tmp_path / "o.safetensors"),
+             "map to diffusers module names only through the base model's: pass --base")  # kohya names, no base
+    one_line(run("resize", tmp_path / "k.safetensors", "--rank", "1", "-o", tmp_path / "o"),
+             "--to kohya writes one file; give -o a name ending in .safetensors")
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o").exists()
     perturbed_full("llama", tmp_path)
     with torch.no_grad():  # an embedding update too
         m = tiny_model("llama")

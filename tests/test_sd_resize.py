@@ -158,7 +158,7 @@ def test_loha_becomes_plain_lora(tmp_path):
 
 def test_sd_errors_are_one_line(kohya_file, tmp_path):
     src, _ = kohya_file
-    cases = [(["--rank", "2", "--to", "peft", "-o", tmp_path / "p"], "cannot be mapped"),
+    cases = [(["--rank", "2", "--to", "peft", "-o", tmp_path / "p"], "pass --base"),
              (["--rank", "2", "-o", tmp_path / "dir"], "ending in .safetensors"),
              (["--rank", "64", "-o", tmp_path / "x.safetensors"], "above the input's largest rank"),
              (["--dynamic-method", "sv_max", "--dynamic-param", "2", "-o", tmp_path / "x.safetensors"],

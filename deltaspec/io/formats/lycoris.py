@@ -16,6 +16,8 @@ with α = `<name>.alpha` (missing or 0: scale 1) and r the rank of the factors (
   BOFT          oft_blocks (m, k, b, b), as above with m butterfly stages (merge_math.lycoris_butterfly)
   GLoRA         a1 (in, r), a2 (r, in), b1 (out, r), b2 (r, in)     ΔW = (α/r) · (W0 a1 a2 + b1 b2)
 IA3, OFT, BOFT, GLoRA and DoRA depend on W0: dense, need --base (a diffusers folder, see basemap.py).
+LoHa / factored LoKr conv layers store the kernel flattened; given a base, it is read from the base weight
+(meta conv_kernel), so that a resize writes conv-shaped LoRA factors.
 `w_norm`/`b_norm` (norm-layer vectors) and biases are listed in a warning, not analysed; T-LoRA is an error.
 """
 from __future__ import annotations
@@ -155,10 +157,22 @@ def _layer(name: str, parts: dict, ctx: _Ctx):
         raise FormatError(f"{f.path}: '{name}': has only {', '.join(sorted(parts))}; no update tensors")
     if "dora_scale" in parts:
         return _dora(name, parts, ctx, build, shape2, stored, meta)
+    if not stored and ctx.base is not None:
+        stored = _base_shape(name, shape2, ctx)
     if stored and len(stored) > 2:  # conv: the kernel, so that a resize can write conv-shaped factors
         meta.setdefault("conv_kernel", "x".join(map(str, stored[2:])))
     rank = min(rank or min(shape2), *shape2)
     return LayerUpdate(name, shape2, kind, rank, build, f.path, _dtype(f, parts), meta)
+
+
+def _base_shape(name, shape2, ctx):
+    """The base weight's shape, for LoHa / LoKr conv layers, whose factors store the kernel flattened
+    (out, in·kh·kw); None when the base has no such weight (it is optional here)."""
+    try:
+        store, key = ctx.base.by_kohya_name(name, shape2, "the conv kernel")
+    except FormatError:
+        return None
+    return tuple(store.shape(key))
 
 
 _FAMILIES = {"LoRA/LoCon": ("lora_down", "lora_up", "lora_mid"), "LoHa": LOHA_PARTS, "LoKr": LOKR_PARTS,

@@ -5,7 +5,9 @@ Two naming schemes reach here:
   turned into underscores (not reversible), after a prefix naming the component: `lora_unet_` (UNet or
   transformer), `lora_te_` / `lora_te1_` (text encoder), `lora_te2_`, `lora_te3_`; `lycoris_` (whole model).
   The base weight is the one whose key, with dots turned into underscores, equals that path (or ends
-  with `_` + it); several candidates are an error, never a guess.
+  with `_` + it); several candidates are an error, never a guess. kohya's text-encoder names follow
+  transformers 4's CLIPTextModel (`text_model_encoder_layers_0_…`); a CLIPTextModel saved by
+  transformers ≥ 5 has no `text_model.` level, so that path is also tried without it.
 - diffusers: a component (`unet`, `text_encoder`, …) and a dotted module name.
 `--base` is either a diffusers pipeline folder (model_index.json, one subfolder per component), a
 component's own folder, or a model file; the component subfolder is used when it exists.
@@ -52,7 +54,8 @@ class BaseLookup:
         comps, path = split_kohya(name)
         store = self.store(comps, name)
         index = self._underscored.setdefault(id(store), _underscore_index(store))
-        keys = index.get(path) or [k for stem, ks in index.items() if stem.endswith("_" + path) for k in ks]
+        keys = _match(index, path) or (_match(index, path[len("text_model_"):])
+                                       if path.startswith("text_model_") and name.startswith("lora_te") else [])
         if len(keys) > 1:
             raise FormatError(f"{self.adapter}: '{name}': several weights of base={self.base} match it "
                               f"({', '.join(keys[:3])}); kohya names are not reversible")
@@ -61,6 +64,22 @@ class BaseLookup:
                               "it); kohya/LyCORIS names follow the diffusers module names: pass the diffusers "
                               "pipeline folder or the component's folder (e.g. unet/)")
         return store, self._check(store, keys[0], name, shape)
+
+    def module_of(self, name: str) -> tuple[Optional[str], str]:
+        """(component, module name) in the base of kohya / LyCORIS name `name`: the component is the
+        pipeline subfolder used, else base's own folder name when the prefix allows it, else the first
+        component the prefix allows (None for `lycoris_` names). The module is named as the model is
+        built (what PEFT targets and diffusers' save_lora_weights writes): the base's weight name, except
+        that a CLIPTextModel (config.json architectures) has no `text_model.` level in transformers ≥ 5."""
+        comps, _ = split_kohya(name)
+        store, key = self.by_kohya_name(name, None, "mapping kohya names to module names")
+        comp = next((c for c, st in self._stores.items() if st is store and c is not None), None)
+        if comp is None and comps:
+            comp = self.base.name if self.base.name in comps else comps[0]
+        module = key[: -len(".weight")]
+        if store.config.get("architectures") == ["CLIPTextModel"]:
+            module = module.removeprefix("text_model.")
+        return comp, module
 
     def by_module(self, component: Optional[str], module: str, shape: Optional[tuple], why: str) -> tuple[TensorStore, str]:
         store = self.store((component,) if component else (), module)
@@ -77,6 +96,10 @@ class BaseLookup:
             raise ShapeMismatchError(f"{self.adapter}: '{name}': the adapter implies weight shape {list(shape)} but "
                                      f"{store.source(key)} has '{key}' {list(got)}")
         return key
+
+
+def _match(index: dict[str, list[str]], path: str) -> list[str]:
+    return index.get(path) or [k for stem, ks in index.items() if stem.endswith("_" + path) for k in ks]
 
 
 def _underscore_index(store: TensorStore) -> dict[str, list[str]]:

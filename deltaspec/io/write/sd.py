@@ -12,9 +12,11 @@ diffusers file (what `save_lora_weights` writes, diffusers ≥ 0.33):
   lora_alpha, target_modules, rank_pattern, alpha_pattern with exact keys).
 
 Names: kohya = `lora_unet_` / `lora_te_` (`lora_te1_`, `lora_te2_` for SDXL's two encoders) + the
-diffusers module path with dots as underscores. That is not reversible, so kohya names map to
-diffusers or PEFT names only through the base model's own module names (basemap.py); without one
-the conversion is refused.
+diffusers module path with dots as underscores; text encoders in transformers 4's layout
+(`lora_te_text_model_encoder_layers_0_…`, which kohya, LyCORIS and diffusers' converter expect), also
+when the module names come from a transformers ≥ 5 CLIPTextModel (no `text_model.` level). That is
+not reversible, so kohya names map to diffusers or PEFT names only through the base model's own
+weight names (basemap.BaseLookup.module_of); without a base the conversion is refused.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from .peft import LoraFactors, lora_config_fields
 
 TE_PREFIX = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_", "text_encoder_3": "lora_te3_"}
 UNET_PREFIX = {"unet": "lora_unet_", "transformer": "lora_unet_"}
+_FLAT_CLIP = ("encoder.layers.", "embeddings.", "final_layer_norm.")
 STALE = ("sshs_model_hash", "sshs_legacy_hash", "ss_network_args", "ss_network_dim", "ss_network_alpha", METADATA_KEY)
 
 
@@ -45,6 +48,8 @@ def kohya_name(name: str, components: Sequence[str]) -> str:
     else:
         raise DeltaspecError(f"'{name}': no kohya prefix for the component '{comp}' (known: unet, transformer, "
                              "text_encoder, text_encoder_2, text_encoder_3)")
+    if comp in TE_PREFIX and mod.startswith(_FLAT_CLIP):
+        mod = "text_model." + mod  # transformers ≥ 5's CLIPTextModel: kohya names keep 4.x's text_model level
     return prefix + mod.replace(".", "_")
 
 
@@ -114,20 +119,36 @@ def write_diffusers(path, layers: Sequence[LoraFactors], *, dtype=None) -> Path:
 _COMP_RE = re.compile(r"^(unet|transformer|text_encoder(?:_\d)?)\.")
 
 
-def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: Optional[str] = None) -> dict:
+def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: Optional[str] = None,
+                 base=None) -> dict:
     """{input layer name: output layer name} for writing layers read as `fmt` in format `to`, or a
     one-line DeltaspecError when the names cannot be expressed there.
 
     fmt: kohya / lycoris (kohya names), diffusers (`<component>.<module>`), or a model's module names
     (peft, full, multilora, …). component: which pipeline component a model's module names belong to
-    (needed to write them as kohya or diffusers names)."""
-    sd_in = fmt in ("kohya", "lycoris")
-    if sd_in:
-        if to != "kohya":
-            raise DeltaspecError(f"{path}: kohya names (lora_unet_…, dots turned into underscores) cannot be mapped "
-                                 f"back to {to} module names; write --to kohya")
+    (needed to write them as kohya or diffusers names). base: the base model (pipeline folder,
+    component folder or file), whose weight names turn kohya names into module names."""
+    if fmt in ("kohya", "lycoris") and to == "kohya":
         return {n: n for n in names}
-    if fmt == "diffusers":
+    if fmt in ("kohya", "lycoris"):
+        if base is None:
+            raise DeltaspecError(f"{path}: kohya names (lora_unet_…, dots turned into underscores) map to {to} module "
+                                 "names only through the base model's: pass --base (the diffusers pipeline folder, "
+                                 "or the component's folder), or write --to kohya")
+        from ..model.basemap import BaseLookup
+
+        look = BaseLookup(base, path)
+        full = {}
+        for n in names:
+            comp, mod = look.module_of(n)
+            comp = comp or component
+            if comp is None and to == "diffusers":
+                raise DeltaspecError(f"{path}: '{n}' names no pipeline component; say which with --component unet "
+                                     "(or text_encoder, …)")
+            full[n] = f"{comp}.{mod}" if comp else mod
+        if to == "peft" and not any(_COMP_RE.match(v) for v in full.values()):
+            return full  # `lycoris_` names: one model's modules, no component
+    elif fmt == "diffusers":
         full = {n: n for n in names}
     else:
         if to == "peft":
