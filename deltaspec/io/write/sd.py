@@ -114,13 +114,17 @@ def write_diffusers(path, layers: Sequence[LoraFactors], *, dtype=None) -> Path:
 _COMP_RE = re.compile(r"^(unet|transformer|text_encoder(?:_\d)?)\.")
 
 
-def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: Optional[str] = None) -> dict:
+def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: Optional[str] = None,
+                 known: Optional[dict] = None) -> dict:
     """{input layer name: output layer name} for writing layers read as `fmt` in format `to`, or a
     one-line DeltaspecError when the names cannot be expressed there.
 
     fmt: kohya / lycoris (kohya names), diffusers (`<component>.<module>`), or a model's module names
     (peft, full, multilora, …). component: which pipeline component a model's module names belong to
-    (needed to write them as kohya or diffusers names)."""
+    (needed to write them as kohya or diffusers names). known: {name: {"kohya": …, "diffusers": … or None}}
+    for layers read from single-file SD / SDXL / Flux checkpoints (model/sdsingle.py), which know both."""
+    if known:
+        return _known_names(names, to, path, known)
     sd_in = fmt in ("kohya", "lycoris")
     if sd_in:
         if to != "kohya":
@@ -149,4 +153,21 @@ def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: 
     if len(comps) > 1:
         raise DeltaspecError(f"{path}: layers of {len(comps)} components ({', '.join(comps)}): a PEFT adapter "
                              "holds one model; write --to diffusers or --to kohya")
+    return {n: v.partition(".")[2] for n, v in full.items()}
+
+
+def _known_names(names, to: str, path: str, known: dict) -> dict:
+    if to == "kohya":
+        return {n: known[n]["kohya"] for n in names}
+    missing = [n for n in names if not known[n]["diffusers"]]
+    if missing:
+        raise DeltaspecError(f"{path}: '{missing[0]}' (Flux's BFL names, fused qkv) has no diffusers module name; "
+                             f"write --to kohya (diffusers loads it with load_lora_weights)")
+    full = {n: known[n]["diffusers"] for n in names}
+    if to == "diffusers":
+        return full
+    comps = sorted({v.partition(".")[0] for v in full.values()})
+    if len(comps) > 1:
+        raise DeltaspecError(f"{path}: layers of {len(comps)} components ({', '.join(comps)}): a PEFT adapter holds "
+                             "one model; pass --component (one of them), or write --to kohya or --to diffusers")
     return {n: v.partition(".")[2] for n, v in full.items()}
