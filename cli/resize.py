@@ -122,7 +122,7 @@ def resize_and_write(updates, command: str, *, out, to, inputs, policy, fixed, m
 
     pick_device(device)
     to = to or default_target(updates.format)
-    known = {u.name: u.meta["sd_names"] for u in updates if "sd_names" in u.meta}
+    known = {u.name: {**u.meta["sd_names"], "shape": u.shape} for u in updates if "sd_names" in u.meta}
     names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component,
                          known if len(known) == len(updates) else None)
     check_target(out, to, inputs, force)

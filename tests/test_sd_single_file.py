@@ -182,45 +182,87 @@ def test_sd1_single_files_to_kohya_and_diffusers(tmp_path):
 FLUX = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
         "transformer_blocks.1.attn.add_k_proj", "transformer_blocks.0.attn.to_out.0", "transformer_blocks.1.ff.net.0.proj",
         "transformer_blocks.0.norm1_context.linear", "single_transformer_blocks.1.proj_out",
-        "single_transformer_blocks.0.norm.linear"]
-QKV = {"img": ("to_q", "to_k", "to_v"), "txt": ("add_q_proj", "add_k_proj", "add_v_proj")}
+        "single_transformer_blocks.0.norm.linear", "single_transformer_blocks.1.attn.to_v",
+        "single_transformer_blocks.1.proj_mlp", "norm_out.linear"]
+FUSED = {"img_attn_qkv": ("transformer_blocks.0.attn.", ("to_q", "to_k", "to_v")),
+         "txt_attn_qkv": ("transformer_blocks.1.attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
+         "linear1": ("single_transformer_blocks.1.", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"))}
 
 
-def test_flux_single_files_to_kohya(tmp_path):
-    """BFL base (no prefix) vs a ComfyUI-saved tuned file (model.diffusion_model. prefix). The fused qkv is one
-    kohya layer (3·d rows): diffusers splits its lora_up in three. Single blocks' linear1 is left unchanged:
-    diffusers 0.42's converter assumes Flux-dev's 3072-wide split for it."""
+def flux_fused(path, keep=lambda k: True):
+    """diffusers' ΔW per Linear of a tiny FluxTransformer2DModel after FluxPipeline.lora_state_dict (which
+    converts kohya files) + load_lora_adapter + fuse_lora."""
     from diffusers import FluxPipeline
 
+    model = tiny_flux()
+    before = {n: m.weight.detach().double().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    sd, meta = FluxPipeline.lora_state_dict({k: v for k, v in load_file(path).items() if keep(k)}
+                                            if keep("linear1") is False else str(path), return_lora_metadata=True)
+    model.load_lora_adapter(sd, prefix="transformer", metadata=meta)
+    model.fuse_lora()
+    return {n.removesuffix(".base_layer"): (m.weight.detach().double() - before[n.removesuffix(".base_layer")]).numpy()
+            for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
+
+
+@pytest.fixture(scope="module")
+def flux_files(tmp_path_factory):
+    """BFL base (no prefix) vs a ComfyUI-saved tuned file (model.diffusion_model. prefix)."""
+    d = tmp_path_factory.mktemp("flux")
     tr = tiny_flux()
-    save_file(flux_bfl(tr), tmp_path / "base.safetensors")
+    save_file(flux_bfl(tr), d / "base.safetensors")
     changed = perturb(tr, FLUX, 5)
-    save_file(flux_bfl(tr, "model.diffusion_model."), tmp_path / "tuned.safetensors")
-    out = tmp_path / "f.safetensors"
-    args = ("extract", "--base", tmp_path / "base.safetensors", "--tuned", tmp_path / "tuned.safetensors", "--rank", "3")
-    r = run(*args, "--to", "kohya", "--dtype", "float64", "-o", out, "-q")
+    save_file(flux_bfl(tr, "model.diffusion_model."), d / "tuned.safetensors")
+    return d, changed
+
+
+def check_flux(got, changed):
+    fused = {f"{pre}{x}" for pre, xs in FUSED.values() for x in xs}
+    assert set(changed) <= {n for n, v in got.items() if np.abs(v).max() > 0} <= set(changed) | fused
+    for pre, xs in FUSED.values():  # the truncation of the stacked ΔW, row blocks per q, k, v(, mlp)
+        names = [pre + x for x in xs]
+        if any(n in got for n in names):
+            dW = np.concatenate([changed.get(n, np.zeros_like(got[n])) for n in names])
+            assert_close(np.concatenate([got[n] for n in names]), truncate(dW, 3), pre)
+    for n in set(changed) - fused:
+        assert_close(got[n], truncate(changed[n], 3), n)
+
+
+def test_flux_single_files_to_kohya(flux_files):
+    """kohya: BFL names, the fused qkv (and linear1) one layer of 3·d rows: diffusers splits its lora_up.
+    Left out of diffusers' load (the diffusers test below fuses them): linear1, whose split diffusers 0.42's
+    converter fixes at Flux-dev's 3072 widths, and final_layer, which that converter drops."""
+    d, changed = flux_files
+    out = d / "f.safetensors"
+    r = run("extract", "--base", d / "base.safetensors", "--tuned", d / "tuned.safetensors", "--rank", "3",
+            "--to", "kohya", "--dtype", "float64", "-o", out, "-q")
     assert r.exit_code == 0, r.output
     keys = {k.removesuffix(".lora_down.weight") for k in load_file(out) if k.endswith(".lora_down.weight")}
     assert keys == {"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_1_txt_attn_qkv",
                     "lora_unet_double_blocks_0_img_attn_proj", "lora_unet_double_blocks_1_img_mlp_0",
                     "lora_unet_double_blocks_0_txt_mod_lin", "lora_unet_single_blocks_1_linear2",
-                    "lora_unet_single_blocks_0_modulation_lin"}
-    model = tiny_flux()
-    before = {n: m.weight.detach().double().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    model.load_lora_adapter(FluxPipeline.lora_state_dict(str(out)), prefix="transformer")
-    model.fuse_lora()
-    got = {n.removesuffix(".base_layer"): (m.weight.detach().double() - before[n.removesuffix(".base_layer")]).numpy()
-           for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
-    qkv = {f"transformer_blocks.{b}.attn.{x}" for b, kind in ((0, "img"), (1, "txt")) for x in QKV[kind]}
-    assert set(changed) <= {n for n, v in got.items() if np.abs(v).max() > 0} <= set(changed) | qkv
-    for block, kind in ((0, "img"), (1, "txt")):  # the truncation of the stacked (3d × d) ΔW, row blocks per q, k, v
-        names = [f"transformer_blocks.{block}.attn.{x}" for x in QKV[kind]]
-        dW = np.concatenate([changed.get(n, np.zeros_like(got[n])) for n in names])
-        assert_close(np.concatenate([got[n] for n in names]), truncate(dW, 3), f"{kind} qkv")
-    for n in changed:
-        if ".to_q" not in n and ".to_k" not in n and ".to_v" not in n and "add_k_proj" not in n:
-            assert_close(got[n], truncate(changed[n], 3), n)
-    one_line_error(run(*args, "--to", "diffusers", "-o", tmp_path / "d.safetensors"), "--to kohya")
+                    "lora_unet_single_blocks_0_modulation_lin", "lora_unet_single_blocks_1_linear1",
+                    "lora_unet_final_layer_adaLN_modulation_1"}
+    got = flux_fused(out, keep=lambda k: "linear1" not in k and "final_layer" not in k)
+    check_flux(got, {n: v for n, v in changed.items() if not n.startswith("single_transformer_blocks.1.attn")
+                     and "proj_mlp" not in n and n != "norm_out.linear"})
+
+
+def test_flux_single_files_to_diffusers_and_peft(flux_files, tmp_path):
+    """diffusers: FluxTransformer2DModel names; the fused qkv / linear1 rows go to to_q, to_k, to_v (proj_mlp)
+    with one shared lora_A, the final adaLN's rows swapped back to diffusers' (scale, shift)."""
+    d, changed = flux_files
+    args = ("extract", "--base", d / "base.safetensors", "--tuned", d / "tuned.safetensors", "--rank", "3",
+            "--dtype", "float64")
+    out = tmp_path / "f.safetensors"
+    r = run(*args, "--to", "diffusers", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    check_flux(flux_fused(out), changed)
+    r = run(*args, "--to", "peft", "-o", tmp_path / "p", "-q")
+    assert r.exit_code == 0, r.output
+    peft_keys = {k.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+                 for k in load_file(tmp_path / "p" / "adapter_model.safetensors") if k.endswith("lora_A.weight")}
+    assert peft_keys == {k.removeprefix("transformer.").removesuffix(".lora_A.weight")
+                         for k in load_file(out) if k.endswith("lora_A.weight")}
 
 
 def test_mismatched_checkpoints_are_one_line_errors(sdxl_files, tmp_path):

@@ -137,7 +137,7 @@ class _Reader:
         if len(s_ft) > 2:
             meta["conv_kernel"] = "x".join(map(str, s_ft[2:]))
         if sd is not None:
-            meta.update(sd_key=k, sd_names={"kohya": sd.kohya, "diffusers": sd.diffusers})
+            meta.update(sd_key=k, sd_names={"kohya": sd.kohya, "diffusers": sd.diffusers, "split": sd.split})
             if sd.part:  # OpenCLIP's fused in_proj: rows i of n
                 i, n = sd.part
                 rows_n = s_ft[0] // n

@@ -10,8 +10,9 @@ Layouts read (keys end in `.weight`):
   Flux (BFL)          double_blocks.0.img_attn.qkv, single_blocks.0.linear1, …, maybe under model.diffusion_model.
 
 What each weight becomes (SDName): the layer name `<component>.<module>` in diffusers / transformers module
-names (Flux: `transformer.<BFL module>`), the kohya sd-scripts name, and the diffusers name (None where diffusers
-has no single module: Flux's fused qkv / linear1). kohya names as sd-scripts makes them:
+names (Flux: `transformer.<BFL module>`), the kohya sd-scripts name, and the diffusers name (Flux's fused qkv /
+linear1 / final adaLN: SDName.split gives each diffusers module its rows of the layer).
+kohya names as sd-scripts makes them:
   SD 1.x/2.x UNet  lora_unet_ + the diffusers module (sd-scripts trains SD 1/2 on diffusers' UNet; diffusers'
                    SD loader does not remap LDM block numbers for SD 1, so the diffusers names are the ones
                    that load everywhere)
@@ -47,6 +48,8 @@ class SDName:
     kohya: str                         # kohya sd-scripts LoRA name
     diffusers: Optional[str]           # `<component>.<module>` diffusers loads, None when it has no such module
     part: Optional[tuple] = None       # (i, n): rows i of n equal parts of the stored matrix
+    split: Optional[tuple] = None      # Flux: ((diffusers names…), rule): the rows of one BFL layer that
+    #                                    are several diffusers modules (rule: "thirds", "linear1", "swap")
 
 
 def family(keys) -> Optional[str]:
@@ -140,9 +143,54 @@ def _flux_module(k: str) -> Optional[str]:
     return k[: -len(".weight")]
 
 
+_FLUX_TOP = {"img_in": "x_embedder", "txt_in": "context_embedder", "final_layer.linear": "proj_out",
+             "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+             "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+             "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+             "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+             "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+             "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2"}
+_FLUX_DOUBLE = {"img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear", "img_attn.proj": "attn.to_out.0",
+                "txt_attn.proj": "attn.to_add_out", "img_mlp.0": "ff.net.0.proj", "img_mlp.2": "ff.net.2",
+                "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2"}
+_FLUX_SPLIT = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+               "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+
+
 def _flux(k: str) -> SDName:
+    """BFL module → names; diffusers' FluxTransformer2DModel modules as its convert_flux_transformer_checkpoint_
+    to_diffusers places them (fused qkv / linear1 split by rows; final adaLN's (shift, scale) rows swapped)."""
     m = _flux_module(k)
-    return SDName("transformer." + m, "lora_unet_" + m.replace(".", "_"), None)
+    sd = lambda d=None, split=None: SDName("transformer." + m, "lora_unet_" + m.replace(".", "_"),  # noqa: E731
+                                           d and "transformer." + d, None, split)
+    if m in _FLUX_TOP:
+        return sd(_FLUX_TOP[m])
+    if m == "final_layer.adaLN_modulation.1":
+        return sd(split=(("transformer.norm_out.linear",), "swap"))
+    b = re.match(r"(double|single)_blocks\.(\d+)\.(.+)$", m)
+    if not b:
+        return sd()
+    if b[1] == "double":
+        pre = f"transformer.transformer_blocks.{b[2]}."
+        if b[3] in _FLUX_SPLIT:
+            return sd(split=(tuple(pre + x for x in _FLUX_SPLIT[b[3]]), "thirds"))
+        return sd(f"transformer_blocks.{b[2]}.{_FLUX_DOUBLE[b[3]]}" if b[3] in _FLUX_DOUBLE else None)
+    pre = f"single_transformer_blocks.{b[2]}."
+    if b[3] == "linear1":
+        return sd(split=(tuple(f"transformer.{pre}{x}" for x in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+                         "linear1"))
+    return sd({"linear2": pre + "proj_out", "modulation.lin": pre + "norm.linear"}.get(b[3]))
+
+
+def split_rows(rule: str, rows: int, cols: int) -> list:
+    """Row ranges [(start, stop), …] of each part of a split BFL layer (see SDName.split)."""
+    if rule == "thirds":
+        d = rows // 3
+        return [[(0, d)], [(d, 2 * d)], [(2 * d, rows)]]
+    if rule == "linear1":  # q, k, v: d = the inner width (the input's); the MLP's up projection: the rest
+        return [[(0, cols)], [(cols, 2 * cols)], [(2 * cols, 3 * cols)], [(3 * cols, rows)]]
+    h = rows // 2  # "swap": BFL stores (shift, scale), diffusers (scale, shift)
+    return [[(h, rows), (0, h)]]
 
 
 def _sd_key(k: str, fam: str, lpb: int, two: bool) -> list:
