@@ -16,9 +16,10 @@ downloaded: LDM/SGM or BFL names), or two HF model folders; tensors are matched 
 SDXL lora_unet_input_blocks_… (SGM) and lora_te1_/lora_te2_, SD 1.x lora_unet_down_blocks_…
 (diffusers) and lora_te_, Flux lora_unet_double_blocks_… (qkv one layer); SDXL's OpenCLIP
 in_proj becomes q/k/v_proj; the VAE is left out. --to diffusers / peft (one component) take
-diffusers module names (Flux: qkv's rows split into to_q/to_k/to_v, sharing lora_A). Per layer ΔW = W_tuned − W_base (float32, or
-float64 with --dtype float64) is formed one layer at a time (at most one dense ΔW resident), and
-truncated by its SVD (Eckart–Young). As kohya's extract: linear and 1×1 conv layers get --rank,
+diffusers module names (Flux: qkv's rows split into to_q/to_k/to_v, sharing lora_A).
+
+Per layer ΔW = W_tuned − W_base (float32, or float64 with --dtype float64) is formed one layer at
+a time (at most one dense ΔW resident), and truncated by its SVD (Eckart–Young). As kohya's extract: linear and 1×1 conv layers get --rank,
 3×3 conv layers --conv-rank and are left out without it; α = rank (scale 1). Unlike kohya, no
 quantile clamping of the factors: the output is the exact truncation."""
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from deltaspec.io.model.sdsingle import family, layers_per_block, unet_module  # noqa: E402
 from deltaspec_cli.main import cli  # noqa: E402
 from sd_fixtures import tiny_pipeline, truncate  # noqa: E402
-from sd_single_fixtures import (flux_bfl, ldm_unet, openclip, sd1_single_file, sdxl_single_file, tiny_flux,  # noqa: E402
+from sd_single_fixtures import (flux_bfl, ldm_unet, sd1_single_file, sdxl_single_file, tiny_flux,  # noqa: E402
                                 tiny_sdxl)
 from test_sd_resize import assert_close  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_sdxl_single_files_to_kohya(sdxl_files):
     want = {k: v for k, v in changed.items() if k.startswith("unet.") or k.endswith("mlp.fc1")}
     assert set(got) == set(want)
     for mod, dW in want.items():
-        assert_close(got[mod], truncate(dW, 2 if mod.endswith("conv1") or mod.endswith("upsamplers.0.conv") else 3), mod)
+        assert_close(got[mod], truncate(dW, 2 if mod.endswith(("conv1", "upsamplers.0.conv")) else 3), mod)
     from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
 
     sd = load_file(out)
@@ -138,7 +138,8 @@ def test_sdxl_single_files_to_kohya(sdxl_files):
                        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"),
                       ("lora_te2_text_model_encoder_layers_0_self_attn_k_proj",
                        "text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj"),
-                      ("lora_te2_text_model_encoder_layers_0_mlp_fc1", "text_encoder_2.text_model.encoder.layers.0.mlp.fc1")):
+                      ("lora_te2_text_model_encoder_layers_0_mlp_fc1",
+                       "text_encoder_2.text_model.encoder.layers.0.mlp.fc1")):
         up, down = sd[f"{name}.lora_up.weight"].double(), sd[f"{name}.lora_down.weight"].double()
         assert_close(float(sd[f"{name}.alpha"]) / down.shape[0] * (up @ down).numpy(), truncate(changed[mod], 3), mod)
 
@@ -172,7 +173,8 @@ def test_sd1_single_files_to_kohya_and_diffusers(tmp_path):
                 "--rank", "3", "--conv-rank", "2", "--to", to, "--dtype", "float64", "-o", out, "-q")
         assert r.exit_code == 0, r.output
         if to == "kohya":  # sd-scripts' SD 1 names are diffusers module names (its SD 1 UNet is diffusers')
-            assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in load_file(out)
+            name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+            assert f"{name}.lora_down.weight" in load_file(out)
         got = fused(tiny_pipeline, out, ["unet"])
         assert set(got) == set(changed), to
         for mod, dW in changed.items():
@@ -180,7 +182,8 @@ def test_sd1_single_files_to_kohya_and_diffusers(tmp_path):
 
 
 FLUX = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v",
-        "transformer_blocks.1.attn.add_k_proj", "transformer_blocks.0.attn.to_out.0", "transformer_blocks.1.ff.net.0.proj",
+        "transformer_blocks.1.attn.add_k_proj", "transformer_blocks.0.attn.to_out.0",
+        "transformer_blocks.1.ff.net.0.proj",
         "transformer_blocks.0.norm1_context.linear", "single_transformer_blocks.1.proj_out",
         "single_transformer_blocks.0.norm.linear", "single_transformer_blocks.1.attn.to_v",
         "single_transformer_blocks.1.proj_mlp", "norm_out.linear"]
@@ -269,8 +272,11 @@ def test_mismatched_checkpoints_are_one_line_errors(sdxl_files, tmp_path):
     d, _ = sdxl_files
     sd1 = tiny_pipeline()
     save_file(sd1_single_file(sd1), tmp_path / "sd1.safetensors")
-    ex = lambda base, tuned: run("extract", "--base", base, "--tuned", tuned, "--rank", "2", "--to", "kohya",  # noqa: E731
-                                 "-o", tmp_path / "o.safetensors")
+
+    def ex(base, tuned):
+        return run("extract", "--base", base, "--tuned", tuned, "--rank", "2", "--to", "kohya",
+                   "-o", tmp_path / "o.safetensors")
+
     one_line_error(ex(tmp_path / "sd1.safetensors", d / "tuned.safetensors"), "SDXL", "SD 1.x/2.x")
     other = sd1_single_file(sd1)  # same family, another cross-attention width (SD 1 vs SD 2): shapes differ
     k = next(k for k in other if k.endswith("attn2.to_k.weight"))
@@ -284,8 +290,11 @@ def test_mismatched_checkpoints_are_one_line_errors(sdxl_files, tmp_path):
     sd1.unet.save_pretrained(tmp_path / "unet")  # a single file vs a diffusers folder
     one_line_error(ex(tmp_path / "unet", tmp_path / "sd1.safetensors"), "same layout")
     one_line_error(ex(tmp_path / "sd1.safetensors", tmp_path / "unet"), "same layout")
-    unet_only = {k: v for k, v in sd1_single_file(sd1).items() if k.startswith("model.diffusion_model.")}
+    perturb(sd1.unet, ["down_blocks.0.attentions.0.proj_in"], 7)  # a UNet-only tuned file: the text encoder is
+    unet_only = {k: v for k, v in sd1_single_file(sd1).items() if k.startswith("model.diffusion_model.")}  # left out
     save_file(unet_only, tmp_path / "unet_only.safetensors")
     r = run("extract", "--base", tmp_path / "sd1.safetensors", "--tuned", tmp_path / "unet_only.safetensors",
-            "--rank", "2", "--to", "kohya", "-o", tmp_path / "o.safetensors")
-    assert r.exit_code == 2 and "every update is zero" in r.output, r.output  # identical weights, text encoder left out
+            "--rank", "2", "--to", "kohya", "-o", tmp_path / "u.safetensors", "-q")
+    assert r.exit_code == 0 and "has text_encoder weights and" in r.output and "text_encoder left out" in r.output
+    assert {k for k in load_file(tmp_path / "u.safetensors") if k.endswith("down.weight")} == {
+        "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"}

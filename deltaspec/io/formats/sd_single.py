@@ -22,8 +22,9 @@ def sd_pairs(ft, b0, path, base):
     if fam is None and fam_b is None:
         return None, [], []
     if fam != fam_b:
-        what = lambda f, p: (f"a single-file {FAMILY_NAMES[f]} checkpoint" if f else "not a single-file SD / SDXL / "  # noqa: E731
-                             "Flux checkpoint (a diffusers folder or another model?)") + f" ({p})"
+        def what(f, p):
+            return (f"a single-file {FAMILY_NAMES[f]} checkpoint" if f else "not a single-file SD / SDXL / Flux "
+                    "checkpoint (a diffusers folder or another model?)") + f" ({p})"
         raise FormatError(f"{path}: {what(fam, path)} vs base {what(fam_b, base)}; extract needs two checkpoints of "
                           "the same model in the same layout (two single files, or two diffusers component folders)")
     canon = strip_flux if fam == "flux" else (lambda k: k)

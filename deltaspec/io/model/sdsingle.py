@@ -58,11 +58,13 @@ def family(keys) -> Optional[str]:
     keys = list(keys)
     if any(strip_flux(k).startswith("double_blocks.") for k in keys):
         return "flux"
-    if not any(k.startswith(tuple(_UNET + b for b in ("input_blocks.", "middle_block.", "output_blocks."))) for k in keys):
+    blocks = tuple(_UNET + b for b in ("input_blocks.", "middle_block.", "output_blocks."))
+    if not any(k.startswith(blocks) for k in keys):
         return None
     if any(k.startswith("conditioner.embedders.") for k in keys):
         return "sdxl"
-    if not any(k.startswith("cond_stage_model.") for k in keys) and any(k.startswith(_UNET + "label_emb.") for k in keys):
+    if not any(k.startswith("cond_stage_model.") for k in keys) and any(k.startswith(_UNET + "label_emb.")
+                                                                         for k in keys):
         return "sdxl"
     return "sd"
 
@@ -101,7 +103,9 @@ def unet_module(m: str, lpb: int) -> Optional[str]:
     b, layer = divmod(i, lpb + 1)
     if j > 0 and rest[:1] == ["conv"]:
         return _join(f"up_blocks.{b}.upsamplers.0.conv", rest[1:])
-    return _resnet(f"up_blocks.{b}.resnets.{layer}", rest) if j == 0 else _join(f"up_blocks.{b}.attentions.{layer}", rest)
+    if j == 0:
+        return _resnet(f"up_blocks.{b}.resnets.{layer}", rest)
+    return _join(f"up_blocks.{b}.attentions.{layer}", rest)
 
 
 def _join(prefix, rest):
@@ -205,7 +209,7 @@ def _sd_key(k: str, fam: str, lpb: int, two: bool) -> list:
                          ("conditioner.embedders.0.transformer.", "text_encoder")):
         if k.startswith(prefix) and k.endswith(".weight"):
             mod = k[len(prefix): -len(".weight")]
-            mod = mod if mod.startswith("text_model.") else "text_model." + mod  # transformers < 4.20 had no text_model.
+            mod = mod if mod.startswith("text_model.") else "text_model." + mod  # old files: no text_model.
             return [_te(comp, mod, two)]
     m = _OPENCLIP_RE.match(k)
     if not m:
