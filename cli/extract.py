@@ -58,13 +58,6 @@ def extract(base, tuned, out, to, component, fixed, conv_rank, dynamic_method, d
     if updates.format != "full":
         raise DeltaspecError(f"{tuned}: a {updates.format} adapter, not a full model; use resize")
     warnings = list(updates.warnings)
-    if component and all("sd_names" in u.meta for u in updates):  # single files: keep one component's layers
-        kept = [u for u in updates if u.name.startswith(component + ".")]
-        if not kept:
-            comps = sorted({u.name.partition(".")[0] for u in updates})
-            raise DeltaspecError(f"{tuned}: --component {component}: no such component in it (it has "
-                                 f"{', '.join(comps)})")
-        updates.layers = kept
     if conv_rank is None:
         convs = [u.name for u in updates if u.meta.get("conv_kernel") not in (None, "1x1")]
         if convs:

@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from deltaspec.io.model.sdsingle import family, layers_per_block, unet_module  # noqa: E402
+from deltaspec.io.model.sdsingle import family, layers_per_block, names, unet_module  # noqa: E402
 from deltaspec_cli.main import cli  # noqa: E402
 from sd_fixtures import tiny_pipeline, truncate  # noqa: E402
 from sd_single_fixtures import (flux_bfl, ldm_unet, sd1_single_file, sdxl_single_file, tiny_flux,  # noqa: E402
@@ -76,6 +76,12 @@ def test_ldm_names_match_diffusers_converter():
         for k, v in ldm.items():
             mod, _, p = k.removeprefix("model.diffusion_model.").rpartition(".")
             assert f"{unet_module(mod, layers_per_block(ldm))}.{p}" == by_value[id(v)], k
+    sd2 = names(["cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight",  # SD 2's OpenCLIP
+                 "cond_stage_model.model.transformer.resblocks.3.mlp.c_proj.weight",
+                 "cond_stage_model.model.transformer.resblocks.3.ln_1.weight"], "sd")
+    assert [(x.kohya, x.part) for v in sd2.values() for x in v] == [
+        (f"lora_te_text_model_encoder_layers_3_self_attn_{x}_proj", (i, 3)) for i, x in enumerate("qkv")] + [
+        ("lora_te_text_model_encoder_layers_3_mlp_fc2", None)]
     assert family(sdxl_single_file(tiny_sdxl())) == "sdxl" and family(sd1_single_file(tiny_pipeline())) == "sd"
     assert family(flux_bfl(tiny_flux(), "model.diffusion_model.")) == "flux" and family({"a.weight": 0}) is None
 
@@ -155,6 +161,11 @@ def test_sdxl_component_and_targets(sdxl_files, tmp_path):
     assert peft_keys == {m.removeprefix("unet.") for m in changed if m.startswith("unet.") and not m.endswith(
         ("conv1", "upsamplers.0.conv"))}  # 3×3 convs need --conv-rank
     one_line_error(run(*args, "--to", "peft", "-o", tmp_path / "p"), "--component", "--to kohya")
+    r = run("resize", d / "tuned.safetensors", "--base", d / "base.safetensors", "--rank", "3", "--component",
+            "text_encoder_2", "--to", "diffusers", "-o", tmp_path / "te2.safetensors", "-q")  # resize: the same
+    assert r.exit_code == 0, r.output
+    assert {k.rpartition(".lora_")[0] for k in load_file(tmp_path / "te2.safetensors")} == {
+        m for m in changed if m.startswith("text_encoder_2.")}
     one_line_error(run(*args, "--component", "vae", "--to", "kohya", "-o", tmp_path / "v.safetensors"),
                    "--component vae", "text_encoder_2, unet")
 
@@ -222,10 +233,10 @@ def check_flux(got, changed):
     fused = {f"{pre}{x}" for pre, xs in FUSED.values() for x in xs}
     assert set(changed) <= {n for n, v in got.items() if np.abs(v).max() > 0} <= set(changed) | fused
     for pre, xs in FUSED.values():  # the truncation of the stacked ΔW, row blocks per q, k, v(, mlp)
-        names = [pre + x for x in xs]
-        if any(n in got for n in names):
-            dW = np.concatenate([changed.get(n, np.zeros_like(got[n])) for n in names])
-            assert_close(np.concatenate([got[n] for n in names]), truncate(dW, 3), pre)
+        mods = [pre + x for x in xs]
+        if any(n in got for n in mods):
+            dW = np.concatenate([changed.get(n, np.zeros_like(got[n])) for n in mods])
+            assert_close(np.concatenate([got[n] for n in mods]), truncate(dW, 3), pre)
     for n in set(changed) - fused:
         assert_close(got[n], truncate(changed[n], 3), n)
 
