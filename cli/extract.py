@@ -9,10 +9,17 @@ from .lora_out import TARGETS, TO_HELP, write_options
 from .suggest_rank import device_options
 
 EXTRACT_HELP = """BASE and TUNED: two diffusers component folders (unet/, text_encoder/; or two pipeline
-folders with --component), two single-file checkpoints, or two HF model folders; tensors are
-matched by name and shape (a mismatch is an error). Per layer ΔW = W_tuned − W_base (float32, or
-float64 with --dtype float64) is formed one layer at a time (at most one dense ΔW resident), and
-truncated by its SVD (Eckart–Young). As kohya's extract: linear and 1×1 conv layers get --rank,
+folders with --component), two single-file SD 1.x / SDXL / Flux checkpoints (.safetensors as
+downloaded: LDM/SGM or BFL names), or two HF model folders; tensors are matched by name and shape
+(a mismatch, or a single file against a folder, is an error). Single files need no --component
+(it keeps one: unet, text_encoder, text_encoder_2, transformer) and get kohya sd-scripts' names:
+SDXL lora_unet_input_blocks_… (SGM) and lora_te1_/lora_te2_, SD 1.x lora_unet_down_blocks_…
+(diffusers) and lora_te_, Flux lora_unet_double_blocks_… (qkv one layer); SDXL's OpenCLIP
+in_proj becomes q/k/v_proj; the VAE is left out. --to diffusers / peft (one component) take
+diffusers module names (Flux: qkv's rows split into to_q/to_k/to_v, sharing lora_A).
+
+Per layer ΔW = W_tuned − W_base (float32, or float64 with --dtype float64) is formed one layer at
+a time (at most one dense ΔW resident), and truncated by its SVD (Eckart–Young). As kohya's extract: linear and 1×1 conv layers get --rank,
 3×3 conv layers --conv-rank and are left out without it; α = rank (scale 1). Unlike kohya, no
 quantile clamping of the factors: the output is the exact truncation."""
 
@@ -22,7 +29,8 @@ quantile clamping of the factors: the output is the exact truncation."""
 @click.option("--tuned", required=True, type=UserPath(), callback=paths_exist(), help="The fine-tuned model.")
 @click.option("-o", "--out", type=UserPath(), required=True, help="Output: a folder (peft) or a .safetensors file.")
 @click.option("--to", type=click.Choice(TARGETS), default="peft", show_default=True, help="Output format.")
-@click.option("--component", default=None, help="Pipeline component the models are (unet, …).")
+@click.option("--component", default=None,
+              help="Pipeline component the models are (unet, …); with single files, the one to keep.")
 @click.option("--rank", "fixed", type=click.IntRange(min=1), default=None, help="Rank (kohya's --dim).")
 @click.option("--conv-rank", type=click.IntRange(min=1), default=None, help="Rank of 3×3 convs (--conv_dim).")
 @click.option("--dynamic-method", default=None, help="kohya's rule: sv_ratio, sv_fro or sv_cumulative.")

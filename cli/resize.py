@@ -45,7 +45,8 @@ index + 1, capped by --rank when given), --verbose prints the Frobenius norm ret
 @click.option("--dynamic-param", type=float, default=None, help="Its parameter (kohya's --dynamic_param).")
 @click.option("--conv-rank", type=click.IntRange(min=1), default=None,
               help="Rank (or cap) of conv layers (kohya's --new_conv_rank).")
-@click.option("--component", default=None, help="Pipeline component of module names (unet, …).")
+@click.option("--component", default=None,
+              help="Pipeline component of module names (unet, …); with single SD files, the one to keep.")
 @click.option("--knee", is_flag=True, help="Per layer: the knee of the spectrum.")
 @click.option("--effective-rank", is_flag=True, help="Per layer: the rounded effective rank.")
 @click.option("--max-rank", type=click.IntRange(min=1), default=None, help="Cap on every layer's rank.")
@@ -123,7 +124,17 @@ def resize_and_write(updates, command: str, *, out, to, inputs, policy, fixed, m
 
     pick_device(device)
     to = to or default_target(updates.format)
-    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component, updates.base)
+    known = {u.name: {**u.meta["sd_names"], "shape": u.shape} for u in updates if "sd_names" in u.meta}
+    known = known if len(known) == len(updates) else None  # layers of single SD files know their names
+    if component and known:  # single SD files: keep that component's layers
+        kept = [u for u in updates if u.name.startswith(component + ".")]
+        if not kept:
+            comps = sorted({u.name.partition(".")[0] for u in updates})
+            raise DeltaspecError(f"{updates.path}: --component {component}: no such component in it (it has "
+                                 f"{', '.join(comps)})")
+        updates.layers = kept
+    names = target_names([u.name for u in updates], updates.format, to, str(updates.path), component,
+                         updates.base, known)
     check_target(out, to, inputs, force)
     top = max(u.rank_bound for u in updates)
     if policy.name == "rank" and to != "peft" and fixed > top:

@@ -27,6 +27,7 @@ from ..model.names import Skipped, is_embedding, resized_vocab, sorted_layers, s
 from ..files.model_files import model_files
 from ..files.tensors import FLOAT_DTYPES, TensorStore, check_finite, compute_dtype, open_model, upcast
 from ..model.relayout import expert_relayout, renamed_pairs
+from .sd_single import sd_pairs
 
 
 def read_full(path, base=None, include_embeddings: bool = False, require_base: bool = True) -> Updates:
@@ -40,14 +41,15 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
     layout = Layout.of(ft.config or b0.config)
     if not ft.keys():
         raise FormatError(f"{path}: holds no tensors (an empty checkpoint)")
-    pairs = _pairs(ft, b0)
+    fam, sd_pairs_, sd_warnings = sd_pairs(ft, b0, path, base) if base is not None else (None, [], [])
+    pairs = [(nk, k, bk) for nk, k, bk, _ in sd_pairs_] if fam else _pairs(ft, b0)
     if not pairs:
         raise FormatError(f"{path}: none of its {len(ft.keys())} tensor names match the {len(b0.keys())} of the "
                           f"base (e.g. '{ft.keys()[0]}' vs '{b0.keys()[0]}'); is base= the model it was "
                           "fine-tuned from?")
-    warnings: list[str] = []
+    warnings: list[str] = list(sd_warnings)
     relaid = []
-    if base is not None:
+    if base is not None and not fam:
         matched_ft, matched_b = {k for _, k, _ in pairs}, {bk for _, _, bk in pairs}
         extra = [k for k in ft.keys() if k not in matched_ft]
         missing = [k for k in b0.keys() if k not in matched_b]
@@ -61,8 +63,8 @@ def read_full(path, base=None, include_embeddings: bool = False, require_base: b
             warnings.append(f"{base}: {len(missing)} base tensor(s) not in the fine-tuned checkpoint: "
                             f"{summarize(missing)}")
     r = _Reader(ft, b0, base is not None, layout, include_embeddings)
-    for nk, k, bk in pairs:
-        r.add(nk, k, bk)
+    for nk, k, bk, *sd in (sd_pairs_ if fam else pairs):
+        r.add(nk, k, bk, *sd)
     for name, shape, k, bk, load in relaid:
         meta = {"variant": "full", "base_dtype": b0.dtype(bk), "relayout": "experts fused ↔ per expert"}
         r.layers.append(LayerUpdate(name, shape, "dense", min(shape), lambda load=load: Dense(load()), ft.source(k),
@@ -100,7 +102,8 @@ class _Reader:
         self.unknown_stacks: list[str] = []
         self.warnings: list[str] = []
 
-    def add(self, nk: str, k: str, bk: str) -> None:
+    def add(self, nk: str, k: str, bk: str, sd=None) -> None:
+        """sd: the SDName of a weight of a single-file SD / SDXL / Flux checkpoint (sd_single.py)."""
         ft, b0 = self.ft, self.b0
         s_ft, s_b = tuple(ft.shape(k)), tuple(b0.shape(bk))
         module, _, param = nk.rpartition(".")
@@ -110,6 +113,9 @@ class _Reader:
         if len(s_ft) < 2:
             return self.skipped.add("1-D (norm scales, biases): not weight matrices", nk)
         rows = None
+        if s_ft != s_b and sd is not None:
+            raise ShapeMismatchError(f"tensor '{k}': shape {list(s_ft)} in {ft.source(k)} but {list(s_b)} in "
+                                     f"{b0.source(bk)}: the two checkpoints are different models")
         if s_ft != s_b:
             if is_embedding(name) and len(s_ft) == 2 and s_ft[1] == s_b[1]:
                 rows = (s_b[0], s_ft[0])  # a resized vocabulary
@@ -130,6 +136,14 @@ class _Reader:
         shape = (s_ft[0], math.prod(s_ft[1:]))
         if len(s_ft) > 2:
             meta["conv_kernel"] = "x".join(map(str, s_ft[2:]))
+        if sd is not None:
+            meta.update(sd_key=k, sd_names={"kohya": sd.kohya, "diffusers": sd.diffusers, "split": sd.split})
+            if sd.part:  # OpenCLIP's fused in_proj: rows i of n
+                i, n = sd.part
+                rows_n = s_ft[0] // n
+                shape = (rows_n, shape[1])
+                return self._layer(name, shape, k, bk, None, meta,
+                                   view=lambda m, i=i, r=rows_n, s=shape: m.reshape(-1, s[1])[i * r:(i + 1) * r])
         index = None
         if rows is not None:
             index = slice(0, min(rows))

@@ -54,7 +54,21 @@ def kohya_name(name: str, components: Sequence[str]) -> str:
 
 
 def renamed(layers: Sequence[LoraFactors], fn) -> list[LoraFactors]:
-    return [LoraFactors(fn(f.name), f.A, f.B, f.alpha, f.embedding) for f in layers]
+    """Each layer under its new name `fn(name)`; a list [(name, [(start, stop), …]), …] instead splits the
+    layer's rows among several modules (Flux's fused qkv → to_q, to_k, to_v): each gets those rows of B and
+    its own copy of A, so that ΔW of the parts stacked is ΔW of the layer, exactly."""
+    import torch
+
+    out = []
+    for f in layers:
+        new = fn(f.name)
+        if isinstance(new, str):
+            out.append(LoraFactors(new, f.A, f.B, f.alpha, f.embedding))
+            continue
+        for name, ranges in new:
+            B = torch.cat([f.B[a:b] for a, b in ranges])
+            out.append(LoraFactors(name, f.A.clone(), B.contiguous(), f.alpha, f.embedding))
+    return out
 
 
 def _tensors(layers, dtype):
@@ -120,14 +134,18 @@ _COMP_RE = re.compile(r"^(unet|transformer|text_encoder(?:_\d)?)\.")
 
 
 def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: Optional[str] = None,
-                 base=None) -> dict:
+                 base=None, known: Optional[dict] = None) -> dict:
     """{input layer name: output layer name} for writing layers read as `fmt` in format `to`, or a
     one-line DeltaspecError when the names cannot be expressed there.
 
     fmt: kohya / lycoris (kohya names), diffusers (`<component>.<module>`), or a model's module names
     (peft, full, multilora, …). component: which pipeline component a model's module names belong to
     (needed to write them as kohya or diffusers names). base: the base model (pipeline folder,
-    component folder or file), whose weight names turn kohya names into module names."""
+    component folder or file), whose weight names turn kohya names into module names. known: {name:
+    {"kohya": …, "diffusers": … or None}} for layers read from single-file SD / SDXL / Flux checkpoints
+    (model/sdsingle.py), which know both."""
+    if known:
+        return _known_names(names, to, path, known)
     if fmt in ("kohya", "lycoris") and to == "kohya":
         return {n: n for n in names}
     if fmt in ("kohya", "lycoris"):
@@ -171,3 +189,29 @@ def target_names(names: Sequence[str], fmt: str, to: str, path: str, component: 
         raise DeltaspecError(f"{path}: layers of {len(comps)} components ({', '.join(comps)}): a PEFT adapter "
                              "holds one model; write --to diffusers or --to kohya")
     return {n: v.partition(".")[2] for n, v in full.items()}
+
+
+def _known_names(names, to: str, path: str, known: dict) -> dict:
+    if to == "kohya":
+        return {n: known[n]["kohya"] for n in names}
+    from ..model.sdsingle import split_rows
+
+    missing = [n for n in names if not known[n]["diffusers"] and not known[n].get("split")]
+    if missing:
+        raise DeltaspecError(f"{path}: '{missing[0]}' has no diffusers module; write --to kohya")
+    full = {}
+    for n in names:
+        k = known[n]
+        if k["diffusers"]:
+            full[n] = k["diffusers"]
+        else:
+            parts, rule = k["split"]
+            full[n] = list(zip(parts, split_rows(rule, *k["shape"])))
+    comps = sorted({(v if isinstance(v, str) else v[0][0]).partition(".")[0] for v in full.values()})
+    if to == "diffusers":
+        return full
+    if len(comps) > 1:
+        raise DeltaspecError(f"{path}: layers of {len(comps)} components ({', '.join(comps)}): a PEFT adapter holds "
+                             "one model; pass --component (one of them), or write --to kohya or --to diffusers")
+    strip = lambda v: v.partition(".")[2]  # noqa: E731
+    return {n: strip(v) if isinstance(v, str) else [(strip(a), r) for a, r in v] for n, v in full.items()}
