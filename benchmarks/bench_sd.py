@@ -229,17 +229,22 @@ def extract_comparison(a, td, n_layers) -> dict:
     info = build_unets(ed, n_layers)
     d = harness.worker(HERE, "ds_extract", d=ed, rank=a.extract_rank, out=os.path.join(ed, "x.safetensors"),
                        threads=a.threads)
-    k = harness.worker(HERE, "kohya_extract", d=ed, rank=a.extract_rank, threads=a.threads)
+    k = None if a.skip_kohya_extract else harness.worker(HERE, "kohya_extract", d=ed, rank=a.extract_rank,
+                                                           threads=a.threads)
     shutil.rmtree(ed, ignore_errors=True)
     mb = lambda x: harness.mb(x) if x is not None else "n/a"
     print(f"extract {info['layers']} SDXL UNet attention linears (fp16 folders), rank {a.extract_rank}; ΔW in float32: "
           f"largest {harness.mb(info['largest_dw_bytes'])}, all {harness.mb(info['all_dw_bytes'])}")
-    for name, x in (("deltaspec", d), ("kohya alg.", k)):
+    for name, x in (("deltaspec", d), ("kohya alg.", k or {})):
+        if not x:
+            continue
         print(f"  {name:<10} {x['seconds']:8.2f} s (CPU {x['cpu_s']:.2f} s)  peak above baseline: VmHWM "
               f"{mb(x['hwm_above_bytes'])}, RssAnon {mb(x['anon_above_bytes'])} "
               f"({x['anon_above_bytes'] / info['largest_dw_bytes']:.1f}x the largest ΔW)")
-    print(f"  ratio      {k['seconds'] / d['seconds']:8.2f}x time, {k['anon_above_bytes'] / d['anon_above_bytes']:.1f}x "
-          f"RssAnon increment  # {harness.machine_line()}", flush=True)
+    if k:
+        print(f"  ratio      {k['seconds'] / d['seconds']:8.2f}x time, {k['anon_above_bytes'] / d['anon_above_bytes']:.1f}x "
+              f"RssAnon increment", flush=True)
+    print(f"  # {harness.machine_line()}", flush=True)
     return {**info, "deltaspec": d, "kohya": k}
 
 
@@ -255,6 +260,7 @@ def main():
     ap.add_argument("--extract-rank", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-resize", action="store_true", help="only the extract comparison")
+    ap.add_argument("--skip-kohya-extract", action="store_true", help="extract: measure deltaspec only")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     print(f"# {harness.machine_line()}", flush=True)
