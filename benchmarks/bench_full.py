@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,31 +40,7 @@ TARGET_BYTES = 3 * synth.F32_LAYER_BYTES
 
 # --------------------------------------------------------------------------- worker side
 
-class AnonPeak:
-    """Samples RssAnon of this process every `dt` seconds in a daemon thread; `.peak` in bytes."""
-
-    def __init__(self, dt=0.005):
-        self.peak, self.dt, self._stop = 0, dt, threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _read(self):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._read())
-            time.sleep(self.dt)
-
-    def stop(self):
-        self._stop.set()
-        self.t.join()
-        self.peak = max(self.peak, self._read())
-        return self.peak
+AnonPeak = harness.AnonPeak
 
 
 def _setup(threads):

@@ -1,7 +1,7 @@
 """Stable Diffusion XL: resize a kohya LoRA and extract a LoRA from two UNets, deltaspec vs kohya's algorithm.
 
-    python benchmarks/bench_sd.py                       # default: resize all SDXL modules, extract 6 layers
-    python benchmarks/bench_sd.py --extract-layers 0    # extract on every SDXL UNet attention linear (slow)
+    python benchmarks/bench_sd.py                       # default: resize all SDXL modules, extract 6, 24, 96 layers
+    python benchmarks/bench_sd.py --skip-resize --extract-layers 6,24,96,0   # 0: every UNet attention linear (slow)
 
 Shapes: the real SDXL UNet (diffusers UNet2DConditionModel with SDXL's config, built on the meta device:
 no weights) and its two text encoders (CLIP ViT-L 768/3072 × 12 layers, OpenCLIP bigG 1280/5120 × 32).
@@ -15,18 +15,24 @@ resize (rank --rank → --new-rank, every measurement in a fresh interpreter, ha
              file, per module up@down in float32, torch.linalg.svd with its default full_matrices=True,
              up = U[:, :k]·diag(S[:k]), down = Vh[:k]. Timed once per distinct shape (--kohya-per-shape
              modules each) and extrapolated by the number of modules of that shape (said in the output).
-extract (two UNet-shaped folders holding --extract-layers attention linears; 0 = all):
-  deltaspec  `deltaspec extract --base A --tuned B --component unet --to kohya --rank R`: one layer's ΔW
-             at a time, its SVD, top-R factors.
-  kohya      extract_lora_from_models.py's algorithm: load both models, form every ΔW (kept in a dict),
-             then per ΔW a full torch.linalg.svd and the top-R factors.
-  Peak RSS of each process (VmHWM) and the largest single ΔW are printed.
+extract (two UNet-shaped fp16 folders holding N attention linears strided over the model, for each N of
+--extract-layers; 0 = all 722; each side in a fresh interpreter):
+  deltaspec  `deltaspec extract --base A --tuned B --component unet --to kohya --rank R` (the click command,
+             called in the worker): one layer's ΔW at a time, its SVD, top-R factors.
+  kohya      extract_lora_from_models.py's algorithm: load both models in float32, form every ΔW (kept in a
+             dict), then per ΔW a full torch.linalg.svd (full_matrices=True, its default) and the top-R factors.
+  Memory: each worker first imports what it runs (deltaspec: the CLI, the readers, writers and SVD modules,
+  then ds.load of the folders, which reads headers only) and notes its VmRSS and RssAnon; then VmHWM is reset
+  (/proc/self/clear_refs) and RssAnon sampled every 5 ms. Printed: the peak above that baseline, both as VmHWM
+  (all resident pages, incl. the memory-mapped input files' pages) and as RssAnon (private memory only:
+  tensors, LAPACK workspace, heap), next to the largest single ΔW in float32 and the sum of all ΔW.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -136,14 +142,53 @@ def build_unets(d, n_layers, seed=0):
         save_file(sd, os.path.join(d, name, "diffusion_pytorch_model.safetensors"))
         with open(os.path.join(d, name, "config.json"), "w") as f:
             json.dump({"_class_name": "UNet2DConditionModel"}, f)
-    return max(o * i for _, (o, i) in mods) * 4, len(mods)
+    return {"layers": len(mods), "largest_dw_bytes": max(o * i for _, (o, i) in mods) * 4,
+            "all_dw_bytes": sum(o * i for _, (o, i) in mods) * 4}
+
+
+class _Measure:
+    """Peak memory of what runs between start() and stop(), above the process's state at start()."""
+
+    def start(self):
+        self.rss0, self.anon0 = harness.status_bytes("VmRSS"), harness.status_bytes("RssAnon")
+        self.reset = harness.reset_peak_rss()
+        self.mon = harness.AnonPeak()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def stop(self) -> dict:
+        r = {"seconds": time.perf_counter() - self.t0, "cpu_s": time.process_time() - self.c0}
+        anon = self.mon.stop()
+        r.update(baseline_rss_bytes=self.rss0, baseline_anon_bytes=self.anon0, hwm_reset=self.reset,
+                 hwm_above_bytes=harness.status_bytes("VmHWM") - self.rss0 if self.reset else None,
+                 anon_above_bytes=anon - self.anon0)
+        return r
+
+
+def task_ds_extract(d, rank, out, threads=None):
+    harness.set_threads(threads)
+    import safetensors.torch  # noqa: F401
+
+    import deltaspec as ds
+    import deltaspec.io.write.sd  # noqa: F401
+    import deltaspec.resize  # noqa: F401
+    import deltaspec.spectra  # noqa: F401
+    from deltaspec_cli.extract import extract
+
+    base, tuned = os.path.join(d, "base"), os.path.join(d, "tuned")
+    ds.load(tuned, base=base)  # headers only: the readers' lazy imports happen before the baseline
+    m = _Measure()
+    m.start()
+    extract.main(["--base", base, "--tuned", tuned, "--component", "unet", "--to", "kohya", "--rank", str(rank),
+                  "-o", out, "-q", "--force"], standalone_mode=False)
+    return m.stop()
 
 
 def task_kohya_extract(d, rank, threads=None):
     torch = harness.set_threads(threads)
     from safetensors.torch import load_file
 
-    t0 = time.perf_counter()
+    m = _Measure()
+    m.start()
     b = {k: v.float() for k, v in load_file(os.path.join(d, "base", "diffusion_pytorch_model.safetensors")).items()}
     t = {k: v.float() for k, v in load_file(os.path.join(d, "tuned", "diffusion_pytorch_model.safetensors")).items()}
     diffs = {k: t[k] - b[k] for k in b}  # extract_lora_from_models.py keeps every ΔW, then SVDs them
@@ -151,10 +196,11 @@ def task_kohya_extract(d, rank, threads=None):
     for k, W in diffs.items():
         U, S, Vh = torch.linalg.svd(W)
         out[k] = ((U[:, :rank] @ torch.diag(S[:rank])).contiguous(), Vh[:rank].contiguous())
-    return {"seconds": time.perf_counter() - t0}
+    return m.stop()
 
 
-TASKS = {"ds_resize": task_ds_resize, "kohya_resize": task_kohya_resize, "kohya_extract": task_kohya_extract}
+TASKS = {"ds_resize": task_ds_resize, "kohya_resize": task_kohya_resize, "ds_extract": task_ds_extract,
+         "kohya_extract": task_kohya_extract}
 
 
 def resize_comparison(a, td) -> dict:
@@ -178,6 +224,30 @@ def resize_comparison(a, td) -> dict:
     return r
 
 
+def extract_comparison(a, td, n_layers) -> dict:
+    ed = os.path.join(td, f"unets{n_layers}")
+    info = build_unets(ed, n_layers)
+    d = harness.worker(HERE, "ds_extract", d=ed, rank=a.extract_rank, out=os.path.join(ed, "x.safetensors"),
+                       threads=a.threads)
+    k = None if a.skip_kohya_extract else harness.worker(HERE, "kohya_extract", d=ed, rank=a.extract_rank,
+                                                           threads=a.threads)
+    shutil.rmtree(ed, ignore_errors=True)
+    mb = lambda x: harness.mb(x) if x is not None else "n/a"
+    print(f"extract {info['layers']} SDXL UNet attention linears (fp16 folders), rank {a.extract_rank}; ΔW in float32: "
+          f"largest {harness.mb(info['largest_dw_bytes'])}, all {harness.mb(info['all_dw_bytes'])}")
+    for name, x in (("deltaspec", d), ("kohya alg.", k or {})):
+        if not x:
+            continue
+        print(f"  {name:<10} {x['seconds']:8.2f} s (CPU {x['cpu_s']:.2f} s)  peak above baseline: VmHWM "
+              f"{mb(x['hwm_above_bytes'])}, RssAnon {mb(x['anon_above_bytes'])} "
+              f"({x['anon_above_bytes'] / info['largest_dw_bytes']:.1f}x the largest ΔW)")
+    if k:
+        print(f"  ratio      {k['seconds'] / d['seconds']:8.2f}x time, {k['anon_above_bytes'] / d['anon_above_bytes']:.1f}x "
+              f"RssAnon increment", flush=True)
+    print(f"  # {harness.machine_line()}", flush=True)
+    return {**info, "deltaspec": d, "kohya": k}
+
+
 def main():
     if harness.worker_main(TASKS):
         return
@@ -185,28 +255,18 @@ def main():
     ap.add_argument("--rank", type=int, default=32, help="rank of the synthetic kohya LoRA")
     ap.add_argument("--new-rank", type=int, default=8)
     ap.add_argument("--kohya-per-shape", type=int, default=1, help="baseline modules timed per distinct shape")
-    ap.add_argument("--extract-layers", type=int, default=6, help="UNet attention linears in the folders (0: all)")
+    ap.add_argument("--extract-layers", default="6,24,96",
+                    help="comma-separated counts of UNet attention linears in the folders (0: all 722)")
     ap.add_argument("--extract-rank", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-resize", action="store_true", help="only the extract comparison")
+    ap.add_argument("--skip-kohya-extract", action="store_true", help="extract: measure deltaspec only")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     print(f"# {harness.machine_line()}", flush=True)
     td = tempfile.mkdtemp(prefix="bench_sd_")
     r = {} if a.skip_resize else resize_comparison(a, td)
-    ed = os.path.join(td, "unets")
-    dw_bytes, n = build_unets(ed, a.extract_layers)
-    out = os.path.join(td, "x.safetensors")
-    wall, rss = harness.run_measured([sys.executable, "-m", "deltaspec_cli.main", "extract", "--base",
-                                      os.path.join(ed, "base"), "--tuned", os.path.join(ed, "tuned"), "--component",
-                                      "unet", "--to", "kohya", "--rank", str(a.extract_rank), "-o", out, "-q"])
-    ke = harness.worker(HERE, "kohya_extract", d=ed, rank=a.extract_rank, threads=a.threads)
-    r.update(extract_layers=n, extract_ds_s=wall, extract_ds_rss=rss, extract_kohya=ke, largest_dw_bytes=dw_bytes)
-    print(f"extract {n} SDXL UNet attention linears (fp16 folders), rank {a.extract_rank}, largest ΔW "
-          f"{harness.mb(dw_bytes)} float32:")
-    print(f"  deltaspec  {wall:8.2f} s  peak RSS {harness.mb(rss)} (whole CLI process)")
-    print(f"  kohya alg. {ke['process_wall_s']:8.2f} s  peak RSS {harness.mb(ke['vmhwm_bytes'])}")
-    print(f"  ratio      {ke['process_wall_s'] / wall:8.1f}x time, {ke['vmhwm_bytes'] / rss:.1f}x memory")
+    r["extract"] = [extract_comparison(a, td, int(n)) for n in a.extract_layers.split(",")]
     if a.json:
         with open(a.json, "w") as f:
             json.dump(r, f, indent=1)

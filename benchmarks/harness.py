@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -28,6 +29,47 @@ def vmhwm_bytes() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return -1
+
+
+def status_bytes(field: str) -> int:
+    """One size field of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile, …) in bytes, -1 if absent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (writing 5 to /proc/self/clear_refs), so that a later VmHWM is the
+    peak of what ran after this call; False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class AnonPeak:
+    """Samples RssAnon (private memory: heap, torch tensors; not file-backed mmap pages) of this process
+    every `dt` seconds in a daemon thread; `.stop()` returns the peak in bytes."""
+
+    def __init__(self, dt=0.005):
+        self.peak, self.dt, self._stop = 0, dt, threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, status_bytes("RssAnon"))
+            time.sleep(self.dt)
+
+    def stop(self):
+        self._stop.set()
+        self.t.join()
+        self.peak = max(self.peak, status_bytes("RssAnon"))
+        return self.peak
 
 
 def run_child(argv: list[str], env=None, timeout=None) -> tuple[float, str]:

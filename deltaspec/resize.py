@@ -148,6 +148,7 @@ def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None
     its extract only to kernels other than 1×1: conv_1x1=False).
     Zero updates are left out with a warning (a LoRA layer needs rank ≥ 1).
     """
+    from .heap import release_freed
     from .spectra import spectrum
 
     for what, v in (("--max-rank", max_rank), ("--conv-rank", conv_rank)):
@@ -164,6 +165,8 @@ def resize(updates: Updates, policy: R.Policy, *, max_rank: Optional[int] = None
         # keep only the top-k vectors: memory is the output's size, not every layer's full SVD
         spectra[u.name] = (spec.sigma, spec.U[:, :k].clone(), spec.V[:, :k].clone(), k)
         del spec
+        if u.kind == "dense":
+            release_freed()  # else the heap keeps every freed ΔW's pages (deltaspec/heap.py)
         if progress:
             progress(u.name)
     alphas = R.layer_alphas({n: v[3] for n, v in spectra.items()}, keep_scale, scales)
