@@ -7,7 +7,7 @@ For the runs examples/smollm2/run.py trained (WORK/<method>_s<seed>), writes to 
   init_split.json      sample_checkpoints/init_table.py on the LoRA and MultiLoRA runs (init share,
                        learned part, factor movement on k/v; each run's own checkpoint-0);
   ablation.json        `deltaspec ablate` of LoRA, MultiLoRA and FT, one process per run (--jobs at a
-                       time), combined by figures/fig_ablation.py --merge.
+                       time, logs in WORK/logs/), combined by figures/fig_ablation.py --merge.
 Then `python figures/smollm2_figures.py --table` draws smollm2_heads.png and smollm2_ablation.png.
 Cost: heads and the init split take seconds; one ablation evaluation is one pass over the held-out
 split (--per-task examples per task family), the same at every k.
@@ -21,8 +21,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from run import run_all  # this folder's recipe: at most `jobs` processes at a time, one log each
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -31,24 +32,6 @@ LABELS = {"lora": "LoRA", "multilora": "MultiLoRA", "full": "FT"}
 
 def cli(*args) -> list[str]:
     return [sys.executable, "-m", "deltaspec_cli.main", *map(str, args)]
-
-
-def run_parallel(cmds: list[list[str]], jobs: int, env: dict) -> None:
-    """Run the commands, at most `jobs` at a time; stop at the first failure (its output is shown)."""
-    waiting, running = list(cmds), []
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            cmd = waiting.pop(0)
-            print("run " + " ".join(cmd[2:]), flush=True)
-            running.append((subprocess.Popen(cmd, env=env), time.time()))
-        time.sleep(2)
-        for job in list(running):
-            proc, t0 = job
-            if proc.poll() is not None:
-                running.remove(job)
-                if proc.returncode:
-                    sys.exit(f"failed (exit {proc.returncode}): {' '.join(proc.args)}")
-                print(f"done in {(time.time() - t0) / 60:.1f} min: {' '.join(proc.args[2:4])}", flush=True)
 
 
 def main() -> None:
@@ -84,8 +67,10 @@ def main() -> None:
     (a.data_out / "init_split.json").write_text(json.dumps(rows, indent=1) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         parts = {key: Path(tmp) / f"{key[0]}_s{key[1]}.json" for key in runs}
-        run_parallel([cli("ablate", runs[key], "--labels", LABELS[key[0]], "--k", a.k, "--per-task", a.per_task,
-                          "-o", parts[key], "-q") for key in runs], a.jobs, env)
+        logs = a.work / "logs"
+        logs.mkdir(exist_ok=True)
+        run_all([(cli("ablate", runs[key], "--labels", LABELS[key[0]], "--k", a.k, "--per-task", a.per_task,
+                      "-o", parts[key], "-q"), logs / f"ablate_{key[0]}_s{key[1]}.log") for key in runs], a.jobs, env)
         subprocess.run([sys.executable, str(ROOT / "figures" / "fig_ablation.py"), "--merge", *parts.values(),
                         "--data", str(a.data_out / "ablation.json"), "-o", str(Path(tmp) / "unused.png")],
                        check=True, env=env)
