@@ -308,10 +308,7 @@ def main():
         r = bench_one(kind, path, a, baseline_rss)
         results.append(r)
         print(report(r, a.layers), flush=True)
-    print(f"# {harness.machine_line()}")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"machine": harness.machine_line(), "args": vars(a), "results": results}, fh, indent=1)
+    harness.finish(a.json, {"machine": harness.machine_line(), "args": vars(a), "results": results})
 
 
 if __name__ == "__main__":

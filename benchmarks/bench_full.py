@@ -331,10 +331,7 @@ def main():
         out.setdefault("mem_layers", {})[L] = mL
         print(f"memory vs size: {L} layer(s) ({harness.mb(synth.dir_bytes(fL))}/model): {mL['seconds']:.1f} s, {mem(mL)}",
               flush=True)
-    print(f"# {harness.machine_line()}")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+    harness.finish(a.json, out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ absolute difference of shares, interference and overlaps; largest relative diffe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -101,11 +100,7 @@ def main():
           f"|Δ overlap/cos| {prec['overlap']:.1e}, max relative Δσ (to the head's σ_1) {prec['sigma_rel']:.1e}")
     print("anatomy (min / mean / max over matrices): " + "; ".join(
         f"{k} {v[0]:.3g} / {v[1]:.3g} / {v[2]:.3g}" for k, v in prec["summary"].items()))
-    print(f"# {harness.machine_line()}")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"machine": harness.machine_line(), "args": vars(a), "runs": runs, "precision": prec,
-                       "ratio_best": ratio, "ratio_median": ratio_med}, fh, indent=1)
+    harness.finish(a.json, {"machine": harness.machine_line(), "args": vars(a), "runs": runs, "precision": prec, "ratio_best": ratio, "ratio_median": ratio_med})
 
 
 if __name__ == "__main__":

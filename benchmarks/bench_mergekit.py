@@ -281,10 +281,7 @@ def main():
               f"(rel. error ≤ {x['max_rel_error']:.4f} vs optimal ≤ {x['max_rel_optimal']:.4f}); "
               f"‖s·B@A − ΔW_R‖/‖ΔW_R‖ ≤ {x['max_vs_truncation']:.1e}")
         print(f"             {merge}")
-    print(f"# {harness.machine_line()}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+    harness.finish(a.json, res)
 
 
 if __name__ == "__main__":

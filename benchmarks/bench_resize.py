@@ -190,10 +190,7 @@ def main():
     for e in r["exact"]:
         print(f"exact: {e['name']}: rel. Frobenius error vs float64 truncation: deltaspec {e['deltaspec_rel_err']:.1e}, "
               f"kohya-style {e['kohya_rel_err']:.1e} (the truncation itself drops {e['truncation_rel_err']:.3f})")
-    print(f"# {harness.machine_line()}")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"machine": harness.machine_line(), "args": vars(a), "results": r}, fh, indent=1)
+    harness.finish(a.json, {"machine": harness.machine_line(), "args": vars(a), "results": r})
 
 
 if __name__ == "__main__":

@@ -138,3 +138,11 @@ def machine_line() -> str:
 
 def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
+
+
+def finish(json_path, record) -> None:
+    """The last line every benchmark prints (the machine), and its record as JSON when --json was given."""
+    print(f"# {machine_line()}")
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(record, fh, indent=1)
